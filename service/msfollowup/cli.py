@@ -39,7 +39,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from msfollowup.db import Database
+    from msfollowup.store import study_summaries
+
+    cfg = _config(args)
+    rows = study_summaries(Database(cfg.storage.database_url))
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  VER  SERIES  INSTANCES  LAST RECEIVED")
+    for r in rows:
+        print(f"{r['study_instance_uid']:<64}  {r['state']:<9}  {r['version']:>3}  {r['series']:>6}  {r['instances']:>9}  {r['last_received']}")
+    return 0
 
 
 def _add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -7,11 +7,21 @@ the validation result as JSON. Later stages (reports, plans, worklist) read it, 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from msfollowup.db import Base, UTCDateTime
+from msfollowup.classify import SeriesClassification, classify_study, read_headers
+from msfollowup.config import Config
+from msfollowup.db import Base, Database, UTCDateTime, utcnow
+from msfollowup.store import InstanceStore, Study, StudyState
+from msfollowup.validate import ValidationResult, validate_study
 
 
 class StudyCheck(Base):
@@ -29,3 +39,164 @@ class StudyCheck(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (UniqueConstraint("study_uid", "version", name="uq_study_checks_version"),)
+    # False until reports are written and the patient's next exam is scheduled for this version.
+    followup_done: Mapped[bool] = mapped_column(default=False)
+
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """Runs the stages after completion. Every stage is driven by what the database says is missing,
+    so a crash at any point is finished by the next pass (here or on another node)."""
+
+    def __init__(self, db: Database, cfg: Config, store: InstanceStore) -> None:
+        self.db = db
+        self.cfg = cfg
+        self.store = store
+
+    # -- stage 1: classify + validate
+
+    def unchecked(self) -> list[tuple[str, int]]:
+        with self.db.session() as s:
+            checked = (
+                select(StudyCheck.study_uid, func.max(StudyCheck.version).label("v"))
+                .group_by(StudyCheck.study_uid)
+                .subquery()
+            )
+            rows = s.execute(
+                select(Study.study_uid, Study.version)
+                .outerjoin(checked, checked.c.study_uid == Study.study_uid)
+                .where(Study.state == StudyState.COMPLETE.value, Study.version > func.coalesce(checked.c.v, 0))
+            ).all()
+        return [(uid, v) for uid, v in rows]
+
+    def profile_for(self, patient_id: str | None) -> str:
+        if patient_id:
+            from msfollowup import plans
+
+            try:
+                with self.db.session() as s:
+                    return plans.profile_for_patient(s, patient_id, dt.date.today(), self._interval_rules())
+            except (AttributeError, NotImplementedError):  # plans not available in this build
+                pass
+        return self.cfg.validation.default_profile
+
+    def _interval_rules(self) -> Any:
+        from msfollowup import plans
+
+        return plans.load_interval_rules(self.cfg.validation.protocols_dir)
+
+    def _reference_for(self, study_uid: str, patient_id: str | None) -> list[SeriesClassification] | None:
+        """The patient's baseline: the earliest compliant study before this one, if its files remain."""
+        if not patient_id:
+            return None
+        with self.db.session() as s:
+            ref_uid = s.scalars(
+                select(StudyCheck.study_uid)
+                .where(
+                    StudyCheck.patient_id == patient_id,
+                    StudyCheck.verdict == "compliant",
+                    StudyCheck.study_uid != study_uid,
+                )
+                .order_by(StudyCheck.study_date, StudyCheck.created_at)
+                .limit(1)
+            ).first()
+        if ref_uid is None:
+            return None
+        files = [p for paths in self.store.series_files(ref_uid).values() for p in paths if p.exists()]
+        if not files:
+            return None
+        series, _, _ = read_headers(files)
+        return classify_study(list(series.values()))
+
+    def check(self, study_uid: str, version: int) -> ValidationResult | None:
+        with self.db.session() as s:
+            study = s.get(Study, study_uid)
+            if study is None:
+                return None
+            patient_id, study_date = study.patient_id, study.study_date
+        files = [p for paths in self.store.series_files(study_uid).values() for p in paths]
+        series, errors, _ = read_headers(files)
+        for message in errors:
+            log.warning("study=%s unreadable instance: %s", study_uid, message)
+        classified = classify_study(list(series.values()))
+        from msfollowup.profiles import get_profile
+
+        profile = get_profile(self.profile_for(patient_id), self.cfg.validation.protocols_dir)
+        reference = self._reference_for(study_uid, patient_id)
+        result = validate_study(classified, profile, reference)
+        try:
+            with self.db.session() as s:
+                s.add(StudyCheck(
+                    study_uid=study_uid, version=version, patient_id=patient_id, study_date=study_date,
+                    profile_id=result.profile_id, profile_version=result.profile_version, verdict=result.verdict,
+                    result_json=json.dumps(result.to_json(), default=str), created_at=utcnow(),
+                ))
+        except IntegrityError:
+            log.info("study=%s version=%d already checked by another worker", study_uid, version)
+            return None
+        log.info("study checked study=%s version=%d profile=%s verdict=%s", study_uid, version, result.profile_id, result.verdict)
+        return result
+
+    # -- stage 2: reports, worklist, next exam
+
+    def pending_followups(self) -> list[int]:
+        with self.db.session() as s:
+            return list(s.scalars(select(StudyCheck.id).where(StudyCheck.followup_done.is_(False)).order_by(StudyCheck.id)))
+
+    def followup(self, check_id: int) -> None:
+        with self.db.session() as s:
+            chk = s.get(StudyCheck, check_id)
+            if chk is None or chk.followup_done:
+                return
+            study_uid, version, patient_id = chk.study_uid, chk.version, chk.patient_id
+            result_json = json.loads(chk.result_json)
+        for stage in self.followup_stages:
+            stage(self, study_uid, version, patient_id, result_json)
+        with self.db.session() as s:
+            s.execute(update(StudyCheck).where(StudyCheck.id == check_id).values(followup_done=True))
+
+    # Stages after validation, in data-flow order; each is idempotent for one (study, version).
+    followup_stages: list[Callable[[Pipeline, str, int, str | None, dict[str, Any]], None]] = []
+
+    def run_pending(self) -> int:
+        n = 0
+        for study_uid, version in self.unchecked():
+            self.check(study_uid, version)
+            n += 1
+        for check_id in self.pending_followups():
+            self.followup(check_id)
+            n += 1
+        return n
+
+
+class PipelineWorker:
+    """A thread that runs the pipeline when woken (after a completion) and every few seconds."""
+
+    def __init__(self, pipeline: Pipeline, poll_seconds: float = 5.0) -> None:
+        self.pipeline = pipeline
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.pipeline.run_pending()
+            except Exception:  # noqa: BLE001 - retried at the next pass; the failure is logged
+                log.exception("pipeline pass failed")
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()

@@ -1,9 +1,11 @@
 """The instance store (files under <data_dir>/store) and its index (studies, series, instances).
 
 Durability rule: an instance is acknowledged only after its bytes are fsync'd under their final name
-(temp file -> fsync -> rename -> fsync dir) AND its index row is committed. A crash between rename and
-commit leaves a file without a row; `recover` re-indexes such files at start-up, so the store and the
-index converge and nothing acknowledged is ever missing.
+AND its index row is committed. The received bytes land in `<data_dir>/tmp` (same filesystem), are
+fsync'd, hard-linked to `store/<study>/<series>/<sop>.dcm` (the directory fsync'd), indexed, and only
+then is the temp name removed. So after a crash `recover` only has to look in tmp/: a temp file with a
+second link was linked (and maybe not indexed) -> index it; one without was never acknowledged -> delete.
+The final name never holds a partial file, and start-up never has to walk the whole store.
 """
 
 from __future__ import annotations
@@ -86,8 +88,297 @@ class Instance(Base):
     instance_number: Mapped[int | None] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(Text)  # relative to the store root
     size: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     calling_ae: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (Index("ix_instances_study_series", "study_uid", "series_uid"),)
+
+
+# --- ingest ------------------------------------------------------------------------------------
+
+# Header attributes the index needs; reading only these keeps ingest cheap on multi-GB objects.
+_INDEX_TAGS = [
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate", "StudyTime",
+    "AccessionNumber", "Modality", "StationName", "StudyDescription", "SeriesDescription",
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+    "SeriesInstanceUID", "SeriesNumber", "InstanceNumber",
+]
+
+
+class IngestError(Exception):
+    """An instance that cannot be stored; `status` is the DICOM status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Outcome(str, Enum):
+    STORED = "stored"
+    DUPLICATE_SAME = "duplicate"  # identical bytes already stored: success, one copy kept
+    DUPLICATE_KEPT_FIRST = "duplicate-kept-first"  # different bytes, policy keep_first: warning
+    REPLACED = "replaced"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: Outcome
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    path: Path
+
+
+def check_uid(name: str, value: object) -> str:
+    """A UID becomes part of a path: digits and dots only, at most 64 characters."""
+    if not isinstance(value, str) or not value:
+        raise IngestError(0xC000, f"{name} is missing")
+    uid = value.strip("\x00 ")
+    if len(uid) > 64 or not UID_RE.match(uid):
+        raise IngestError(0xC000, f"{name} is not a valid UID (digits and dots, at most 64 characters)")
+    return uid
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _text(ds: Dataset, keyword: str, limit: int | None = None) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    return text[:limit] if limit else text
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            ca, cb = fa.read(CHUNK), fb.read(CHUNK)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
+
+
+class InstanceStore:
+    """Files under `root/store`, temporary files under `root/tmp`, rows in the index."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        db: Database,
+        duplicate_policy: Literal["keep_first", "replace", "reject"] = "keep_first",
+        fsync: bool = True,
+    ) -> None:
+        self.root = data_dir / "store"
+        self.tmp = data_dir / "tmp"
+        self.db = db
+        self.duplicate_policy = duplicate_policy
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    # -- paths
+
+    def relative_path(self, study: str, series: str, sop: str) -> str:
+        return f"{study}/{series}/{sop}.dcm"
+
+    def absolute(self, relative: str) -> Path:
+        return self.root / relative
+
+    def temp_file(self) -> IO[bytes]:
+        """A temporary file on the store's filesystem (so a link to the final name is atomic)."""
+        return tempfile.NamedTemporaryFile(dir=self.tmp, suffix=".part", delete=False)
+
+    # -- ingest
+
+    def ingest_file(self, temp_path: Path, calling_ae: str | None = None, expected_sop: str | None = None) -> IngestResult:
+        """Make a complete Part 10 file at `temp_path` (in self.tmp) durable and indexed.
+
+        The caller owns `temp_path` and removes it afterwards (pynetdicom does so for received files).
+        Raises IngestError with the status to answer; nothing is linked into the store in that case.
+        """
+        try:
+            ds = dcmread(temp_path, stop_before_pixels=True, specific_tags=_INDEX_TAGS)
+        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
+            raise IngestError(0xC000, f"cannot parse the data set: {type(exc).__name__}") from None
+        meta = ds.file_meta
+        study = check_uid("StudyInstanceUID", ds.get("StudyInstanceUID"))
+        series = check_uid("SeriesInstanceUID", ds.get("SeriesInstanceUID"))
+        sop = check_uid("SOPInstanceUID", ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID"))
+        sop_class = check_uid("SOPClassUID", ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID"))
+        if expected_sop is not None and sop != expected_sop.strip("\x00 "):
+            raise IngestError(0xA900, "SOPInstanceUID in the data set differs from the C-STORE request")
+        rel = self.relative_path(study, series, sop)
+        final = self.absolute(rel)
+        if self.fsync:
+            _fsync_path(temp_path)
+        outcome = self._link(temp_path, final)
+        if outcome is Outcome.DUPLICATE_SAME or outcome is Outcome.DUPLICATE_KEPT_FIRST:
+            # Make sure a row exists (the first copy may have been linked just before a crash).
+            self._index(ds, rel, final.stat().st_size, calling_ae, only_if_missing=True)
+            return IngestResult(outcome, study, series, sop, final)
+        self._index(ds, rel, final.stat().st_size, calling_ae, only_if_missing=False)
+        return IngestResult(outcome, study, series, sop, final)
+
+    def _link(self, temp_path: Path, final: Path) -> Outcome:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(temp_path, final)
+        except FileExistsError:
+            if _same_bytes(temp_path, final):
+                return Outcome.DUPLICATE_SAME
+            if self.duplicate_policy == "reject":
+                raise IngestError(0xA900, "SOP Instance UID already stored with different content; rejected") from None
+            if self.duplicate_policy == "keep_first":
+                return Outcome.DUPLICATE_KEPT_FIRST
+            # replace: a second link, then an atomic rename over the old name.
+            spare = temp_path.with_suffix(".replace")
+            os.link(temp_path, spare)
+            os.replace(spare, final)
+            if self.fsync:
+                _fsync_path(final.parent, directory=True)
+            return Outcome.REPLACED
+        if self.fsync:
+            _fsync_path(final.parent, directory=True)
+            _fsync_path(final.parent.parent, directory=True)
+            _fsync_path(final.parent.parent.parent, directory=True)
+        return Outcome.STORED
+
+    def _index(self, ds: Dataset, rel: str, size: int, calling_ae: str | None, only_if_missing: bool) -> None:
+        now = utcnow()
+        study_uid = ds.StudyInstanceUID.strip("\x00 ")
+        series_uid = ds.SeriesInstanceUID.strip("\x00 ")
+        sop_uid = str(ds.get("SOPInstanceUID") or ds.file_meta.MediaStorageSOPInstanceUID).strip("\x00 ")
+        with self.db.session() as s:
+            existing = s.get(Instance, sop_uid)
+            if existing is not None and only_if_missing:
+                return
+            self._touch_study(s, ds, study_uid, now)
+            if s.get(Series, series_uid) is None:
+                s.add(Series(
+                    series_uid=series_uid, study_uid=study_uid, series_number=_int(ds, "SeriesNumber"),
+                    modality=_text(ds, "Modality", 16), description=_text(ds, "SeriesDescription", 64),
+                    first_received=now,
+                ))
+                s.flush()
+            fields = dict(
+                series_uid=series_uid, study_uid=study_uid, sop_class_uid=str(ds.get("SOPClassUID") or ds.file_meta.MediaStorageSOPClassUID),
+                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), instance_number=_int(ds, "InstanceNumber"),
+                path=rel, size=size, received_at=now, calling_ae=calling_ae,
+            )
+            if existing is None:
+                s.add(Instance(sop_instance_uid=sop_uid, **fields))
+            else:
+                for key, value in fields.items():
+                    setattr(existing, key, value)
+
+    def _touch_study(self, s: Session, ds: Dataset, study_uid: str, now: dt.datetime) -> None:
+        """Create the study row, or record the arrival (reopening a completed study)."""
+        study = s.get(Study, study_uid, with_for_update=True)
+        if study is None:
+            s.add(Study(
+                study_uid=study_uid, state=StudyState.RECEIVING.value, version=0,
+                patient_id=_text(ds, "PatientID", 64), patient_name=_text(ds, "PatientName", 324),
+                patient_birth_date=_text(ds, "PatientBirthDate", 8), patient_sex=_text(ds, "PatientSex", 16),
+                specific_character_set=("\\".join(ds.SpecificCharacterSet) if ds.get("SpecificCharacterSet") and not isinstance(ds.SpecificCharacterSet, str) else _text(ds, "SpecificCharacterSet", 128)),
+                accession_number=_text(ds, "AccessionNumber", 16), study_date=_text(ds, "StudyDate", 8),
+                study_time=_text(ds, "StudyTime", 16), study_description=_text(ds, "StudyDescription", 64),
+                station_name=_text(ds, "StationName", 16), first_received=now, last_received=now,
+            ))
+            s.flush()
+            return
+        if study.state == StudyState.COMPLETE.value:
+            log.info("study reopened by a late instance study=%s version=%d", study_uid, study.version)
+        study.state = StudyState.RECEIVING.value
+        study.last_received = now
+
+    # -- crash recovery
+
+    def recover(self) -> dict[str, int]:
+        """Finish what a crash interrupted: see the module docstring. Returns counts for the log."""
+        counts = {"indexed": 0, "discarded": 0}
+        for entry in sorted(self.tmp.iterdir()):
+            if not entry.is_file():
+                continue
+            linked = entry.stat().st_nlink > 1
+            if linked:
+                try:
+                    self.ingest_file(entry)
+                    counts["indexed"] += 1
+                except IngestError as exc:
+                    log.error("recovery could not index a linked temp file: %s", exc)
+                    continue
+            else:
+                counts["discarded"] += 1
+            entry.unlink()
+        if self.fsync:
+            _fsync_path(self.tmp, directory=True)
+        return counts
+
+    # -- queries used by later stages
+
+    def series_files(self, study_uid: str) -> dict[str, list[Path]]:
+        """Files of a study grouped by series, in instance order."""
+        out: dict[str, list[Path]] = {}
+        with self.db.session() as s:
+            rows = s.execute(
+                select(Instance.series_uid, Instance.path)
+                .where(Instance.study_uid == study_uid)
+                .order_by(Instance.series_uid, Instance.instance_number, Instance.sop_instance_uid)
+            ).all()
+        for series_uid, rel in rows:
+            out.setdefault(series_uid, []).append(self.absolute(rel))
+        return out
+
+    def delete_study_files(self, study_uid: str) -> int:
+        """Retention clean-up: remove a study's instances (files and rows); reports are kept elsewhere."""
+        study_dir = self.root / study_uid
+        with self.db.session() as s:
+            n = s.query(Instance).filter(Instance.study_uid == study_uid).delete()
+        shutil.rmtree(study_dir, ignore_errors=True)
+        return int(n)
+
+
+def study_summaries(db: Database) -> list[dict[str, Any]]:
+    """Rows for `msfollowup studies`: state, version, counts, receive times (no patient data)."""
+    with db.session() as s:
+        counts = dict(
+            (uid, (n_inst, n_series))
+            for uid, n_inst, n_series in s.execute(
+                select(
+                    Instance.study_uid,
+                    func.count(Instance.sop_instance_uid),
+                    func.count(func.distinct(Instance.series_uid)),
+                ).group_by(Instance.study_uid)
+            ).all()
+        )
+        studies = s.scalars(select(Study).order_by(Study.first_received)).all()
+        return [
+            {
+                "study_instance_uid": st.study_uid,
+                "state": st.state,
+                "version": st.version,
+                "instances": counts.get(st.study_uid, (0, 0))[0],
+                "series": counts.get(st.study_uid, (0, 0))[1],
+                "first_received": st.first_received.isoformat(),
+                "last_received": st.last_received.isoformat(),
+                "completed_at": st.completed_at.isoformat() if st.completed_at else None,
+            }
+            for st in studies
+        ]

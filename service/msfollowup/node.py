@@ -1,0 +1,252 @@
+"""The DICOM node: Verification, Storage SCP for every storage SOP class, access control.
+
+Handlers stay thin (receive, hand over to the store); pynetdicom turns an exception in a handler into
+a failure status, but we map the failures we understand to precise statuses ourselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from msfollowup.config import Config
+from msfollowup.store import IngestError, InstanceStore, Outcome
+
+log = logging.getLogger(__name__)
+
+# Received data sets are streamed to a temporary file instead of memory (bounded memory for
+# multi-GB enhanced objects). pynetdicom only offers this as a process-wide switch.
+_config.STORE_RECV_CHUNKED_DATASET = True
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DUPLICATE_WARNING = 0xB006  # "Elements discarded": the new copy was discarded, the first kept
+STATUS_PROCESSING_FAILURE = 0xC000
+
+ExtraHandlers = list[tuple[Any, Callable[..., Any]]]
+
+_UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2"]
+_DEFLATED = ["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"]
+_LOSSLESS = [
+    "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.5",
+]
+
+
+def _accept_order() -> list[str]:
+    """Transfer syntaxes in the order this SCP accepts them.
+
+    pynetdicom picks the first of the acceptor's list that the requestor offered, so the order decides
+    what a sender must send. We never transcode, and a sender that offers a compressed syntax holds its
+    data that way: prefer compressed (lossless before lossy) so nobody has to decompress for us, then
+    deflated, then uncompressed.
+    """
+    rest = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED + _DEFLATED + _LOSSLESS]
+    return _LOSSLESS + rest + _DEFLATED + _UNCOMPRESSED
+
+
+ACCEPTED_TRANSFER_SYNTAXES = _accept_order()
+
+
+@dataclass
+class _AssocStats:
+    calling_ae: str
+    host: str
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    found: int = 0
+
+
+def _status(code: int, comment: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]
+    return ds
+
+
+class Node:
+    """One AE serving the configured address; `start()` returns once it is listening."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: InstanceStore,
+        extra_handlers: ExtraHandlers | None = None,
+        extra_contexts: list[str] | None = None,
+        on_instance: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        # pynetdicom names its chunk file with tempfile's default folder; point that at the store's
+        # tmp/ so the finished file can be hard-linked into place (same filesystem, no copy).
+        tempfile.tempdir = str(store.tmp)
+        self.on_instance = on_instance
+        self._stats: dict[int, _AssocStats] = {}
+        self._lock = threading.Lock()
+        self.ae = self._build_ae(extra_contexts or [])
+        self.handlers: ExtraHandlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_RELEASED, self._on_finished),
+            (evt.EVT_ABORTED, self._on_finished),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            *(extra_handlers or []),
+        ]
+        self.server: ThreadedAssociationServer | None = None
+
+    # -- setup
+
+    def _build_ae(self, extra_contexts: list[str]) -> AE:
+        node = self.cfg.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_associations = node.max_associations
+        ae.network_timeout = node.network_timeout
+        ae.acse_timeout = node.acse_timeout
+        ae.dimse_timeout = node.dimse_timeout
+        ae.maximum_pdu_size = node.max_pdu
+        # Access control is done in _on_requested (AE title + host); pynetdicom's own checks off.
+        ae.require_called_aet = False
+        ae.add_supported_context(Verification, _UNCOMPRESSED)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        for uid in extra_contexts:
+            ae.add_supported_context(uid, _UNCOMPRESSED)
+        return ae
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.cfg.node.tls
+        if tls is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(certfile=str(tls.certificate), keyfile=str(tls.key))
+        if tls.ca is not None:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cafile=str(tls.ca))
+        return ctx
+
+    def start(self) -> tuple[str, int]:
+        node = self.cfg.node
+        self.server = self.ae.start_server(
+            (node.host, node.port), block=False, evt_handlers=self.handlers, ssl_context=self._ssl_context()
+        )
+        assert self.server is not None
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self, grace_seconds: float) -> int:
+        """Stop accepting, let running associations finish for up to `grace_seconds`, abort the rest."""
+        if self.server is not None:
+            self.server.shutdown()  # closes the listening socket; running associations continue
+            self.server = None
+        deadline = time.monotonic() + grace_seconds
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self.ae.active_associations
+        for assoc in left:
+            assoc.abort()
+        return len(left)
+
+    # -- access control and per-association log line
+
+    def _allowed(self, calling: str, host: str) -> bool:
+        for entry in self.cfg.access.allow:
+            if entry.ae_title == calling and (entry.host is None or entry.host == host):
+                return True
+        return False
+
+    def _on_requested(self, event: Event) -> None:
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        calling = str(rq.calling_ae_title).strip()
+        called = str(rq.called_ae_title).strip()
+        host = str(assoc.requestor.address)
+        reason = None
+        if self.cfg.access.require_called_ae and called != self.cfg.node.ae_title:
+            reason, diag = "called AE title not recognised", 0x07
+        elif not self._allowed(calling, host):
+            reason, diag = "calling AE title/host not on the allow-list", 0x03
+        if reason is None:
+            return
+        log.warning("association rejected calling_ae=%s host=%s called_ae=%s reason=%s", calling, host, called, reason)
+        assoc.acse.send_reject(0x01, 0x01, diag)
+        assoc.is_rejected = True
+        assoc.kill()
+
+    def _on_established(self, event: Event) -> None:
+        assoc = event.assoc
+        with self._lock:
+            self._stats[id(assoc)] = _AssocStats(
+                calling_ae=str(assoc.requestor.ae_title).strip(), host=str(assoc.requestor.address)
+            )
+
+    def _on_finished(self, event: Event) -> None:
+        with self._lock:
+            st = self._stats.pop(id(event.assoc), None)
+        if st is None:
+            return
+        how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        log.info(
+            "association %s calling_ae=%s host=%s stored=%d duplicates=%d failed=%d found=%d seconds=%.2f",
+            how, st.calling_ae, st.host, st.stored, st.duplicates, st.failed, st.found,
+            time.monotonic() - st.started,
+        )
+
+    def _count(self, event: Event, key: str) -> None:
+        with self._lock:
+            st = self._stats.get(id(event.assoc))
+            if st is not None:
+                setattr(st, key, getattr(st, key) + 1)
+
+    def count_found(self, event: Event) -> None:
+        self._count(event, "found")
+
+    # -- services
+
+    def _on_echo(self, event: Event) -> int:
+        return STATUS_SUCCESS
+
+    def _on_store(self, event: Event) -> Dataset | int:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        try:
+            temp = Path(event.dataset_path)
+            result = self.store.ingest_file(
+                temp, calling_ae=calling, expected_sop=str(event.request.AffectedSOPInstanceUID)
+            )
+        except IngestError as exc:
+            self._count(event, "failed")
+            log.warning("C-STORE failed calling_ae=%s status=0x%04X reason=%s", calling, exc.status, exc)
+            return _status(exc.status, str(exc))
+        except OSError as exc:
+            self._count(event, "failed")
+            log.error("C-STORE out of resources calling_ae=%s error=%s", calling, exc.strerror)
+            return _status(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc.strerror}")
+        except Exception as exc:  # noqa: BLE001 - the database or a bug: never acknowledge
+            self._count(event, "failed")
+            log.exception("C-STORE processing failure calling_ae=%s", calling)
+            return _status(STATUS_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")
+        if self.on_instance is not None:
+            self.on_instance(result.study_uid)
+        if result.outcome is Outcome.DUPLICATE_KEPT_FIRST:
+            self._count(event, "duplicates")
+            log.warning("duplicate SOP instance with different content, first copy kept study=%s", result.study_uid)
+            return _status(STATUS_DUPLICATE_WARNING, "duplicate SOP Instance UID, different content; first kept")
+        self._count(event, "duplicates" if result.outcome is Outcome.DUPLICATE_SAME else "stored")
+        return STATUS_SUCCESS

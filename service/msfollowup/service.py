@@ -1,0 +1,110 @@
+"""`msfollowup serve`: wire the stages into one process and run until SIGTERM.
+
+Start-up order follows the data flow: database -> store recovery -> pipeline workers -> node. Shutdown
+is the reverse: the node stops accepting first, running associations get a bounded grace period.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from msfollowup.completion import CompletionWorker
+from msfollowup.config import Config, LoggingConfig
+from msfollowup.db import Database
+from msfollowup.node import Node
+from msfollowup.pipeline import Pipeline, PipelineWorker
+from msfollowup.store import InstanceStore
+
+log = logging.getLogger("msfollowup")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(cfg: LoggingConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if cfg.format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(cfg.level)
+    # pynetdicom logs data set contents (patient names in identifiers) at INFO/DEBUG: keep it quiet.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+class Service:
+    """All the moving parts of one node; `start()` returns when the node is listening."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(cfg.storage.database_url)
+        self.store = InstanceStore(cfg.storage.data_dir, self.db, cfg.storage.duplicate_policy, cfg.storage.fsync)
+        self.pipeline = Pipeline(self.db, cfg, self.store)
+        self.pipeline_worker = PipelineWorker(self.pipeline)
+        self.completion = CompletionWorker(
+            self.db, cfg.completion.stable_seconds, cfg.completion.poll_seconds, on_complete=self.pipeline_worker.wake
+        )
+        self.node = Node(cfg, self.store)
+        self.address: tuple[str, int] | None = None
+
+    def start(self) -> tuple[str, int]:
+        counts = self.store.recover()
+        if any(counts.values()):
+            log.warning("recovered after an interrupted run: indexed=%d discarded=%d", counts["indexed"], counts["discarded"])
+        self.pipeline_worker.start()
+        self.completion.start()
+        self.address = self.node.start()
+        log.info("listening ae_title=%s host=%s port=%d", self.cfg.node.ae_title, *self.address)
+        return self.address
+
+    def stop(self) -> None:
+        aborted = self.node.stop(self.cfg.node.shutdown_grace_seconds)
+        if aborted:
+            log.warning("shutdown aborted %d association(s) after the grace period", aborted)
+        self.completion.stop()
+        self.pipeline_worker.stop()
+        self.db.dispose()
+        log.info("stopped")
+
+
+def run_service(cfg: Config) -> int:
+    setup_logging(cfg.logging)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s received, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    service = Service(cfg)
+    try:
+        service.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", cfg.node.host, cfg.node.port, exc.strerror)
+        return 2
+    while not stop.wait(1.0):
+        pass
+    service.stop()
+    return 0
