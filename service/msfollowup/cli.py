@@ -63,9 +63,182 @@ def _add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.set_defaults(func=_cmd_studies)
 
 
+# --- patient / due (monitoring plans) ---------------------------------------------------------
+# Patient IDs appear only on these commands' stdout (the user asked for them), never in logs.
+
+
+def _plan_context(args: argparse.Namespace) -> tuple[Any, Any]:
+    from msfollowup.db import Database
+    from msfollowup.plans import load_interval_rules
+
+    cfg = _config(args)
+    if cfg.storage.database is None:
+        cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    return Database(cfg.storage.database_url), load_interval_rules(cfg.validation.protocols_dir)
+
+
+def _today(args: argparse.Namespace) -> Any:
+    import datetime as dt
+
+    from msfollowup.plans import parse_date
+
+    return parse_date(args.today, "--today") if getattr(args, "today", None) else dt.date.today()
+
+
+def _plan_changes(args: argparse.Namespace) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    for key in ("dmt", "dmt_start", "previous_dmt", "switch_date", "jcv", "diagnosed", "override_interval", "override_protocol"):
+        if getattr(args, key) is not None:
+            changes[key] = getattr(args, key)
+    if args.flag:
+        changes["set_flags"] = args.flag
+    if args.clear_flag:
+        changes["clear_flags"] = args.clear_flag
+    if args.clear_override:
+        changes["clear_override"] = True
+    return changes
+
+
+def _plan_errors(func: Command) -> Command:
+    def run(args: argparse.Namespace) -> int:
+        from msfollowup.plans import IntervalRulesError, PlanError
+
+        try:
+            return func(args)
+        except (PlanError, IntervalRulesError) as exc:
+            print(f"msfollowup: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _print_due_table(dues: Sequence[Any], today: Any) -> None:
+    print(f"{'PATIENT ID':<20} {'PURPOSE':<7} {'PROFILE':<24} {'EARLIEST':<10} {'TARGET':<10} {'LATEST':<10} STATUS   RULES")
+    for d in dues:
+        status = "OVERDUE" if d.overdue(today) else ("RECALL" if d.recall else "")
+        items = f" missing: {', '.join(d.recall_items)}" if d.recall else ""
+        print(
+            f"{d.patient_id:<20} {d.purpose:<7} {d.profile_id:<24} {d.earliest} {d.target} {d.latest} "
+            f"{status:<8} {', '.join(d.rule_ids)}{items}"
+        )
+
+
+def _cmd_patient_set(args: argparse.Namespace) -> int:
+    from msfollowup.plans import refresh_patient, set_plan
+
+    db, rules = _plan_context(args)
+    with db.session() as s:
+        plan = set_plan(s, args.patient_id, _plan_changes(args), args.author, rules=rules)
+        due = refresh_patient(s, args.patient_id, _today(args), rules)
+    _print_json({"plan": plan.to_json(), "due": [d.to_json() for d in due]})
+    return 0
+
+
+def _cmd_patient_show(args: argparse.Namespace) -> int:
+    from msfollowup.plans import get_plan, plan_history, refresh_patient
+
+    db, rules = _plan_context(args)
+    today = _today(args)
+    with db.session() as s:
+        plan, history = get_plan(s, args.patient_id), plan_history(s, args.patient_id)
+        due = refresh_patient(s, args.patient_id, today, rules)
+    if args.json:
+        _print_json(
+            {
+                "patient_id": args.patient_id,
+                "plan": plan.to_json() if plan else None,
+                "history": [h.to_json() for h in history],
+                "due": [d.to_json() for d in due],
+                "rules_version": rules.version,
+            }
+        )
+        return 0
+    print(f"Patient {args.patient_id}: " + ("no monitoring plan (site default)" if plan is None else "monitoring plan"))
+    for key, value in (plan.to_json() if plan else {}).items():
+        if key != "patient_id" and value not in (None, {}):
+            print(f"  {key}: {value}")
+    print("History:")
+    for h in history:
+        print(f"  {h.changed_at:%Y-%m-%d %H:%M} {h.author}: " + "; ".join(f"{k} {v['old']} -> {v['new']}" for k, v in h.changes.items()))
+    print("Next due:")
+    _print_due_table(due, today)
+    for d in due:
+        print(f"  {d.purpose}: {d.reason}")
+    return 0
+
+
+def _cmd_patient_import(args: argparse.Namespace) -> int:
+    from msfollowup.plans import import_plans_csv
+
+    db, rules = _plan_context(args)
+    try:
+        with open(args.file, newline="", encoding="utf-8-sig") as fh, db.session() as s:
+            count = import_plans_csv(s, fh, args.author, rules)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"msfollowup: {args.file}: cannot read: {exc}", file=sys.stderr)
+        return 2
+    print(f"imported {count} plan row(s)")
+    return 0
+
+
+def _cmd_due(args: argparse.Namespace) -> int:
+    from msfollowup.plans import due_for_all
+
+    db, rules = _plan_context(args)
+    today = _today(args)
+    with db.session() as s:
+        dues = due_for_all(s, today, rules)
+    if args.overdue:
+        dues = [d for d in dues if d.overdue(today)]
+    if args.json:
+        _print_json([d.to_json() | {"overdue": d.overdue(today)} for d in dues])
+    else:
+        _print_due_table(dues, today)
+    return 0
+
+
+def _add_plan_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from msfollowup.plans import JCV_VALUES, default_author
+
+    patient = sub.add_parser("patient", help="monitoring plans").add_subparsers(dest="patient_command", required=True)
+    p = patient.add_parser("set", help="create or change a monitoring plan (every change is kept)")
+    p.add_argument("patient_id")
+    p.add_argument("--dmt", help="current disease-modifying therapy")
+    p.add_argument("--dmt-start", help="start of the current therapy (YYYY-MM-DD)")
+    p.add_argument("--previous-dmt", help="therapy before the current one")
+    p.add_argument("--switch-date", help="day of the switch from --previous-dmt (YYYY-MM-DD)")
+    p.add_argument("--jcv", choices=JCV_VALUES)
+    p.add_argument("--diagnosed", help="date of diagnosis (YYYY-MM-DD)")
+    p.add_argument("--flag", action="append", default=[], help="set a flag: NAME or NAME=YYYY-MM-DD (repeatable)")
+    p.add_argument("--clear-flag", action="append", default=[], help="clear a flag (repeatable)")
+    p.add_argument("--override-interval", help="manual interval in months")
+    p.add_argument("--override-protocol", help="manual protocol profile id")
+    p.add_argument("--clear-override", action="store_true")
+    p.add_argument("--today", help=argparse.SUPPRESS)
+    p.set_defaults(func=_plan_errors(_cmd_patient_set))
+    q = patient.add_parser("show", help="plan, history and next due exams of one patient")
+    q.add_argument("patient_id")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--today", help="compute as of this day (YYYY-MM-DD)")
+    q.set_defaults(func=_plan_errors(_cmd_patient_show))
+    r = patient.add_parser("import", help="apply a CSV of plans in one transaction (a bad row applies nothing)")
+    r.add_argument("file")
+    r.set_defaults(func=_plan_errors(_cmd_patient_import))
+    for x in (p, r):
+        x.add_argument("--author", default=default_author(), help="who made the change (default: OS user)")
+    d = sub.add_parser("due", help="next due exam(s) of every patient")
+    d.add_argument("--overdue", action="store_true", help="only exams past their latest date")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--today", help="compute as of this day (YYYY-MM-DD)")
+    d.set_defaults(func=_plan_errors(_cmd_due))
+    for x in (p, q, r, d):
+        _add_config_arg(x)
+
+
 # Each concern registers its commands here; keep the list in data-flow order.
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_node_commands,
+    _add_plan_commands,
 ]
 
 
