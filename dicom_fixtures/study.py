@@ -73,8 +73,7 @@ def _study_start(study_date: str, seed: int) -> dt.datetime:
 
 
 def _expected_acquisition(p: PlannedSeries) -> str | None:
-    if p.derived and not p.mpr:
-        return p.technique.acquisition  # ADC/TRACE keep MRAcquisitionType of their 2D source
+    # Derived maps and reformats keep the MRAcquisitionType of their source acquisition.
     return p.technique.acquisition
 
 
@@ -99,6 +98,7 @@ def generate_study(out_dir: Path, *, profile: str = "ms-brain-routine", vendor: 
                        bolus=timeline.bolus)
     written: list[GeneratedSeries] = []
     numbers: dict[str, int] = {}
+    series_uids: dict[str, str] = {}
     derived_count: dict[str, int] = {}
     ordinal = 0
     for p in timeline.series:
@@ -111,11 +111,13 @@ def generate_study(out_dir: Path, *, profile: str = "ms-brain-routine", vendor: 
         numbers[p.key] = number
         desc = vendors.description(vendor, p)
         series_uid = uid(study_uid, "series", number, p.key)
+        series_uids[p.key] = series_uid
         folder = out_dir / f"{number}_{safe_name(desc)}"
         if enhanced:
             from dicom_fixtures.enhanced import write_enhanced_series
 
-            files = write_enhanced_series(ctx, p, series_uid, number, desc, folder, slices)
+            source = series_uids.get(p.source_key or "")
+            files = write_enhanced_series(ctx, p, series_uid, number, desc, folder, slices, source)
         else:
             files = write_classic_series(ctx, p, series_uid, number, desc, folder, slices)
         written.append(GeneratedSeries(

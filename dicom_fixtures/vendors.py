@@ -142,8 +142,8 @@ def image_type(vendor: str, p: PlannedSeries) -> list[str]:
 def enhanced_image_type(vendor: str, p: PlannedSeries) -> list[str]:
     """Enhanced MR ImageType/FrameType: always 4 values (value 3 flavour, value 4 derived contrast)."""
     t = p.technique.name
-    if p.mpr:
-        return ["DERIVED", "SECONDARY", "MPR", "NONE"]
+    if p.mpr:  # Enhanced MR allows only PRIMARY in value 2; VolumeBasedCalculationTechnique says MPR
+        return ["DERIVED", "PRIMARY", "MPR", "NONE"]
     head = ["DERIVED", "PRIMARY"] if p.derived else ["ORIGINAL", "PRIMARY"]
     if t in ("DWI", "ADC", "TRACE"):
         return head + ["DIFFUSION", {"DWI": "NONE", "ADC": "ADC", "TRACE": "TRACEW"}[t]]
