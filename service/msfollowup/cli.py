@@ -235,9 +235,79 @@ def _add_plan_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         _add_config_arg(x)
 
 
+# --- report / outbox (reports and their delivery) ----------------------------------------------
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import shutil
+
+    from msfollowup.db import Database
+    from msfollowup.report import ReportError, latest_report
+
+    cfg = _config(args)
+    if args.format == "sr" and not args.output:
+        print("msfollowup: --format sr writes a binary DICOM file and needs --output PATH", file=sys.stderr)
+        return 2
+    db_file = cfg.storage.data_dir / "index.sqlite3"
+    if cfg.storage.database is None and not db_file.exists():
+        print(f"msfollowup: no report for study {args.study_uid} (no index database at {db_file})", file=sys.stderr)
+        return 2
+    try:
+        rec = latest_report(Database(cfg.storage.database_url), cfg, args.study_uid)
+    except ReportError as exc:
+        print(f"msfollowup: {exc}", file=sys.stderr)
+        return 2
+    source = {"json": rec.json_path, "html": rec.html_path, "sr": rec.sr_path}[args.format]
+    try:
+        if args.output:
+            shutil.copyfile(source, args.output)
+        else:
+            sys.stdout.write(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        print(f"msfollowup: cannot copy {source} to {args.output or 'stdout'}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_outbox(args: argparse.Namespace) -> int:
+    from msfollowup.db import Database
+    from msfollowup.outbox import list_deliveries
+
+    cfg = _config(args)
+    if cfg.storage.database is None:
+        cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    jobs = list_deliveries(Database(cfg.storage.database_url), args.study)
+    if args.json:
+        _print_json([j.to_json() for j in jobs])
+        return 0
+    print(f"{'ID':>5}  {'DESTINATION':<32}  {'STATE':<9}  {'TRIES':>5}  {'NEXT ATTEMPT':<25}  STUDY / LAST ERROR")
+    for j in jobs:
+        row = j.to_json()
+        print(f"{j.id:>5}  {j.destination:<32}  {j.state:<9}  {j.attempts:>5}  {row['next_attempt_at'] or '-':<25}  "
+              f"{j.study_uid} v{j.version}")
+        if j.last_error and j.state != "delivered":
+            print(f"{'':>5}  last error: {j.last_error}")
+    return 0
+
+
+def _add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("report", help="write the latest report of a study (JSON/HTML to stdout, or a file)")
+    p.add_argument("study_uid", metavar="STUDY_UID")
+    p.add_argument("--format", choices=("json", "html", "sr"), default="json")
+    p.add_argument("--output", help="write to this file (required for --format sr)")
+    _add_config_arg(p)
+    p.set_defaults(func=_cmd_report)
+    q = sub.add_parser("outbox", help="list report deliveries (destination, state, attempts, last error)")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--study", help="only the deliveries of this Study Instance UID")
+    _add_config_arg(q)
+    q.set_defaults(func=_cmd_outbox)
+
+
 # Each concern registers its commands here; keep the list in data-flow order.
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_node_commands,
+    _add_report_commands,
     _add_plan_commands,
 ]
 

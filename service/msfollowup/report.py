@@ -189,7 +189,8 @@ def counted_series(data: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def open_requirements(data: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in data["requirements"] if r.get("status") != "pass"]
+    """Failed or unverifiable requirements that count (informational items never do)."""
+    return [r for r in data["requirements"] if r.get("status") != "pass" and not r.get("informational")]
 
 
 def _procedure_codes(cfg: Config, data: Mapping[str, Any]) -> list[Code]:
@@ -229,15 +230,22 @@ def _instance_index(db: Database, study_uid: str) -> dict[str, tuple[str, str, s
 
 
 def _evidence_refs(data: Mapping[str, Any], index: Mapping[str, tuple[str, str, str]]) -> list[_InstanceRef]:
-    """Every instance of every classified series: the verdict was decided over all of them."""
+    """Every instance of every classified series: the verdict was decided over all of them.
+
+    The series' facts list its instances; without them, the index's instances of that series.
+    """
     study = data["study_instance_uid"]
+    by_series: dict[str, list[str]] = {}
+    for uid, (series_uid, _, _) in index.items():
+        by_series.setdefault(series_uid, []).append(uid)
     refs: list[_InstanceRef] = []
     seen: set[str] = set()
     for series in data["series"]:
         facts = series.get("facts") or {}
         series_uid = series["series_instance_uid"]
         classes = list(facts.get("sop_class_uids") or ())
-        for uid in facts.get("sop_instance_uids") or ():
+        uids = facts.get("sop_instance_uids") or sorted(by_series.get(series_uid, ()))
+        for uid in uids:
             if uid in seen:
                 continue
             seen.add(uid)
@@ -492,7 +500,7 @@ _VERDICT_TEXT = {
     "non-compliant": ("NOT COMPLIANT", "The study does not follow the protocol: see the failed requirements below."),
     "unverifiable": ("CANNOT BE VERIFIED", "Some requirements could not be checked from the images' headers."),
 }
-_STATUS_TEXT = {"pass": "Pass", "fail": "FAIL", "unverifiable": "Cannot verify"}
+_STATUS_TEXT = {"pass": "Pass", "fail": "FAIL", "unverifiable": "Cannot verify", "info": "Info"}
 
 
 def _e(value: Any) -> str:
@@ -519,17 +527,27 @@ def _dicom_date(value: str | None) -> str | None:
 
 
 def _requirement_rows(data: Mapping[str, Any], numbers: Mapping[str, Any]) -> str:
-    order = {"fail": 0, "unverifiable": 1, "pass": 2}
+    order = {"fail": 0, "unverifiable": 1, "pass": 2, "info": 3}
     rows = []
-    for r in sorted(data["requirements"], key=lambda r: order.get(str(r.get("status")), 3)):
-        status = str(r.get("status"))
+    reqs = [(("info" if r.get("informational") else str(r.get("status"))), r) for r in data["requirements"]]
+    for status, r in sorted(reqs, key=lambda sr: order.get(sr[0], 4)):
         series = ", ".join(str(numbers.get(u, u)) for u in r.get("series") or ())
+        label = f"<b>{_e(r['label'])}</b><br>" if r.get("label") else ""
         rows.append(
             f'<tr class="st-{_e(status)}"><td class="status">{_e(_STATUS_TEXT.get(status, status))}</td>'
-            f"<td>{_e(r.get('message'))}<div class=\"rid\">{_e(r.get('id'))}</div></td>"
+            f"<td>{label}{_e(r.get('message'))}<div class=\"rid\">{_e(r.get('id'))}</div></td>"
             f"<td>{_e(r.get('measured'))}</td><td>{_e(r.get('limit'))}</td><td>{_e(series)}</td></tr>"
         )
     return "\n".join(rows) or '<tr><td colspan="5">No requirements were checked.</td></tr>'
+
+
+def _person_name(value: str | None) -> str | None:
+    """DICOM PN 'Family^Given^Middle^Prefix^Suffix' as 'Family, Given Middle' (first group only)."""
+    if not value:
+        return value
+    parts = [p for p in value.split("=")[0].split("^")]
+    family, rest = parts[0], " ".join(p for p in parts[1:4] if p)
+    return f"{family}, {rest}" if rest else family
 
 
 def _series_rows(data: Mapping[str, Any], counted_uids: set[str]) -> str:
@@ -568,13 +586,14 @@ def build_html(doc: Mapping[str, Any]) -> str:
     counted_uids = {s["series_instance_uid"] for s in counted_series(data)}
     profile = data["profile"]
     open_count = len(open_requirements(data))
+    counted_reqs = sum(1 for r in data["requirements"] if not r.get("informational"))
     return _template("report.html").substitute(
         title=_e(f"Protocol check: {headline}"),
         verdict_class=_e(verdict),
         verdict=_e(headline),
         verdict_explanation=_e(explanation),
-        open_count=_e(f"{open_count} of {len(data['requirements'])} requirements not met or not verifiable"),
-        patient_name=_e(who.get("patient_name")),
+        open_count=_e(f"{open_count} of {counted_reqs} requirements not met or not verifiable"),
+        patient_name=_e(_person_name(who.get("patient_name"))),
         patient_id=_e(who.get("patient_id")),
         birth_date=_e(_dicom_date(who.get("patient_birth_date"))),
         study_date=_e(_dicom_date(who.get("study_date"))),
