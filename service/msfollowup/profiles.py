@@ -128,12 +128,14 @@ class Profile(_Model):
     source: tuple[str, ...] = Field(min_length=1)
     needs_contrast: bool
     loinc: tuple[Loinc, ...] = Field(min_length=1)
-    sequences: tuple[SequenceRule, ...] = Field(min_length=1)
+    sequences: tuple[SequenceRule, ...]
     regions: tuple[Region, ...] = ()
     limits: Limits
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
+        if not self.sequences:
+            raise ValueError("no [[sequences]]: a profile must require at least one sequence")
         ids = [s.id for s in self.sequences]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
