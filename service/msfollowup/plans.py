@@ -668,7 +668,9 @@ def _decide(
     # Before the first exam every rule says "now": report that once instead of listing them all.
     w_ids = ["baseline"] if all(c.baseline for c in winners) else [c.rule_id for c in winners if not c.baseline]
     best_p = min((c.profile for c in profiles if c.profile is not None), key=rules.rank)
-    p_ids = [c.rule_id for c in profiles if c.profile == best_p]
+    p_all = [c.rule_id for c in profiles if c.profile == best_p]
+    # Ties on the profile are common (most rules say "routine"): credit the interval winner if it is one.
+    p_ids = [i for i in p_all if i in w_ids] or p_all
     profile, s_ids, notes = _substitute(best_p, plan, rules)
     rule_ids = tuple(dict.fromkeys(w_ids + p_ids + s_ids))
     last = _last_compliant(exams, rules)
