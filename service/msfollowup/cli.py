@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from msfollowup.config import Config, ConfigError, load_config
@@ -304,9 +305,118 @@ def _add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     q.set_defaults(func=_cmd_outbox)
 
 
+# --- check (offline classification + validation of files) ---------------------------------------
+
+
+class _InputError(Exception):
+    """Paths that cannot be checked: no DICOM, a missing path, an ambiguous reference."""
+
+
+def _files_under(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(f for f in path.rglob("*") if f.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise _InputError(f"{name}: no such file or folder")
+    return files
+
+
+def _read_studies(paths: Sequence[str]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """Classified series grouped by study, plus what was read, skipped and unreadable."""
+    from msfollowup.classify import classify_study, read_headers
+
+    files = _files_under(paths)
+    by_series, unreadable, skipped = read_headers(files)
+    for message in unreadable:
+        print(f"msfollowup: warning: unreadable DICOM file: {message}", file=sys.stderr)
+    info = {"files": len(files), "non_dicom_skipped": skipped, "unreadable": list(unreadable)}
+    if not by_series:
+        raise _InputError(f"no DICOM files found in {', '.join(paths)} ({len(files)} file(s), {skipped} non-DICOM "
+                          f"skipped, {len(unreadable)} unreadable)")
+    grouped: dict[str, list[Any]] = {}
+    for datasets in by_series.values():
+        grouped.setdefault(str(datasets[0].get("StudyInstanceUID", "")), []).append(datasets)
+    return {uid: classify_study(series) for uid, series in grouped.items()}, info
+
+
+def _brief(value: Any, width: int = 30) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        text = ", ".join(f"{k}={_brief(v, 99)}" for k, v in value.items() if v not in (None, [], {}))
+    elif isinstance(value, (list, tuple)):
+        sep = " x " if all(isinstance(v, (int, float)) for v in value) else "/"  # pixel spacing vs kinds
+        text = sep.join(_brief(v, 99) for v in value)
+    elif isinstance(value, float):
+        text = f"{round(value, 3):g}"
+    else:
+        text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print_check(d: dict[str, Any]) -> None:
+    prof = d["profile"]
+    print(f"{d['verdict'].upper()}  study {d['study_instance_uid']}  profile {prof['id']} v{prof['version']}"
+          + (f"  reference {d['reference_study_uid']}" if d.get("reference_study_uid") else ""))
+    print(f"\n{'NO':>5}  {'DESCRIPTION':<32}  {'KIND':<9}  {'2D/3D':<5}  {'DERIVED':<7}  {'CONTRAST':<8}  CONF")
+    for s in sorted(d["series"], key=lambda s: (s.get("series_number") is None, s.get("series_number") or 0)):
+        print(f"{_brief(s.get('series_number'), 5):>5}  {_brief(s.get('description'), 32):<32}  {s['kind']:<9}  "
+              f"{_brief(s.get('acquisition'), 5):<5}  {'yes' if s.get('derived') else 'no':<7}  "
+              f"{_brief(s.get('contrast'), 8):<8}  {float(s.get('confidence') or 0):.2f}")
+    print(f"\n{'STATUS':<12}  {'REQUIREMENT':<30}  {'MEASURED':<30}  {'LIMIT':<30}  MESSAGE")
+    for r in d["requirements"]:
+        status = r["status"] + (" (info)" if r.get("informational") else "")
+        print(f"{status:<12}  {r['id']:<30}  {_brief(r['measured']):<30}  {_brief(r['limit']):<30}  {r['message']}")
+    i = d["input"]
+    print(f"\n{i['files']} file(s) read, {i['non_dicom_skipped']} non-DICOM skipped, {len(i['unreadable'])} unreadable")
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from msfollowup.profiles import ProfileError, get_profile
+    from msfollowup.validate import validate_study
+
+    cfg = _config(args)
+    try:
+        profile = get_profile(args.profile or cfg.validation.default_profile, cfg.validation.protocols_dir)
+        studies, info = _read_studies(args.paths)
+        reference = None
+        if args.reference:
+            refs, _ = _read_studies([args.reference])
+            if len(refs) != 1:
+                raise _InputError(f"--reference {args.reference}: holds {len(refs)} studies; give exactly one")
+            reference = next(iter(refs.values()))
+    except (ProfileError, _InputError) as exc:
+        print(f"msfollowup: {exc}", file=sys.stderr)
+        return 2
+    results = [validate_study(series, profile, reference) for series in studies.values()]
+    out = [r.to_json() | {"input": info} for r in results]
+    if args.json:
+        _print_json(out[0] if len(out) == 1 else out)
+    else:
+        for n, d in enumerate(out):
+            print("\n" if n else "", end="")
+            _print_check(d)
+    return 0 if all(r.verdict == "compliant" for r in results) else 1
+
+
+def _add_check_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("check", help="classify and validate DICOM files or folders offline (exit 0 = compliant)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders (searched recursively)")
+    p.add_argument("--profile", help="protocol profile id (default: [validation] default_profile)")
+    p.add_argument("--reference", metavar="PATH", help="the patient's reference study (file or folder) to compare with")
+    p.add_argument("--json", action="store_true", help="one JSON object per study (a list when there are several)")
+    _add_config_arg(p)
+    p.set_defaults(func=_cmd_check)
+
+
 # Each concern registers its commands here; keep the list in data-flow order.
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_node_commands,
+    _add_check_commands,
     _add_report_commands,
     _add_plan_commands,
 ]
