@@ -2,20 +2,38 @@
 
 CONTRACT (shared with validate.py, report.py, pipeline.py): the dataclasses below and the
 functions `summarize`, `classify_series`, `classify_study`, `read_headers`.
+
+Order of trust: physics and standard attributes (ScanningSequence, TR/TE/TI, b-values, ImageType,
+enhanced functional groups) first, then vendor sequence names, then what the scanner declares
+(AcquisitionContrast), and SeriesDescription / ProtocolName only as a last resort. Every decision
+records the rule that fired and the attribute values that made it fire.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+import math
+import os
+import re
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydicom.dataset import Dataset
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+from pydicom.values import convert_SQ
 
 Kind = Literal["T2_FLAIR", "T2", "PD", "T1", "DWI", "ADC", "TRACE", "STIR", "SWI", "LOCALIZER", "OTHER"]
 KINDS: tuple[str, ...] = ("T2_FLAIR", "T2", "PD", "T1", "DWI", "ADC", "TRACE", "STIR", "SWI", "LOCALIZER", "OTHER")
+Basis = Literal["physics", "vendor", "description"]
+Orientation = Literal["AX", "SAG", "COR", "OBL"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,11 @@ class SeriesFacts:
     contrast_bolus_start: dt.datetime | None = None  # study date + ContrastBolusStartTime
     patient_id: str | None = None
     patient_name: str | None = None
+    # Added (defaults keep the contract): every distinct plane met in the series (a 3-plane localizer
+    # has three), the protocol name, and whether the field strength was computed from ImagingFrequency.
+    orientations: tuple[str, ...] = ()
+    protocol_name: str | None = None
+    field_strength_from_frequency: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,25 +91,1434 @@ class SeriesClassification:
         return not self.derived and self.kind not in ("LOCALIZER", "OTHER")
 
     def to_json(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """JSON-serialisable view. Patient name and ID are left out: the study record carries them."""
+        f = self.facts
+        facts = {
+            "study_instance_uid": f.study_instance_uid,
+            "series_instance_uid": f.series_instance_uid,
+            "series_number": f.series_number,
+            "description": f.description,
+            "protocol_name": f.protocol_name,
+            "modality": f.modality,
+            "sop_class_uids": list(f.sop_class_uids),
+            "sop_instance_uids": list(f.sop_instance_uids),
+            "instance_count": f.instance_count,
+            "frame_count": f.frame_count,
+            "manufacturer": f.manufacturer,
+            "model": f.model,
+            "device_serial_number": f.device_serial_number,
+            "station_name": f.station_name,
+            "field_strength_t": f.field_strength_t,
+            "field_strength_from_frequency": f.field_strength_from_frequency,
+            "imaging_frequency_mhz": f.imaging_frequency_mhz,
+            "mr_acquisition_type": f.mr_acquisition_type,
+            "slice_thickness_mm": f.slice_thickness_mm,
+            "spacing_between_slices_mm": f.spacing_between_slices_mm,
+            "pixel_spacing_mm": list(f.pixel_spacing_mm) if f.pixel_spacing_mm else None,
+            "orientation": f.orientation,
+            "orientations": list(f.orientations),
+            "body_part": f.body_part,
+            "acquisition_datetime": f.acquisition_datetime.isoformat() if f.acquisition_datetime else None,
+            "contrast_bolus_agent": f.contrast_bolus_agent,
+            "contrast_bolus_start": f.contrast_bolus_start.isoformat() if f.contrast_bolus_start else None,
+        }
+        return {
+            "series_instance_uid": f.series_instance_uid,
+            "series_number": f.series_number,
+            "description": f.description,
+            "kind": self.kind,
+            "acquisition": self.acquisition,
+            "derived": self.derived,
+            "counts": self.counts,
+            "contrast": self.contrast,
+            "contrast_basis": self.contrast_basis,
+            "evidence": _jsonable(self.evidence),
+            "confidence": round(self.confidence, 3),
+            "basis": self.basis,
+            "facts": facts,
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else value
+        return [_jsonable(v) for v in items]
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading headers. pydicom parses every element of a file (Philips classic headers hold ~600), which
+# costs ~2 ms per file; a follow-up study of 500 instances must be read in well under 0.5 s. So the
+# top level is scanned here with struct, only the elements the classifier needs are kept (as raw
+# elements pydicom decodes lazily), and the per-frame functional groups of enhanced files are parsed
+# for their first frame only, with b-values and contrast flags of all frames found by a byte search.
+# Anything unusual (big endian, deflate, no preamble, malformed) goes through plain pydicom instead.
+# ---------------------------------------------------------------------------------------------------
+
+_KEEP_KEYWORDS = (
+    "SpecificCharacterSet", "ImageType", "SOPClassUID", "SOPInstanceUID", "StudyDate", "SeriesDate",
+    "AcquisitionDate", "ContentDate", "AcquisitionDateTime", "StudyTime", "SeriesTime", "AcquisitionTime",
+    "ContentTime", "Modality", "Manufacturer", "StationName", "SeriesDescription", "ManufacturerModelName",
+    "PatientName", "PatientID", "ContrastBolusAgent", "ContrastBolusAgentSequence", "BodyPartExamined",
+    "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "SequenceName",
+    "SliceThickness", "RepetitionTime", "EchoTime", "InversionTime", "ImagingFrequency",
+    "MagneticFieldStrength", "SpacingBetweenSlices", "EchoTrainLength", "DeviceSerialNumber",
+    "ProtocolName", "ContrastBolusRoute", "ContrastBolusVolume", "ContrastBolusStartTime",
+    "ContrastBolusTotalDose", "ContrastBolusIngredient", "FlipAngle", "PulseSequenceName",
+    "EchoPulseSequence", "SteadyStatePulseSequence", "EchoPlanarPulseSequence", "TimeOfFlightContrast",
+    "DiffusionBValue", "RFEchoTrainLength", "GradientEchoTrainLength", "AcquisitionContrast",
+    "ComplexImageComponent", "PixelPresentation", "InversionRecovery", "StudyInstanceUID",
+    "SeriesInstanceUID", "SeriesNumber", "InstanceNumber", "ImageOrientationPatient", "NumberOfFrames",
+    "PixelSpacing", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+    "ContrastBolusUsageSequence",
+)
+
+
+def _tag_for(keyword: str) -> int:
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # a typo here must fail at import, not silently drop an attribute
+        raise KeyError(keyword)
+    return int(tag)
+
+
+_KEEP: frozenset[int] = frozenset(_tag_for(k) for k in _KEEP_KEYWORDS)
+# Private elements kept: group -> element offsets within any block (creators are checked when read).
+#   0019: Siemens B_value (0C); GE PulseSequenceName (9C) and InternalPulseSequenceName (9E)
+#   0043: GE b-value (39); 2001: Philips DiffusionB (03) and ScanningTechnique (20)
+_PRIVATE_KEEP: dict[int, frozenset[int]] = {
+    0x0019: frozenset({0x0C, 0x9C, 0x9E}),
+    0x0043: frozenset({0x39}),
+    0x2001: frozenset({0x03, 0x20}),
+}
+_PERFRAME = 0x52009230
+_PIXEL_GROUP = 0x7FE00000
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_HH = struct.Struct("<HH").unpack_from
+_H = struct.Struct("<H").unpack_from
+_L = struct.Struct("<L").unpack_from
+_D = struct.Struct("<d").unpack_from
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_IMPLICIT_TS = "1.2.840.10008.1.2"
+_FALLBACK_TS = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})  # big endian, deflated
+_FIRST_READ = 1 << 16
+
+
+class _Truncated(Exception):
+    """The buffer ends inside an element: read more of the file."""
+
+
+class _Unusual(Exception):
+    """Something the fast scanner does not handle: let pydicom read the file."""
+
+
+def _element(buf: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+    """(tag, VR or None, value start, value length) of the element at pos."""
+    if pos + 8 > len(buf):
+        raise _Truncated
+    group, elem = _HH(buf, pos)
+    tag = group << 16 | elem
+    if implicit or group == 0xFFFE:
+        return tag, None, pos + 8, _L(buf, pos + 4)[0]
+    vr = buf[pos + 4:pos + 6]
+    if vr in _LONG_VRS:
+        if pos + 12 > len(buf):
+            raise _Truncated
+        return tag, vr, pos + 12, _L(buf, pos + 8)[0]
+    if not vr.isalpha():
+        raise _Unusual("explicit VR expected")
+    return tag, vr, pos + 8, _H(buf, pos + 6)[0]
+
+
+def _skip_undefined(buf: bytes, pos: int, implicit: bool) -> int:
+    """pos: first byte inside an undefined-length sequence or item; returns the byte after its delimiter."""
+    while True:
+        tag, vr, start, length = _element(buf, pos, implicit)
+        if tag in (_ITEM_END, _SEQ_END):
+            return start
+        if length == _UNDEFINED:
+            pos = _skip_undefined(buf, start, implicit or vr == b"UN")
+        else:
+            pos = start + length
+            if pos > len(buf):
+                raise _Truncated
+
+
+def _keep(tag: int) -> bool:
+    if tag in _KEEP:
+        return True
+    group = tag >> 16
+    if not group & 1 or group not in _PRIVATE_KEEP:
+        return False
+    elem = tag & 0xFFFF
+    return 0x10 <= elem <= 0xFF or (elem >= 0x1000 and (elem & 0xFF) in _PRIVATE_KEEP[group])
+
+
+def _scan(buf: bytes, pos: int, implicit: bool) -> tuple[dict[BaseTag, Any], tuple[int, int] | None]:
+    """Kept top-level elements as raw elements, and the (start, end) of the per-frame sequence items."""
+    raw: dict[BaseTag, Any] = {}
+    perframe: tuple[int, int] | None = None
+    n = len(buf)
+    while pos + 8 <= n:
+        tag, vr, start, length = _element(buf, pos, implicit)
+        if tag >= _PIXEL_GROUP:
+            break
+        if length == _UNDEFINED:
+            end = _skip_undefined(buf, start, implicit or vr == b"UN")
+            value_end = end - 8  # without the sequence delimiter
+            if vr == b"UN":
+                raise _Unusual("undefined-length UN")
+        else:
+            end = value_end = start + length
+            if end > n:
+                raise _Truncated
+        if _keep(tag):
+            btag = BaseTag(tag)
+            value = buf[start:value_end]
+            raw[btag] = RawDataElement(btag, vr.decode() if vr else None, len(value), value, start, implicit, True)
+            if tag == _PERFRAME:
+                perframe = (start, value_end)
+        pos = end
+    return raw, perframe
+
+
+def _meta(buf: bytes) -> tuple[str, int]:
+    """Transfer syntax UID and the offset of the dataset after the file meta group."""
+    pos = 132
+    ts = ""
+    while pos + 8 <= len(buf):
+        group, elem = _HH(buf, pos)
+        if group != 0x0002:
+            return ts, pos
+        tag, vr, start, length = _element(buf, pos, False)
+        if length == _UNDEFINED:
+            raise _Unusual("undefined length in file meta")
+        if elem == 0x0010:
+            ts = buf[start:start + length].decode("ascii", "replace").strip("\0 ")
+        pos = start + length
+    raise _Truncated
+
+
+def _b_pattern(implicit: bool) -> bytes:
+    # (0018,9087) DiffusionBValue, FD, length 8
+    return b"\x18\x00\x87\x90" + (b"\x08\x00\x00\x00" if implicit else b"FD\x08\x00")
+
+
+def _frame_bvalues(buf: bytes, start: int, end: int, implicit: bool) -> tuple[float, ...]:
+    """Every DiffusionBValue inside the per-frame groups, found without parsing thousands of items."""
+    pat = _b_pattern(implicit)
+    out: set[float] = set()
+    pos = buf.find(pat, start, end)
+    while pos >= 0:
+        if pos + 16 <= end:
+            out.add(round(_D(buf, pos + 8)[0], 3))
+        pos = buf.find(pat, pos + 16, end)
+    return tuple(sorted(out))
+
+
+def _frame_contrast(buf: bytes, start: int, end: int, implicit: bool) -> tuple[str, ...]:
+    """Values of ContrastBolusAgentAdministered (0018,9342) in any frame."""
+    pat = b"\x18\x00\x42\x93"
+    out: set[str] = set()
+    pos = buf.find(pat, start, end)
+    while pos >= 0:
+        try:
+            _, _, vstart, length = _element(buf, pos, implicit)
+            if length < 16:
+                out.add(buf[vstart:vstart + length].decode("ascii", "replace").strip("\0 ").upper())
+        except (_Truncated, _Unusual):
+            pass
+        pos = buf.find(pat, pos + 4, end)
+    return tuple(sorted(out))
+
+
+def _first_item(buf: bytes, start: int, end: int, implicit: bool) -> tuple[int, int] | None:
+    if start + 8 > end:
+        return None
+    tag, _, istart, length = _element(buf, start, implicit)
+    if tag != _ITEM:
+        raise _Unusual("sequence item expected")
+    iend = _skip_undefined(buf, istart, implicit) if length == _UNDEFINED else istart + length
+    return start, iend
+
+
+def _fast_read(path: Path) -> Dataset | None:
+    """Header of a file with a DICM preamble, or None when there is no preamble."""
+    with open(path, "rb") as fh:
+        buf = fh.read(_FIRST_READ)
+        if len(buf) < 132 or buf[128:132] != b"DICM":
+            return None
+        complete = len(buf) < _FIRST_READ
+        while True:
+            try:
+                return _parse(buf)
+            except _Truncated:
+                if complete:
+                    raise
+                buf += fh.read()
+                complete = True
+
+
+def _parse(buf: bytes) -> Dataset:
+    ts, pos = _meta(buf)
+    if ts in _FALLBACK_TS:
+        raise _Unusual(f"transfer syntax {ts}")
+    implicit = ts == _IMPLICIT_TS
+    if not implicit and pos + 6 <= len(buf) and not buf[pos + 4:pos + 6].isalpha():
+        implicit = True  # explicit VR announced, implicit written: pydicom tolerates this, so do we
+    raw, perframe = _scan(buf, pos, implicit)
+    ds = Dataset(raw)
+    encoding: str | list[str] = "iso8859"
+    if 0x00080005 in raw:
+        from pydicom.charset import convert_encodings
+
+        charset = ds.get("SpecificCharacterSet")
+        encoding = convert_encodings(charset) if charset else "iso8859"
+    ds.set_original_encoding(implicit, True, encoding)
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = UID(ts or _IMPLICIT_TS)
+    ds.file_meta = meta
+    if perframe is not None:
+        start, end = perframe
+        first = _first_item(buf, start, end, implicit)
+        if first is not None:
+            seq = convert_SQ(buf[first[0]:first[1]], implicit, True, encoding if isinstance(encoding, list)
+                             else [encoding], first[0])
+            ds._msf_first_frame = seq[0] if len(seq) else None
+        else:
+            ds._msf_first_frame = None
+        ds._msf_frame_b = _frame_bvalues(buf, start, end, implicit)
+        ds._msf_frame_contrast = _frame_contrast(buf, start, end, implicit)
+    return ds
+
+
+def _slow_read(path: Path, preamble: bool) -> Dataset | None:
+    """pydicom read; without a preamble only accepted when it looks like a real DICOM image/object."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, force=not preamble)
+    except InvalidDicomError:
+        return None
+    except Exception:
+        if preamble:
+            raise
+        return None
+    if not preamble and ("SOPInstanceUID" not in ds or "SeriesInstanceUID" not in ds):
+        return None
+    return ds
+
+
+def read_header(path: Path) -> Dataset | None:
+    """Header of one file (no pixel data); None if it is not a DICOM file. Raises on a damaged DICOM file."""
+    try:
+        ds = _fast_read(path)
+    except (_Unusual, _Truncated, struct.error, ValueError, IndexError):
+        ds = _slow_read(path, preamble=True)
+    else:
+        if ds is None:
+            ds = _slow_read(path, preamble=False)
+    if ds is not None:
+        ds.filename = str(path)
+    return ds
+
+
+def _walk(paths: Iterable[Path]) -> Iterable[Path]:
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for root, _dirs, files in os.walk(p):
+                for name in sorted(files):
+                    yield Path(root) / name
+        else:
+            yield p
 
 
 def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[Dataset]], list[str], int]:
     """Read headers (no pixels) grouped by SeriesInstanceUID.
 
     Returns (series_uid -> datasets, unreadable DICOM files as messages, count of non-DICOM files skipped).
+    Directories are walked. Messages name the file and the problem, never a patient attribute.
     """
-    raise NotImplementedError
+    groups: dict[str, list[Dataset]] = {}
+    problems: list[str] = []
+    skipped = 0
+    for path in _walk(paths):
+        try:
+            ds = read_header(path)
+        except Exception as exc:  # one damaged file must not hide the rest of the study
+            problems.append(f"{path}: unreadable DICOM file ({type(exc).__name__})")
+            continue
+        if ds is None:
+            skipped += 1
+            continue
+        uid = _str(ds, "SeriesInstanceUID")
+        if not uid:
+            problems.append(f"{path}: DICOM file without SeriesInstanceUID")
+            continue
+        groups.setdefault(uid, []).append(ds)
+    return groups, problems, skipped
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attribute access that tolerates what scanners write (empty values, DS text, UN private tags).
+# ---------------------------------------------------------------------------------------------------
+
+
+def _value(ds: Dataset | None, keyword: str) -> Any:
+    if ds is None:
+        return None
+    try:
+        return ds.get(keyword)
+    except Exception:  # a malformed value is the same as no value for classification
+        return None
+
+
+def _str(ds: Dataset | None, keyword: str) -> str | None:
+    v = _value(ds, keyword)
+    if v is None:
+        return None
+    if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+        v = "\\".join(str(x) for x in v)
+    s = str(v).strip().strip("\0").strip()
+    return s or None
+
+
+def _tokens(ds: Dataset | None, keyword: str) -> tuple[str, ...]:
+    v = _value(ds, keyword)
+    if v is None or v == "":
+        return ()
+    items = list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else str(v).split("\\")
+    return tuple(str(x).strip().upper() for x in items if str(x).strip())
+
+
+def _num(v: Any) -> float | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+        v = v[0] if len(v) else None
+        if v is None:
+            return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _float(ds: Dataset | None, keyword: str) -> float | None:
+    return _num(_value(ds, keyword))
+
+
+def _floats(ds: Dataset | None, keyword: str) -> tuple[float, ...]:
+    v = _value(ds, keyword)
+    if v is None or v == "":
+        return ()
+    items = v if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else [v]
+    out = []
+    for x in items:
+        f = _num(x)
+        if f is not None:
+            out.append(f)
+    return tuple(out)
+
+
+def _item(ds: Dataset | None, keyword: str) -> Dataset | None:
+    v = _value(ds, keyword)
+    try:
+        return v[0] if v else None
+    except (TypeError, IndexError):
+        return None
+
+
+def _private(ds: Dataset, group: int, offset: int, creators: tuple[str, ...]) -> Any:
+    """Value of a private element whose block creator starts with one of `creators`."""
+    for block in range(0x10, 0x100):
+        ctag = (group << 16) | block
+        if ctag not in ds:
+            continue
+        creator = str(ds[ctag].value).strip().upper()
+        if any(creator.startswith(c) for c in creators):
+            tag = (group << 16) | (block << 8) | offset
+            if tag in ds:
+                return ds[tag].value
+    return None
+
+
+def _private_num(ds: Dataset, group: int, offset: int, creators: tuple[str, ...]) -> float | None:
+    v = _private(ds, group, offset, creators)
+    if isinstance(v, bytes):  # VR UN (implicit VR written through): raw little-endian value
+        if len(v) == 4:
+            return _num(struct.unpack("<f", v)[0])
+        if len(v) == 8:
+            return _num(struct.unpack("<d", v)[0])
+        try:
+            return _num(v.decode("ascii").strip("\0 ").split("\\")[0])
+        except UnicodeDecodeError:
+            return None
+    return _num(v)
+
+
+def _private_str(ds: Dataset, group: int, offset: int, creators: tuple[str, ...]) -> str | None:
+    v = _private(ds, group, offset, creators)
+    if isinstance(v, bytes):
+        v = v.decode("ascii", "replace")
+    s = str(v).strip("\0 ") if v is not None else ""
+    return s or None
+
+
+def _first_frame(ds: Dataset) -> Dataset | None:
+    if hasattr(ds, "_msf_first_frame"):
+        ff: Dataset | None = ds._msf_first_frame
+        return ff
+    return _item(ds, "PerFrameFunctionalGroupsSequence")
+
+
+def _group(ds: Dataset, macro: str) -> Dataset | None:
+    """A functional group macro item: shared first, then the first frame (the reader keeps only that)."""
+    item = _item(_item(ds, "SharedFunctionalGroupsSequence"), macro)
+    if item is None:
+        item = _item(_first_frame(ds), macro)
+    return item
+
+
+def _frame_b(ds: Dataset) -> tuple[float, ...]:
+    if hasattr(ds, "_msf_frame_b"):
+        return tuple(ds._msf_frame_b)
+    seq = _value(ds, "PerFrameFunctionalGroupsSequence") or ()
+    out = set()
+    for frame in seq:
+        b = _float(_item(frame, "MRDiffusionSequence"), "DiffusionBValue")
+        if b is not None:
+            out.add(round(b, 3))
+    return tuple(sorted(out))
+
+
+def _frame_contrast_flags(ds: Dataset) -> tuple[str, ...]:
+    if hasattr(ds, "_msf_frame_contrast"):
+        return tuple(ds._msf_frame_contrast)
+    out = set()
+    for frame in _value(ds, "PerFrameFunctionalGroupsSequence") or ():
+        for usage in _value(frame, "ContrastBolusUsageSequence") or ():
+            flag = _str(usage, "ContrastBolusAgentAdministered")
+            if flag:
+                out.add(flag.upper())
+    return tuple(sorted(out))
+
+
+def _dt(date: str | None, time: str | None) -> dt.datetime | None:
+    if not date:
+        return None
+    date = date.replace(".", "").replace("-", "")[:8]
+    try:
+        day = dt.datetime.strptime(date, "%Y%m%d")
+    except ValueError:
+        return None
+    if not time:
+        return day
+    t = time.replace(":", "")
+    whole, _, frac = t.partition(".")
+    try:
+        hh = int(whole[0:2]) if len(whole) >= 2 else 0
+        mm = int(whole[2:4]) if len(whole) >= 4 else 0
+        ss = int(whole[4:6]) if len(whole) >= 6 else 0
+        us = int((frac + "000000")[:6]) if frac.isdigit() else 0
+        return day.replace(hour=hh, minute=mm, second=min(ss, 59), microsecond=us)
+    except ValueError:
+        return day
+
+
+def _dt_value(v: str | None) -> dt.datetime | None:
+    """DICOM DT (YYYYMMDDHHMMSS.FFFFFF&ZZXX); the offset is dropped: everything is scanner local time."""
+    if not v:
+        return None
+    v = re.split(r"[+-]", v.strip())[0]
+    return _dt(v[:8], v[8:] or None)
+
+
+def _instance_datetime(ds: Dataset) -> dt.datetime | None:
+    t = _dt_value(_str(ds, "AcquisitionDateTime"))
+    if t:
+        return t
+    day = _str(ds, "AcquisitionDate") or _str(ds, "SeriesDate") or _str(ds, "ContentDate") or _str(ds, "StudyDate")
+    for time_kw in ("AcquisitionTime", "SeriesTime", "ContentTime"):
+        tm = _str(ds, time_kw)
+        if tm and day:
+            return _dt(day, tm)
+    return None
+
+
+def _plane(iop: tuple[float, ...]) -> Orientation | None:
+    if len(iop) != 6:
+        return None
+    r, c = iop[:3], iop[3:]
+    n = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+    size = math.sqrt(sum(x * x for x in n))
+    if size < 1e-6:
+        return None
+    a = [abs(x) / size for x in n]
+    i = max(range(3), key=lambda k: a[k])
+    if a[i] < 0.8:  # more than ~37 degrees off every main plane
+        return "OBL"
+    plane: Orientation = ("SAG", "COR", "AX")[i]  # type: ignore[assignment]
+    return plane
+
+
+# ---------------------------------------------------------------------------------------------------
+# summarize
+# ---------------------------------------------------------------------------------------------------
+
+_NO_AGENT = frozenset({"", "NONE", "NO", "N/A", "NA", "0", "-", "NIL", "WITHOUT", "NO CONTRAST"})
+
+
+def _agent(ds: Dataset) -> str | None:
+    a = _str(ds, "ContrastBolusAgent")
+    if a is None:
+        item = _item(ds, "ContrastBolusAgentSequence")
+        a = _str(item, "CodeMeaning") if item is not None else None
+    return a
 
 
 def summarize(datasets: Sequence[Dataset]) -> SeriesFacts:
-    raise NotImplementedError
+    """Facts of one series (all instances of one SeriesInstanceUID)."""
+    if not datasets:
+        raise ValueError("summarize needs at least one dataset of the series")
+    first = datasets[0]
+    sop_uids: list[str] = []
+    classes: list[str] = []
+    planes: Counter[str] = Counter()
+    frames = 0
+    earliest: dt.datetime | None = None
+    agent: str | None = None
+    bolus_time: str | None = None
+    bolus_day: str | None = None
+    for ds in datasets:
+        uid = _str(ds, "SOPInstanceUID")
+        if uid:
+            sop_uids.append(uid)
+        cls = _str(ds, "SOPClassUID")
+        if cls and cls not in classes:
+            classes.append(cls)
+        n = _float(ds, "NumberOfFrames")
+        frames += int(n) if n and n > 0 else 1
+        t = _instance_datetime(ds)
+        if t and (earliest is None or t < earliest):
+            earliest = t
+        iop = _floats(ds, "ImageOrientationPatient")
+        if not iop:
+            iop = _floats(_group(ds, "PlaneOrientationSequence"), "ImageOrientationPatient")
+        p = _plane(iop)
+        if p:
+            planes[p] += 1
+        if agent is None:
+            a = _agent(ds)
+            if a and a.upper() not in _NO_AGENT:
+                agent = a
+        if bolus_time is None:
+            bolus_time = _str(ds, "ContrastBolusStartTime")
+            if bolus_time is None:
+                usage = _group(ds, "ContrastBolusUsageSequence")
+                bolus_time = _str(usage, "ContrastBolusStartTime")
+            if bolus_time:
+                bolus_day = _str(ds, "AcquisitionDate") or _str(ds, "StudyDate") or _str(ds, "SeriesDate")
+                if not bolus_day:
+                    adt = _str(ds, "AcquisitionDateTime")
+                    bolus_day = adt[:8] if adt else None
+    thick = _float(first, "SliceThickness")
+    spacing = _float(first, "SpacingBetweenSlices")
+    pixel = _floats(first, "PixelSpacing")
+    measures = _group(first, "PixelMeasuresSequence")
+    if thick is None or thick <= 0:
+        thick = _float(measures, "SliceThickness")
+    if spacing is None:
+        spacing = _float(measures, "SpacingBetweenSlices")
+    if len(pixel) != 2:
+        pixel = _floats(measures, "PixelSpacing")
+    field = _float(first, "MagneticFieldStrength")
+    freq = _float(first, "ImagingFrequency")
+    if freq is None:
+        freq = _float(_group(first, "MRImagingModifierSequence"), "TransmitterFrequency")
+    from_freq = False
+    if (field is None or field <= 0) and freq:
+        field, from_freq = round(freq / 42.577, 2), True  # proton gyromagnetic ratio, MHz/T
+    number = _float(first, "SeriesNumber")
+    return SeriesFacts(
+        study_instance_uid=_str(first, "StudyInstanceUID") or "",
+        series_instance_uid=_str(first, "SeriesInstanceUID") or "",
+        series_number=int(number) if number is not None else None,
+        description=_str(first, "SeriesDescription"),
+        modality=_str(first, "Modality"),
+        sop_class_uids=tuple(classes),
+        sop_instance_uids=tuple(sop_uids),
+        instance_count=len(datasets),
+        frame_count=frames,
+        manufacturer=_str(first, "Manufacturer"),
+        model=_str(first, "ManufacturerModelName"),
+        device_serial_number=_str(first, "DeviceSerialNumber"),
+        station_name=_str(first, "StationName"),
+        field_strength_t=field,
+        imaging_frequency_mhz=freq,
+        mr_acquisition_type=_str(first, "MRAcquisitionType"),
+        slice_thickness_mm=thick if thick and thick > 0 else None,
+        spacing_between_slices_mm=spacing,
+        pixel_spacing_mm=(pixel[0], pixel[1]) if len(pixel) == 2 else None,
+        orientation=planes.most_common(1)[0][0] if planes else None,  # type: ignore[arg-type]
+        body_part=_str(first, "BodyPartExamined"),
+        acquisition_datetime=earliest,
+        contrast_bolus_agent=agent,
+        contrast_bolus_start=_dt(bolus_day, bolus_time) if bolus_time else None,
+        patient_id=_str(first, "PatientID"),
+        patient_name=_str(first, "PatientName"),
+        orientations=tuple(sorted(planes)),
+        protocol_name=_str(first, "ProtocolName"),
+        field_strength_from_frequency=from_freq,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Features: the values the rules look at, gathered once per series.
+# ---------------------------------------------------------------------------------------------------
+
+_MR_IMAGE_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image
+    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image
+    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image
+})
+_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
+
+@dataclass
+class _Features:
+    facts: SeriesFacts
+    image_type: tuple[str, ...]
+    sop_class: str | None
+    modality: str | None
+    manufacturer: str
+    scanning: frozenset[str]
+    variant: frozenset[str]
+    options: frozenset[str]
+    seq_name: str  # Siemens/Canon style SequenceName or PulseSequenceName, lower case, no '*'
+    ge_psd: str
+    philips_tech: str
+    tr: float | None
+    te_values: tuple[float, ...]
+    ti: float | None
+    flip: float | None
+    inversion_declared: bool
+    echo_pulse: str | None
+    epi: bool
+    rf_etl: float | None
+    grad_etl: float | None
+    acq_contrast: str | None
+    complex_component: str | None
+    pixel_presentation: str | None
+    tof: bool
+    b_values: dict[str, tuple[float, ...]]
+    diffusion_directionality: str | None
+    anisotropy: str | None
+    description: str
+    protocol: str
+    acq_type: str | None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def te(self) -> float | None:
+        return min(self.te_values) if self.te_values else None
+
+    @property
+    def b_max(self) -> float | None:
+        values = [b for vs in self.b_values.values() for b in vs]
+        return max(values) if values else None
+
+
+def _ge_b(v: Any) -> float | None:
+    """GE (0043,1039) first value; recent software adds 1e9 to it."""
+    b = _num(v)
+    if b is None:
+        return None
+    if b >= 1e9:
+        b -= 1e9
+    return b if 0 <= b < 1e6 else None
+
+
+def _collect_b(datasets: Sequence[Dataset], manufacturer: str) -> dict[str, tuple[float, ...]]:
+    std: set[float] = set()
+    siemens: set[float] = set()
+    ge: set[float] = set()
+    philips: set[float] = set()
+    frame: set[float] = set()
+    for ds in datasets:
+        b = _float(ds, "DiffusionBValue")
+        if b is not None:
+            std.add(round(b, 3))
+        if "SIEMENS" in manufacturer:
+            b = _private_num(ds, 0x0019, 0x0C, ("SIEMENS MR HEADER",))
+            if b is not None:
+                siemens.add(b)
+        elif manufacturer.startswith("GE"):
+            raw = _private(ds, 0x0043, 0x39, ("GEMS_PARM_01",))
+            if raw is not None:
+                b = _ge_b(raw[0] if isinstance(raw, (list, tuple)) or type(raw).__name__ == "MultiValue" else raw)
+                if b is not None:
+                    ge.add(b)
+        elif "PHILIPS" in manufacturer:
+            b = _private_num(ds, 0x2001, 0x03, ("PHILIPS IMAGING DD 001",))
+            if b is not None:
+                philips.add(round(b, 3))
+        frame.update(_frame_b(ds))
+    found = {"DiffusionBValue": std, "Siemens(0019,100C)": siemens, "GE(0043,1039)": ge,
+             "Philips(2001,1003)": philips, "MRDiffusionSequence": frame}
+    return {k: tuple(sorted(v)) for k, v in found.items() if v}
+
+
+def _features(datasets: Sequence[Dataset], facts: SeriesFacts) -> _Features:
+    first = datasets[0]
+    image_type: list[str] = []
+    te_values: set[float] = set()
+    seq_names: list[str] = []
+    for ds in datasets:
+        for t in _tokens(ds, "ImageType"):
+            if t not in image_type:
+                image_type.append(t)
+        te = _float(ds, "EchoTime")
+        if te is not None:
+            te_values.add(round(te, 2))
+        sn = _str(ds, "SequenceName")
+        if sn and sn not in seq_names:
+            seq_names.append(sn)
+    manufacturer = (facts.manufacturer or "").upper()
+    timing = _group(first, "MRTimingAndRelatedParametersSequence")
+    modifier = _group(first, "MRModifierSequence")
+    frame_type = _group(first, "MRImageFrameTypeSequence")
+    echo = _group(first, "MREchoSequence")
+    diffusion = _group(first, "MRDiffusionSequence")
+    if not te_values:
+        te = _float(echo, "EffectiveEchoTime")
+        if te is not None:
+            te_values.add(round(te, 2))
+    tr = _float(first, "RepetitionTime")
+    if tr is None:
+        tr = _float(timing, "RepetitionTime")
+    flip = _float(first, "FlipAngle")
+    if flip is None:
+        flip = _float(timing, "FlipAngle")
+    ti = _float(first, "InversionTime")
+    if ti is None or ti <= 0:
+        tis = [t for t in _floats(modifier, "InversionTimes") if t > 0] or [
+            t for t in _floats(first, "InversionTimes") if t > 0]
+        ti = max(tis) if tis else (ti if ti and ti > 0 else None)
+    ir_flag = (_str(modifier, "InversionRecovery") or _str(first, "InversionRecovery") or "").upper() == "YES"
+    # sequence names: classic SequenceName (dicom2nifti stripped files say 'dicom2nifti'), enhanced
+    # PulseSequenceName, Siemens XA per-frame private copy (0021,xx77 in MRImageFrameTypeSequence)
+    pulse = _str(first, "PulseSequenceName")
+    if pulse:
+        seq_names.append(pulse)
+    if frame_type is not None and "SIEMENS" in manufacturer:
+        sdi = _private_str(frame_type, 0x0021, 0x77, ("SIEMENS MR SDI",))
+        if sdi:
+            seq_names.append(sdi)
+    seq_names = [s for s in seq_names if s.lower() != "dicom2nifti"]
+    ge_psd = ""
+    philips_tech = ""
+    if manufacturer.startswith("GE"):
+        ge_psd = " ".join(filter(None, (_private_str(first, 0x0019, 0x9C, ("GEMS_ACQU_01",)),
+                                        _private_str(first, 0x0019, 0x9E, ("GEMS_ACQU_01",))))).lower()
+    if "PHILIPS" in manufacturer:
+        philips_tech = (_private_str(first, 0x2001, 0x20, ("PHILIPS IMAGING DD 001",)) or "").upper()
+    scanning = frozenset(_tokens(first, "ScanningSequence"))
+    variant = frozenset(_tokens(first, "SequenceVariant"))
+    options = frozenset(_tokens(first, "ScanOptions"))
+    rf_etl = _float(first, "RFEchoTrainLength")
+    if rf_etl is None:
+        rf_etl = _float(timing, "RFEchoTrainLength")
+    grad_etl = _float(first, "GradientEchoTrainLength")
+    if grad_etl is None:
+        grad_etl = _float(timing, "GradientEchoTrainLength")
+    seq_name = " ".join(s.lower().lstrip("*") for s in seq_names)
+    epi_declared = (_str(first, "EchoPlanarPulseSequence") or "").upper()
+    # Gradient echo train > 1 without RF refocusing means EPI, but only when the file does not say
+    # otherwise: Philips TFE writes its turbo-field-echo train as GradientEchoTrainLength too.
+    epi = ("EP" in scanning or epi_declared == "YES" or bool(re.search(r"(^|\s)(ep|epi|epse|epfid|epi2)", seq_name))
+           or "EPI_GEMS" in options or "epi" in ge_psd or philips_tech.startswith(("DWI", "FEEPI", "SEEPI"))
+           or (not epi_declared and grad_etl is not None and grad_etl > 1 and (rf_etl is None or rf_etl <= 1)
+               and not scanning and "TFE" not in philips_tech and "TFE" not in seq_name.upper()))
+    acq_contrast = _str(first, "AcquisitionContrast") or _str(frame_type, "AcquisitionContrast")
+    complex_component = _str(first, "ComplexImageComponent") or _str(frame_type, "ComplexImageComponent")
+    return _Features(
+        facts=facts,
+        image_type=tuple(image_type),
+        sop_class=facts.sop_class_uids[0] if facts.sop_class_uids else None,
+        modality=(facts.modality or "").upper() or None,
+        manufacturer=manufacturer,
+        scanning=scanning,
+        variant=variant,
+        options=options,
+        seq_name=seq_name,
+        ge_psd=ge_psd,
+        philips_tech=philips_tech,
+        tr=tr,
+        te_values=tuple(sorted(te_values)),
+        ti=ti,
+        flip=flip,
+        inversion_declared=ir_flag,
+        echo_pulse=(_str(first, "EchoPulseSequence") or "").upper() or None,
+        epi=epi,
+        rf_etl=rf_etl,
+        grad_etl=grad_etl,
+        acq_contrast=acq_contrast.upper() if acq_contrast else None,
+        complex_component=complex_component.upper() if complex_component else None,
+        pixel_presentation=(_str(first, "PixelPresentation") or _str(frame_type, "PixelPresentation") or "").upper()
+        or None,
+        tof=(_str(first, "TimeOfFlightContrast") or "").upper() == "YES",
+        b_values=_collect_b(datasets, manufacturer),
+        diffusion_directionality=(_str(diffusion, "DiffusionDirectionality") or "").upper() or None,
+        anisotropy=(_str(diffusion, "DiffusionAnisotropyType") or "").upper() or None,
+        description=facts.description or "",
+        protocol=facts.protocol_name or "",
+        acq_type=(facts.mr_acquisition_type or "").upper() or None,
+    )
+
+
+# Physics predicates --------------------------------------------------------------------------------
+
+
+def _is_ir(f: _Features) -> bool:
+    return ("IR" in f.scanning or f.inversion_declared or (f.ti is not None and f.ti >= 50)
+            or "IR" in f.options or "IR_GEMS" in f.options)
+
+
+def _is_gre(f: _Features) -> bool:
+    if "GR" in f.scanning or f.echo_pulse == "GRADIENT":
+        return True
+    if f.scanning & {"SE", "EP"} or f.echo_pulse in ("SPIN", "BOTH"):
+        return False
+    return bool(re.search(r"(^|\s)(fl\d|tfl|fl3d|fl2d|swi|medic|vibe|gre)", f.seq_name)
+                or re.search(r"spgr|efgre|bravo|fgre|swan|mp-?rage", f.ge_psd)
+                or re.search(r"FFE|TFE", f.philips_tech)
+                or re.search(r"(^|\s)(ffe|fe)\d?d", f.seq_name))
+
+
+def _is_se(f: _Features) -> bool:
+    if "SE" in f.scanning or f.echo_pulse == "SPIN":
+        return True
+    if "GR" in f.scanning or f.echo_pulse == "GRADIENT":
+        return False
+    return bool(re.search(r"(^|\s)(tse|se\d|spc|tir|h2d|haste|fse|se_|flair|stir)", f.seq_name)
+                or re.search(r"fse|cube|ssfse|frfse", f.ge_psd)
+                or re.search(r"TSE|^SE|^IR", f.philips_tech))
+
+
+# Rules -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Decision:
+    kind: Kind
+    rule: str
+    confidence: float
+    basis: Basis
+    evidence: dict[str, Any]
+
+
+Rule = Callable[[_Features], "_Decision | None"]
+
+_OTHER_TYPE_TOKENS = {
+    "FMRI": "functional MRI (BOLD)", "ASL": "arterial spin labelling", "PERFUSION": "perfusion",
+    "MOCO": "motion-corrected time series (fMRI)", "DSC": "perfusion", "FIELD_MAP": "field map",
+    "B0_MAP": "field map", "PHASE_MAP": "field map", "RCBF": "perfusion map", "CBF": "perfusion map",
+    "CBV": "perfusion map", "MTT": "perfusion map", "TTP": "perfusion map", "RCBV": "perfusion map",
+    "FA": "anisotropy map", "TENSOR_B0": "tensor b0 map", "TENSOR": "tensor map", "EXP": "exponential ADC map",
+    "EADC": "exponential ADC map", "CFA": "colour FA map", "VELOCITY": "phase contrast", "ANGIO": "angiography",
+    "SPECTROSCOPY": "spectroscopy",
+}
+_PHASE_TOKENS = frozenset({"P", "PHASE", "R", "REAL", "I", "IMAGINARY"})
+_DERIVED_TOKENS = frozenset({
+    "MPR", "MIP", "MINIP", "MNIP", "MIN IP", "PROJECTION IMAGE", "REFORMATTED", "CSA MPR", "CSA RESAMPLED",
+    "CSAPARALLEL", "CSARADIAL", "FA", "TENSOR_B0", "TENSOR", "RCBF", "CBF", "CBV", "RCBV", "MTT", "TTP", "EXP",
+    "EADC", "CFA", "SUBTRACTION", "SUB", "CPR", "VRT", "RESAMPLED", "COMPOSED", "T1_MAP", "T2_MAP", "T2*_MAP",
+})
+
+
+def _ev(f: _Features, **extra: Any) -> dict[str, Any]:
+    return {k: v for k, v in extra.items() if v is not None and v != () and v != ""}
+
+
+def _rule_non_image(f: _Features) -> _Decision | None:
+    if f.modality and f.modality != "MR":
+        return _Decision("OTHER", "not an MR series", 0.99, "physics", _ev(f, Modality=f.modality))
+    if f.sop_class and f.sop_class not in _MR_IMAGE_CLASSES:
+        return _Decision("OTHER", "not an MR image object", 0.99, "physics", _ev(f, SOPClassUID=f.sop_class))
+    return None
+
+
+def _rule_localizer_declared(f: _Features) -> _Decision | None:
+    if "LOCALIZER" in f.image_type:
+        return _Decision("LOCALIZER", "ImageType LOCALIZER", 0.98, "physics",
+                         _ev(f, ImageType="\\".join(f.image_type)))
+    return None
+
+
+def _rule_localizer_geometry(f: _Features) -> _Decision | None:
+    planes = [p for p in f.facts.orientations if p != "OBL"]
+    if len(planes) >= 3:
+        return _Decision("LOCALIZER", "three orientations in one series (localizer)", 0.93, "physics",
+                         _ev(f, ImageOrientationPatient=list(f.facts.orientations)))
+    thick = f.facts.slice_thickness_mm
+    if thick is not None and thick >= 10 and not (f.b_max and f.b_max > 50) and "DERIVED" not in f.image_type[:1]:
+        return _Decision("LOCALIZER", "slices 10 mm or thicker (localizer)", 0.8, "physics",
+                         _ev(f, SliceThickness=thick))
+    return None
+
+
+def _rule_diffusion_maps(f: _Features) -> _Decision | None:
+    it = set(f.image_type)
+    if it & {"ADC", "ADC_UNSPECIFIED", "DADC"}:
+        return _Decision("ADC", "ImageType ADC", 0.97, "physics", _ev(f, ImageType="\\".join(f.image_type)))
+    if it & {"TRACEW", "TRACE", "ISOTROPIC", "ISODWI", "CMB"}:
+        return _Decision("TRACE", "ImageType trace-weighted", 0.95, "physics",
+                         _ev(f, ImageType="\\".join(f.image_type), b_values=f.b_values))
+    if f.anisotropy or it & {"FA", "CFA", "TENSOR", "TENSOR_B0", "EXP", "EADC"}:
+        return _Decision("OTHER", "diffusion-derived map (anisotropy / tensor)", 0.95, "physics",
+                         _ev(f, ImageType="\\".join(f.image_type), DiffusionAnisotropyType=f.anisotropy))
+    if f.diffusion_directionality == "ISOTROPIC" and "DERIVED" in f.image_type[:1]:
+        if f.b_max and f.b_max > 50:
+            return _Decision("TRACE", "isotropic diffusion frames with b > 0", 0.9, "physics",
+                             _ev(f, DiffusionDirectionality="ISOTROPIC", b_values=f.b_values))
+        return _Decision("ADC", "isotropic diffusion map without b-value", 0.85, "physics",
+                         _ev(f, DiffusionDirectionality="ISOTROPIC"))
+    return None
+
+
+def _rule_special_other(f: _Features) -> _Decision | None:
+    """fMRI, ASL, perfusion, field maps, phase images, angiography, bSSFP: never counted."""
+    for token in f.image_type[2:]:
+        if token in _OTHER_TYPE_TOKENS and token not in ("FA", "TENSOR", "TENSOR_B0", "EXP", "EADC", "CFA"):
+            return _Decision("OTHER", f"ImageType {token}: {_OTHER_TYPE_TOKENS[token]}", 0.95, "physics",
+                             _ev(f, ImageType="\\".join(f.image_type)))
+    if f.acq_contrast in ("PERFUSION", "FLOW_ENCODED", "TAGGING", "TOF"):
+        return _Decision("OTHER", f"AcquisitionContrast {f.acq_contrast}", 0.93, "physics",
+                         _ev(f, AcquisitionContrast=f.acq_contrast))
+    if f.tof:
+        return _Decision("OTHER", "time-of-flight angiography", 0.93, "physics", _ev(f, TimeOfFlightContrast="YES"))
+    swi = _swi_named(f)
+    phase = (f.complex_component in ("PHASE", "REAL", "IMAGINARY", "MIXED")
+             or bool(set(f.image_type[2:3]) & _PHASE_TOKENS))
+    if phase and not swi:
+        return _Decision("OTHER", "phase / complex image (field map or phase data)", 0.9, "physics",
+                         _ev(f, ComplexImageComponent=f.complex_component, ImageType="\\".join(f.image_type)))
+    m = re.search(r"(^|\s)(fm\d|epfid|tfi|trufi|pc\d|fl_pc|tof|fl3d1r_t|b1map|tfl_b1)", f.seq_name)
+    if m:
+        return _Decision("OTHER", f"Siemens sequence {m.group(2)}: field map / EPI-FID / bSSFP / angiography",
+                         0.9, "vendor", _ev(f, SequenceName=f.seq_name))
+    m = re.search(r"b0map|fiesta|tof|asl|pcvipr|3dpc|bold|fmri", f.ge_psd)
+    if m:
+        return _Decision("OTHER", f"GE pulse sequence {m.group(0)}", 0.88, "vendor", _ev(f, GEPulseSequence=f.ge_psd))
+    diffusion = bool(f.b_max and f.b_max > 50) or _diffusion_declared(f)
+    gre_epi = f.epi and not diffusion and (
+        "GR" in f.scanning or f.echo_pulse == "GRADIENT" or (f.rf_etl is not None and f.rf_etl == 0))
+    if gre_epi and (f.te is None or f.te < 60):
+        return _Decision("OTHER", "gradient-echo EPI without diffusion (fMRI or perfusion)", 0.85, "physics",
+                         _ev(f, ScanningSequence="\\".join(sorted(f.scanning)), EchoPulseSequence=f.echo_pulse,
+                             GradientEchoTrainLength=f.grad_etl, RFEchoTrainLength=f.rf_etl, EchoTime=f.te))
+    return None
+
+
+def _diffusion_declared(f: _Features) -> list[str]:
+    why = []
+    if "DIFFUSION" in f.image_type:
+        why.append("ImageType DIFFUSION")
+    if f.acq_contrast == "DIFFUSION":
+        why.append("AcquisitionContrast DIFFUSION")
+    if re.search(r"(^|\s)(re_b|ep_b|epse|ep2d_diff|dwi)", f.seq_name):
+        why.append("sequence name " + f.seq_name)
+    if f.philips_tech.startswith("DWI"):
+        why.append("Philips scan technique " + f.philips_tech)
+    if "epi2" in f.ge_psd or "dwi" in f.ge_psd or "DIFF" in f.options:
+        if f.b_max and f.b_max > 50:
+            why.append("GE pulse sequence " + f.ge_psd)
+    return why
+
+
+def _rule_dwi(f: _Features) -> _Decision | None:
+    declared = _diffusion_declared(f)
+    b_max = f.b_max
+    if b_max is not None and b_max > 50:
+        return _Decision("DWI", "diffusion weighting b > 50 s/mm2", 0.97 if declared else 0.92, "physics",
+                         _ev(f, b_values=f.b_values, declared=declared))
+    if declared and (f.epi or "DIFFUSION" in f.image_type or f.acq_contrast == "DIFFUSION"):
+        # only b = 0 here (e.g. a b0-only file subset): still the diffusion series
+        return _Decision("DWI", "diffusion series (declared), b-values only 0 or absent", 0.8, "physics",
+                         _ev(f, b_values=f.b_values, declared=declared))
+    return None
+
+
+_LOCALIZER_WORDS = re.compile(
+    r"locali[sz]er|\bloc\b|scout|survey|pilot|locator|3[- ]?pl(ane)?|tri-?pilot|aahead|plan(ning)?\b|\bsmartbrain",
+    re.I)
+
+
+def _rule_localizer_described(f: _Features) -> _Decision | None:
+    for source, text in (("SeriesDescription", f.description), ("ProtocolName", f.protocol)):
+        if text and _LOCALIZER_WORDS.search(text):
+            return _Decision("LOCALIZER", f"{source} names a localizer (physics cannot tell a scout apart)",
+                             0.7, "description", {source: text})
+    return None
+
+
+def _swi_named(f: _Features) -> bool:
+    return bool({"SWI", "SWI_MIP", "SW", "SWAN"} & set(f.image_type)
+                or re.search(r"(^|\s)swi", f.seq_name) or "swan" in f.ge_psd
+                or f.philips_tech.startswith(("SWI", "PRESTO")))
+
+
+def _rule_swi(f: _Features) -> _Decision | None:
+    if _swi_named(f):
+        return _Decision("SWI", "susceptibility-weighted (ImageType / sequence)", 0.9, "vendor",
+                         _ev(f, ImageType="\\".join(f.image_type), SequenceName=f.seq_name, GEPulseSequence=f.ge_psd,
+                             PhilipsScanTechnique=f.philips_tech))
+    te, tr = f.te, f.tr
+    if _is_gre(f) and not _is_ir(f) and not f.epi and te is not None and te >= 15 and (tr is None or tr >= 20):
+        if f.flip is None or f.flip <= 35:
+            return _Decision("SWI", "gradient echo with long TE (susceptibility / T2* weighted)", 0.75, "physics",
+                             _ev(f, EchoTime=te, RepetitionTime=tr, FlipAngle=f.flip))
+    return None
+
+
+def _physics_ev(f: _Features, **extra: Any) -> dict[str, Any]:
+    return _ev(f, ScanningSequence="\\".join(sorted(f.scanning)), SequenceVariant="\\".join(sorted(f.variant)),
+               RepetitionTime=f.tr, EchoTime=f.te, InversionTime=f.ti, FlipAngle=f.flip, **extra)
+
+
+def _rule_inversion(f: _Features) -> _Decision | None:
+    if not _is_ir(f):
+        return None
+    te, ti = f.te, f.ti
+    gre = _is_gre(f)
+    if gre or (te is not None and te < 10) or (f.flip is not None and f.flip <= 20):
+        return _Decision("T1", "inversion-prepared gradient echo (MPRAGE / BRAVO / IR-SPGR)", 0.93, "physics",
+                         _physics_ev(f))
+    if ti is None:
+        return None
+    if ti <= 300:
+        return _Decision("STIR", "short-TI inversion recovery (fat nulling)", 0.92, "physics", _physics_ev(f))
+    if ti >= 1400:
+        if te is None or te >= 60:
+            return _Decision("T2_FLAIR", "long-TI inversion recovery with long TE (fluid nulled)", 0.96, "physics",
+                             _physics_ev(f))
+        if te < 30:
+            return _Decision("T1", "long-TI inversion recovery with short TE", 0.7, "physics", _physics_ev(f))
+        return _Decision("T2_FLAIR", "long-TI inversion recovery, intermediate TE", 0.75, "physics", _physics_ev(f))
+    if te is not None and te < 40:
+        return _Decision("T1", "inversion recovery with intermediate TI and short TE (T1-FLAIR)", 0.85, "physics",
+                         _physics_ev(f))
+    if ti >= 1000 and te is not None and te >= 60:
+        return _Decision("T2_FLAIR", "inversion recovery TI >= 1000 ms with long TE", 0.65, "physics",
+                         _physics_ev(f))
+    return None
+
+
+def _rule_spin_echo(f: _Features) -> _Decision | None:
+    if not _is_se(f) or f.epi:
+        return None
+    tr, te_values = f.tr, f.te_values
+    if tr is None or not te_values:
+        return None
+    te, te_max = te_values[0], te_values[-1]
+    if te < 40 and te_max >= 60 and tr >= 1500:
+        return _Decision("T2", "dual-echo spin echo (PD and T2 echoes in one series)", 0.7, "physics",
+                         _physics_ev(f, EchoTimes=list(te_values)))
+    if tr >= 1500 and te >= 60:
+        return _Decision("T2", "spin echo, long TR and long TE", 0.93, "physics", _physics_ev(f))
+    if tr >= 1500 and te < 40:
+        return _Decision("PD", "spin echo, long TR and short TE", 0.88, "physics", _physics_ev(f))
+    if tr < 1200 and te < 30:
+        return _Decision("T1", "spin echo, short TR and short TE", 0.92, "physics", _physics_ev(f))
+    if tr >= 1200 and te >= 40:
+        return _Decision("T2", "spin echo, long TR and intermediate TE", 0.65, "physics", _physics_ev(f))
+    return None
+
+
+def _rule_gradient_echo(f: _Features) -> _Decision | None:
+    if not _is_gre(f) or f.epi:
+        return None
+    te, tr, flip = f.te, f.tr, f.flip
+    if te is None or te >= 10:
+        return None
+    if "MP" in f.variant or re.search(r"TFE", f.philips_tech) or re.search(r"(^|\s)tfl", f.seq_name):
+        return _Decision("T1", "magnetization-prepared gradient echo (TFE / TFL)", 0.9, "physics", _physics_ev(f))
+    if (tr is not None and tr < 50) or (flip is not None and flip >= 40):
+        return _Decision("T1", "spoiled gradient echo, short TE", 0.85, "physics", _physics_ev(f))
+    return None
+
+
+_SIEMENS_NAMES: tuple[tuple[str, Kind, str], ...] = (
+    (r"(^|\s)spcir|(^|\s)spc.*ir|tir.*fl|darkfluid", "T2_FLAIR", "SPACE-IR / dark-fluid"),
+    (r"(^|\s)tfl", "T1", "TurboFLASH (MPRAGE)"),
+    (r"(^|\s)(swi|fl3d\d*_?swi)", "SWI", "SWI"),
+)
+_GE_NAMES: tuple[tuple[str, Kind, str], ...] = (
+    (r"bravo|efgre3d|fspgr|spgr|mp-?rage", "T1", "BRAVO / SPGR / MP-RAGE"),
+    (r"swan", "SWI", "SWAN"),
+)
+_PHILIPS_NAMES: tuple[tuple[str, Kind, str], ...] = (
+    (r"^T1TFE|^TFE|^T1FFE", "T1", "T1 TFE / FFE"),
+    (r"FLAIR", "T2_FLAIR", "FLAIR"),
+    (r"^SWI|^PRESTO", "SWI", "SWIp"),
+)
+
+
+def _te_kind(f: _Features) -> tuple[Kind, str] | None:
+    te = f.te
+    if te is None:
+        return None
+    if te >= 60:
+        return "T2", "long TE"
+    if te < 30 and (f.tr is None or f.tr < 1200):
+        return "T1", "short TE and TR"
+    return None
+
+
+def _rule_vendor_names(f: _Features) -> _Decision | None:
+    """Sequence names when physics alone did not decide (missing TR/TI, enhanced files without them)."""
+    tables = ((f.seq_name, _SIEMENS_NAMES, "SequenceName"), (f.ge_psd, _GE_NAMES, "GEPulseSequence"),
+              (f.philips_tech, _PHILIPS_NAMES, "PhilipsScanTechnique"))
+    for text, table, attr in tables:
+        if not text:
+            continue
+        for pattern, kind, label in table:
+            if re.search(pattern, text):
+                return _Decision(kind, f"vendor sequence {label}", 0.8, "vendor", {attr: text})
+    # generic spin-echo families named by the vendor, weighted by TE
+    named_se = re.search(r"(^|\s)(tse|se\d|spc|h2d|haste)", f.seq_name) or re.search(r"fse|cube", f.ge_psd) \
+        or re.search(r"^TSE|^SE", f.philips_tech)
+    if named_se:
+        weighted = _te_kind(f)
+        if weighted:
+            return _Decision(weighted[0], f"vendor spin-echo sequence, {weighted[1]}", 0.7, "vendor",
+                             _ev(f, SequenceName=f.seq_name, GEPulseSequence=f.ge_psd,
+                                 PhilipsScanTechnique=f.philips_tech, EchoTime=f.te, RepetitionTime=f.tr))
+    if re.search(r"(^|\s)(fl\d|fl3d|fl2d)", f.seq_name) and f.te is not None and f.te < 10:
+        return _Decision("T1", "vendor gradient-echo sequence with short TE", 0.7, "vendor",
+                         _ev(f, SequenceName=f.seq_name, EchoTime=f.te))
+    return None
+
+
+_DECLARED_CONTRAST: dict[str, Kind] = {
+    "T1": "T1", "T2": "T2", "PROTON_DENSITY": "PD", "FLUID_ATTENUATED": "T2_FLAIR", "STIR": "STIR",
+    "T2_STAR": "SWI", "DIFFUSION": "DWI",
+}
+
+
+def _rule_declared_contrast(f: _Features) -> _Decision | None:
+    """What the scanner declares (enhanced AcquisitionContrast, ImageType weighting): below physics."""
+    if f.acq_contrast in _DECLARED_CONTRAST:
+        return _Decision(_DECLARED_CONTRAST[f.acq_contrast], f"AcquisitionContrast {f.acq_contrast}", 0.75,
+                         "vendor", {"AcquisitionContrast": f.acq_contrast})
+    for token, kind in (("FLAIR", "T2_FLAIR"), ("T1", "T1"), ("T2", "T2"), ("PD", "PD"), ("STIR", "STIR")):
+        if token in f.image_type[2:]:
+            return _Decision(kind, f"ImageType {token}", 0.6, "vendor",  # type: ignore[arg-type]
+                             {"ImageType": "\\".join(f.image_type)})
+    return None
+
+
+def _words(pattern: str) -> re.Pattern[str]:
+    """Case-insensitive pattern where <...> marks a whole token: '_', digits and spaces separate tokens."""
+    return re.compile(pattern.replace("<", r"(?<![a-z])").replace(">", r"(?![a-z])"), re.I)
+
+
+_DESCRIPTION_KINDS: tuple[tuple[re.Pattern[str], Kind], ...] = (
+    (_words(r"<adc>|apparent diff|<dadc>|<eadc>"), "ADC"),
+    (_words(r"trace|<isodwi>|<iso>"), "TRACE"),
+    (_words(r"flair|dark[-_ ]?fluid|<tirm>"), "T2_FLAIR"),
+    (_words(r"<stir>"), "STIR"),
+    (_words(r"<dwi|<diff|<dti>|tensor"), "DWI"),
+    (_words(r"<swi|<swan>|t2\*|t2star|<hemo|<susc"), "SWI"),
+    (_words(r"<pd>|<pdw|proton"), "PD"),
+    (_words(r"t1|mprage|mp-rage|<bravo>|spgr|<tfe>|<vibe>|<flash>"), "T1"),
+    (_words(r"t2"), "T2"),
+)
+
+
+def _description_kind(text: str) -> Kind | None:
+    for pattern, kind in _DESCRIPTION_KINDS:
+        if pattern.search(text):
+            return kind
+    if _LOCALIZER_WORDS.search(text):
+        return "LOCALIZER"
+    return None
+
+
+def _rule_description(f: _Features) -> _Decision | None:
+    for source, text in (("SeriesDescription", f.description), ("ProtocolName", f.protocol)):
+        if text:
+            kind = _description_kind(text)
+            if kind:
+                return _Decision(kind, f"{source} only (no decisive physics)", 0.4, "description", {source: text})
+    return None
+
+
+_RULES: tuple[Rule, ...] = (
+    _rule_non_image,
+    _rule_localizer_declared,
+    _rule_localizer_geometry,
+    _rule_diffusion_maps,
+    _rule_special_other,
+    _rule_dwi,
+    _rule_localizer_described,
+    _rule_swi,
+    _rule_inversion,
+    _rule_spin_echo,
+    _rule_gradient_echo,
+    _rule_vendor_names,
+    _rule_declared_contrast,
+    _rule_description,
+)
+
+
+def _decide(f: _Features) -> _Decision:
+    for rule in _RULES:
+        d = rule(f)
+        if d is not None:
+            return d
+    return _Decision("OTHER", "no rule matched", 0.3, "physics", _physics_ev(f, ImageType="\\".join(f.image_type)))
+
+
+def _derived(f: _Features, kind: Kind) -> tuple[bool, str | None]:
+    if f.sop_class and f.sop_class.startswith(_SECONDARY_CAPTURE_PREFIX):
+        return True, "secondary capture"
+    names = " ".join(filter(None, (f.facts.manufacturer, f.facts.model))).lower()
+    if "nifti2dicom" in names or "nifti" in (f.facts.model or "").lower():
+        return True, "re-encoded from NIfTI (not scanner output)"
+    it = f.image_type
+    hits = sorted(set(it) & _DERIVED_TOKENS)
+    if hits:
+        return True, "ImageType " + "\\".join(hits)
+    if it[:1] == ("DERIVED",) and (len(it) > 1 and it[1] == "SECONDARY"):
+        return True, "ImageType DERIVED\\SECONDARY"
+    if kind in ("ADC", "TRACE") and it[:1] != ("ORIGINAL",):
+        return True, "computed from the diffusion acquisition"
+    if f.pixel_presentation in ("COLOR", "TRUE_COLOR") and it[:1] == ("DERIVED",):
+        return True, "colour map"
+    return False, None
+
+
+def _acquisition(f: _Features) -> Literal["2D", "3D"] | None:
+    if f.acq_type in ("2D", "3D"):
+        return f.acq_type  # type: ignore[return-value]
+    m = re.search(r"([23])d", f.seq_name) or re.search(r"([23])d", f.ge_psd) or re.search(r"([23])D", f.philips_tech)
+    if m:
+        return "3D" if m.group(1) == "3" else "2D"
+    return None
+
+
+def _own_contrast(datasets: Sequence[Dataset], facts: SeriesFacts) -> tuple[Literal["pre", "post"] | None, str]:
+    """Contrast status from this series' own attributes."""
+    if facts.contrast_bolus_agent:
+        return "post", f"ContrastBolusAgent present ({facts.contrast_bolus_agent})"
+    first = datasets[0]
+    for kw in ("ContrastBolusVolume", "ContrastBolusTotalDose"):
+        v = _float(first, kw)
+        if v is not None and v > 0:
+            return "post", f"{kw} {v:g}"
+    if _str(first, "ContrastBolusIngredient"):
+        return "post", "ContrastBolusIngredient present"
+    if facts.contrast_bolus_start:
+        return "post", "ContrastBolusStartTime present"
+    usage = _group(first, "ContrastBolusUsageSequence")
+    flags = set(_frame_contrast_flags(first))
+    if usage is not None:
+        flag = _str(usage, "ContrastBolusAgentAdministered")
+        if flag:
+            flags.add(flag.upper())
+    if "YES" in flags:
+        return "post", "ContrastBolusUsageSequence: agent administered YES"
+    if "NO" in flags:
+        return "pre", "ContrastBolusUsageSequence: agent administered NO"
+    agent = _agent(first)
+    if agent and agent.upper() in _NO_AGENT:
+        return "pre", f"ContrastBolusAgent says none ({agent})"
+    return None, "no contrast attributes"
 
 
 def classify_series(datasets: Sequence[Dataset]) -> SeriesClassification:
-    raise NotImplementedError
+    """Classify one series from its headers (contrast from its own attributes; see classify_study)."""
+    facts = summarize(datasets)
+    f = _features(datasets, facts)
+    d = _decide(f)
+    evidence = dict(d.evidence)
+    evidence["rule"] = d.rule
+    confidence = d.confidence
+    if d.basis != "description" and d.kind not in ("OTHER",):
+        text = f.description or f.protocol
+        said = _description_kind(text) if text else None
+        if said is not None and said == d.kind:
+            confidence = min(0.99, confidence + 0.02)
+        elif said is not None and d.kind not in ("LOCALIZER",):
+            evidence["description_conflict"] = f"description suggests {said}; physics decided"
+            confidence = max(0.3, confidence - 0.1)
+    derived, why = _derived(f, d.kind)
+    if why:
+        evidence["derived"] = why
+    contrast, basis = _own_contrast(datasets, facts)
+    if d.kind == "LOCALIZER" or (d.kind == "OTHER" and f.sop_class and f.sop_class not in _MR_IMAGE_CLASSES):
+        contrast, basis = None, "not applicable (localizer or non-image object)"
+    elif contrast is None:
+        contrast = "pre"
+    return SeriesClassification(
+        facts=facts, kind=d.kind, acquisition=_acquisition(f), derived=derived, contrast=contrast,
+        contrast_basis=basis, evidence=evidence, confidence=round(confidence, 3), basis=d.basis)
+
+
+def _post_by_attributes(c: SeriesClassification) -> bool:
+    return c.contrast == "post" and not (c.contrast_basis or "").startswith("acquired")
 
 
 def classify_study(series: Sequence[Sequence[Dataset]]) -> list[SeriesClassification]:
-    """Classify every series of a study; post-contrast status carries forward in time."""
-    raise NotImplementedError
+    """Classify every series of a study; post-contrast status carries forward in time.
+
+    Once a series is post-contrast by its own attributes (or a ContrastBolusStartTime is known), every
+    series acquired at or after that moment is post-contrast; series acquired before it are pre.
+    """
+    results = [classify_series(s) for s in series if s]
+    marks: list[tuple[dt.datetime, str]] = []
+    for c in results:
+        t = c.facts.acquisition_datetime
+        if c.contrast == "post" and c.contrast_basis and not c.contrast_basis.startswith("acquired") and t:
+            name = f"series {c.facts.series_number}" if c.facts.series_number is not None else "a series"
+            marks.append((t, f"acquired after a post-contrast series in the same study ({name})"))
+        if c.facts.contrast_bolus_start:
+            marks.append((c.facts.contrast_bolus_start, "acquired after the contrast injection "
+                                                        "(ContrastBolusStartTime)"))
+    if not marks:
+        return results
+    first_post, why = min(marks, key=lambda m: m[0])
+    out = []
+    for c in results:
+        t = c.facts.acquisition_datetime
+        if c.contrast is None or t is None or _post_by_attributes(c):
+            out.append(c)
+            continue
+        if t >= first_post:
+            out.append(_replace_contrast(c, "post", why))
+        elif c.contrast_basis == "no contrast attributes":
+            out.append(_replace_contrast(c, "pre", "no contrast attributes; acquired before the first "
+                                                   "post-contrast series"))
+        else:
+            out.append(c)
+    return out
+
+
+def _replace_contrast(c: SeriesClassification, contrast: Literal["pre", "post"], basis: str
+                      ) -> SeriesClassification:
+    from dataclasses import replace
+
+    return replace(c, contrast=contrast, contrast_basis=basis)
