@@ -1,0 +1,469 @@
+"""Modality Worklist: scheduling rules in a real SQLite index, C-FIND over loopback with DCMTK findscu,
+and the .wl export served by DCMTK wlmscpfs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
+from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from msfollowup import worklist
+from msfollowup.config import Config, WorklistConfig
+from msfollowup.db import Database, utcnow
+from msfollowup.worklist import Demographics, QueryError, ScheduledStep
+
+PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
+TODAY = dt.date(2026, 11, 1)
+FINDSCU = "/usr/bin/findscu"
+
+
+@dataclass(frozen=True)
+class Due:
+    """The shape plans.py hands over (DueExam)."""
+
+    patient_id: str
+    purpose: str
+    profile_id: str
+    earliest: dt.date
+    target: dt.date
+    latest: dt.date
+    rule_ids: tuple[str, ...] = ("stable-dmt",)
+    reason: str = "stable on DMT: yearly"
+    recall: bool = False
+    recall_items: tuple[str, ...] = ()
+    based_on_study: str | None = None
+
+
+def profile(profile_id: str) -> Any:
+    """The shipped protocol profile, read from its TOML file."""
+    data = tomllib.loads((PROTOCOLS / f"{profile_id}.toml").read_text("utf-8"))
+    return SimpleNamespace(
+        id=data["id"],
+        version=data["version"],
+        title=data["title"],
+        needs_contrast=data.get("needs_contrast", False),
+        loinc=data.get("loinc", []),
+    )
+
+
+def due(patient_id: str, target: dt.date, purpose: str = "brain", profile_id: str = "ms-brain-routine") -> Due:
+    return Due(patient_id, purpose, profile_id, target - dt.timedelta(days=30), target, target + dt.timedelta(days=60))
+
+
+def demo(patient_id: str, name: str, charset: str | None = "ISO_IR 192") -> Demographics:
+    return Demographics(patient_id, name, "19800101", "F", charset)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    return Config(worklist=WorklistConfig(station_ae_title="MRSCANNER1", expire_days=30))
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    yield database
+    database.dispose()
+
+
+def schedule(db: Database, cfg: Config, d: Due, dem: Demographics) -> ScheduledStep:
+    with db.session() as s:
+        return worklist.schedule_due(s, d, dem, cfg, profile=profile(d.profile_id), today=TODAY)
+
+
+@pytest.fixture
+def mwl_port(db: Database, cfg: Config) -> Iterator[int]:
+    """A real pynetdicom AE with the worklist handlers on a free loopback port."""
+    ae = AE(ae_title="MSFOLLOWUP")
+    for uid in worklist.SUPPORTED_CONTEXTS:
+        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=worklist.event_handlers(db, cfg))
+    yield int(server.server_address[1])
+    server.shutdown()
+
+
+# --- scheduling ------------------------------------------------------------------------------
+
+
+def test_schedule_builds_a_complete_worklist_item(db: Database, cfg: Config) -> None:
+    step = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "Müller^Zoë"))
+    assert len(step.accession_number) <= 16 and len(step.sps_id) <= 16
+    ds = step.identifier()
+    assert ds.PatientName == "Müller^Zoë" and ds.SpecificCharacterSet == "ISO_IR 192"
+    assert ds.AccessionNumber == step.accession_number and ds.StudyInstanceUID == step.study_uid
+    assert ds.RequestedProcedureCodeSequence[0].CodeValue == "24587-8"
+    assert ds.RequestedProcedureCodeSequence[0].CodingSchemeDesignator == "LN"
+    sps = ds.ScheduledProcedureStepSequence[0]
+    assert sps.ScheduledStationAETitle == "MRSCANNER1" and sps.Modality == "MR"
+    assert sps.ScheduledProcedureStepStartDate == "20261120"
+    protocol = sps.ScheduledProtocolCodeSequence[0]
+    assert protocol.CodingSchemeDesignator == "99MSFU"
+    assert protocol.CodeValue == "ms-brain-routine"
+    assert "RequestedContrastAgent" in sps  # routine needs gadolinium
+
+
+def test_no_contrast_profile_and_long_protocol_code(db: Database, cfg: Config) -> None:
+    step = schedule(db, cfg, due("P1", dt.date(2026, 11, 20), profile_id="ms-brain-pml-screening"), demo("P1", "A^B"))
+    sps = step.identifier().ScheduledProcedureStepSequence[0]
+    assert "RequestedContrastAgent" not in sps
+    code = sps.ScheduledProtocolCodeSequence[0]
+    assert "CodeValue" not in code and code.LongCodeValue == "ms-brain-pml-screening"  # SH is 16 chars
+
+
+def test_overdue_target_is_scheduled_today(db: Database, cfg: Config) -> None:
+    step = schedule(db, cfg, due("P1", dt.date(2026, 10, 1)), demo("P1", "A^B"))
+    assert step.start_date == "20261101" and step.target == dt.date(2026, 10, 1)
+
+
+def test_replan_replaces_and_never_two_open_items(db: Database, cfg: Config) -> None:
+    first = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
+    again = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
+    assert again.id == first.id  # unchanged plan keeps the item and its accession number
+    moved = schedule(db, cfg, due("P1", dt.date(2026, 12, 20)), demo("P1", "A^B"))
+    spine = schedule(db, cfg, due("P1", dt.date(2026, 12, 20), purpose="spine", profile_id="ms-spine-new-deficit"), demo("P1", "A^B"))
+    with db.session() as s:
+        old = s.get(ScheduledStep, first.id)
+        assert old is not None and not old.is_open and old.close_reason == "replaced"
+        assert {x.id for x in worklist.open_items(s)} == {moved.id, spine.id}
+    # the database itself refuses a second open item for the same patient and purpose
+    with pytest.raises(IntegrityError):
+        with db.session() as s:
+            clone = s.get(ScheduledStep, moved.id)
+            assert clone is not None
+            s.add(
+                ScheduledStep(
+                    **{c.key: getattr(clone, c.key) for c in ScheduledStep.__table__.columns if c.key != "id"}
+                    | {"study_uid": "1.2.3", "accession_number": "X1", "created_at": utcnow()}
+                )
+            )
+
+
+def test_close_for_study_by_uid_accession_and_window(db: Database, cfg: Config) -> None:
+    a = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
+    b = schedule(db, cfg, due("P2", dt.date(2026, 11, 20)), demo("P2", "C^D"))
+    c = schedule(db, cfg, due("P3", dt.date(2026, 11, 20)), demo("P3", "E^F"))
+    d1 = schedule(db, cfg, due("P4", dt.date(2026, 11, 20)), demo("P4", "G^H"))
+    d2 = schedule(db, cfg, due("P4", dt.date(2026, 11, 20), "spine", "ms-spine-new-deficit"), demo("P4", "G^H"))
+    with db.session() as s:
+        assert worklist.close_for_study(s, a.study_uid, None, "P1", "20261120").id == a.id  # type: ignore[union-attr]
+        assert worklist.close_for_study(s, "9.9", b.accession_number, None, None).id == b.id  # type: ignore[union-attr]
+        assert worklist.close_for_study(s, "9.8", None, "P3", "20261010") is None  # before the window
+        assert worklist.close_for_study(s, "9.8", None, "P3", "20261115").id == c.id  # type: ignore[union-attr]
+        assert worklist.close_for_study(s, "9.7", None, "P4", "20261115") is None  # brain or spine?
+        assert {x.id for x in worklist.open_items(s)} == {d1.id, d2.id}
+
+
+def test_expire_closes_items_long_past_their_window(db: Database, cfg: Config) -> None:
+    old = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))  # latest 2027-01-19
+    new = schedule(db, cfg, due("P2", dt.date(2027, 1, 20)), demo("P2", "C^D"))
+    with db.session() as s:
+        now = dt.datetime(2027, 2, 19, 12, tzinfo=dt.timezone.utc)  # 31 days after old's window
+        assert [x.id for x in worklist.expire(s, now, cfg)] == [old.id]
+        assert [x.id for x in worklist.open_items(s)] == [new.id]
+
+
+# --- matching --------------------------------------------------------------------------------
+
+
+def _query(**keys: Any) -> Dataset:
+    ds = Dataset()
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+@pytest.mark.parametrize(
+    "keyword,query,stored,expected",
+    [
+        ("PatientName", "Mül*", "Müller^Zoë", True),
+        ("PatientName", "MÜLLER^ZOË", "Müller^Zoë", True),
+        ("PatientName", "M?ller*", "Müller^Zoë", True),
+        ("PatientName", "Mu*", "Müller^Zoë", False),
+        ("PatientName", "100%*", "100_x", False),  # % is literal, not a wildcard
+        ("PatientID", "p1", "P1", False),  # only PN is case-insensitive
+        ("ScheduledProcedureStepStartDate", "20261101-20261130", "20261120", True),
+        ("ScheduledProcedureStepStartDate", "-20261119", "20261120", False),
+        ("ScheduledProcedureStepStartDate", "20261120-", "20261120", True),
+        ("ScheduledProcedureStepStartTime", "08-12", "120000", True),
+        ("ScheduledProcedureStepStartTime", "1201-", "120000", False),
+        ("StudyInstanceUID", ["1.2", "1.3"], "1.3", True),
+    ],
+)
+def test_single_wildcard_range_and_list_matching(keyword: str, query: Any, stored: str, expected: bool) -> None:
+    record = _query(**{keyword: stored})
+    assert (worklist.match_and_project(_query(**{keyword: query}), record) is not None) is expected
+
+
+def test_malformed_values_are_query_errors() -> None:
+    for keyword, value in (
+        ("ScheduledProcedureStepStartDate", "2026-11"),
+        ("ScheduledProcedureStepStartDate", "20261301x"),
+        ("ScheduledProcedureStepStartTime", "8h"),
+    ):
+        with pytest.raises(QueryError):
+            worklist.parse_condition(_query(**{keyword: value})[keyword])
+
+
+def test_sequence_matching_and_return_keys(db: Database, cfg: Config) -> None:
+    step = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
+    record = step.identifier()
+    item = _query(ScheduledStationAETitle="MRSCANNER1", Modality="")
+    q = _query(PatientID="", ScheduledProcedureStepSequence=[item])
+    got = worklist.match_and_project(q, record)
+    assert got is not None
+    assert set(got.dataset.dir()) == {"PatientID", "ScheduledProcedureStepSequence"}
+    assert set(got.dataset.ScheduledProcedureStepSequence[0].dir()) == {"ScheduledStationAETitle", "Modality"}
+    assert worklist.match_and_project(_query(ScheduledProcedureStepSequence=[_query(Modality="CT")]), record) is None
+    whole = worklist.match_and_project(_query(ScheduledProcedureStepSequence=[]), record)
+    assert whole is not None and "ScheduledProcedureStepID" in whole.dataset.ScheduledProcedureStepSequence[0]
+    with pytest.raises(QueryError):
+        worklist.match_and_project(_query(ScheduledProcedureStepSequence=[item, item]), record)
+
+
+# --- C-FIND over the network with DCMTK findscu ----------------------------------------------
+
+
+def _dump_to_dcm(tmp: Path, name: str, dump: str, encoding: str) -> Path:
+    (tmp / f"{name}.dump").write_bytes(dump.encode(encoding))
+    out = tmp / f"{name}.dcm"
+    subprocess.run(["/usr/bin/dump2dcm", str(tmp / f"{name}.dump"), str(out)], check=True, capture_output=True)
+    return out
+
+
+def _findscu(port: int, query: Path, out: Path, *extra: str, aec: str = "MSFOLLOWUP") -> list[Dataset]:
+    out.mkdir()
+    proc = subprocess.run(
+        [FINDSCU, "-W", "-aet", "MRSCANNER1", "-aec", aec, *extra, "-X", "-od", str(out), "127.0.0.1", str(port), str(query)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+QUERY_TEMPLATE = """
+(0008,0005) CS [{charset}]
+(0008,0050) SH [{accession}]
+(0010,0010) PN [{name}]
+(0010,0020) LO []
+(0020,000d) UI []
+(0040,0100) SQ (Sequence with undefined length)
+  (fffe,e000) na (Item with undefined length)
+    (0008,0060) CS [MR]
+    (0040,0001) AE [{station}]
+    (0040,0002) DA [{date}]
+    (0040,0003) TM []
+    (0040,0009) SH []
+  (fffe,e00d) na
+(fffe,e0dd) na
+"""
+
+
+def _q(tmp: Path, name: str, *, charset: str = "ISO_IR 192", accession: str = "", pn: str = "",
+       station: str = "", date: str = "", encoding: str = "utf-8") -> Path:
+    dump = QUERY_TEMPLATE.format(charset=charset, accession=accession, name=pn, station=station, date=date)
+    return _dump_to_dcm(tmp, name, dump, encoding)
+
+
+@pytest.fixture
+def populated(db: Database, cfg: Config) -> dict[str, ScheduledStep]:
+    steps = {
+        "zoe": schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "Müller^Zoë")),
+        "latin": schedule(db, cfg, due("P2", dt.date(2026, 11, 25)), demo("P2", "Dvořák^Antonín")),
+        "later": schedule(db, cfg, due("P3", dt.date(2027, 3, 1)), demo("P3", "Mueller^Hans", None)),
+        "iso100": schedule(db, cfg, due("P4", dt.date(2026, 11, 21)), demo("P4", "Gérard^Noël", "ISO_IR 100")),
+    }
+    other = cfg.model_copy(update={"worklist": WorklistConfig(station_ae_title="MRSCANNER2")})
+    steps["other"] = schedule(db, other, due("P5", dt.date(2026, 11, 20)), demo("P5", "Müller^Anna"))
+    return steps
+
+
+def test_findscu_station_and_date_range(tmp_path: Path, mwl_port: int, populated: dict[str, ScheduledStep]) -> None:
+    query = _q(tmp_path, "q", station="MRSCANNER1", date="20261101-20261130")
+    found = _findscu(mwl_port, query, tmp_path / "out")
+    assert sorted(str(r.AccessionNumber) for r in found) == sorted(
+        populated[k].accession_number for k in ("zoe", "latin", "iso100")
+    )
+    assert {str(r.ScheduledProcedureStepSequence[0].ScheduledStationAETitle) for r in found} == {"MRSCANNER1"}
+
+
+def test_findscu_patient_name_wildcard_and_accession(
+    tmp_path: Path, mwl_port: int, populated: dict[str, ScheduledStep]
+) -> None:
+    by_name = _findscu(mwl_port, _q(tmp_path, "n", pn="MÜLLER*"), tmp_path / "n")
+    assert sorted(str(r.PatientName) for r in by_name) == ["Müller^Anna", "Müller^Zoë"]
+    acc = populated["later"].accession_number
+    by_acc = _findscu(mwl_port, _q(tmp_path, "a", accession=acc), tmp_path / "a")
+    assert [str(r.AccessionNumber) for r in by_acc] == [acc]
+    assert by_acc[0].StudyInstanceUID == populated["later"].study_uid
+
+
+@pytest.mark.parametrize("charset,encoding", [("ISO_IR 192", "utf-8"), ("ISO_IR 100", "latin-1")])
+def test_findscu_accented_name_round_trip(
+    tmp_path: Path, mwl_port: int, populated: dict[str, ScheduledStep], charset: str, encoding: str
+) -> None:
+    query = _q(tmp_path, "c", charset=charset, pn="Gérard^Noël", encoding=encoding)
+    found = _findscu(mwl_port, query, tmp_path / "out")
+    assert len(found) == 1
+    assert found[0].SpecificCharacterSet == charset  # answered in the repertoire the modality asked in
+    assert str(found[0].PatientName) == "Gérard^Noël"
+    raw = Path(found[0].filename).read_bytes()
+    assert "Gérard^Noël".encode(encoding) in raw
+
+
+def test_name_outside_query_charset_answers_in_record_charset(
+    tmp_path: Path, mwl_port: int, populated: dict[str, ScheduledStep]
+) -> None:
+    query = _q(tmp_path, "c", charset="ISO_IR 100", pn="Dvo*", encoding="latin-1")
+    found = _findscu(mwl_port, query, tmp_path / "out")
+    assert len(found) == 1
+    assert found[0].SpecificCharacterSet == "ISO_IR 192"  # ř is not in Latin-1
+    assert str(found[0].PatientName) == "Dvořák^Antonín"
+
+
+def test_findscu_cancel(tmp_path: Path, db: Database, cfg: Config, mwl_port: int) -> None:
+    with db.session() as s:
+        for i in range(300):
+            d = due(f"C{i:03d}", dt.date(2026, 11, 20))
+            worklist.schedule_due(s, d, demo(d.patient_id, "A^B"), cfg, profile=profile(d.profile_id), today=TODAY)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run(
+        [FINDSCU, "-W", "-v", "-aec", "MSFOLLOWUP", "--cancel", "1", "-X", "-od", str(out), "127.0.0.1",
+         str(mwl_port), str(_q(tmp_path, "q"))],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Cancel" in proc.stdout + proc.stderr
+    assert 1 <= len(list(out.glob("rsp*.dcm"))) < 300  # the SCP stopped early
+
+
+def _scu_find(port: int, query: Dataset) -> list[tuple[int, Dataset | None]]:
+    ae = AE(ae_title="MRSCANNER1")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MSFOLLOWUP")
+    assert assoc.is_established
+    try:
+        return [(int(st.Status), ident) for st, ident in assoc.send_c_find(query, ModalityWorklistInformationFind) if st]
+    finally:
+        assoc.release()
+
+
+def test_malformed_identifier_gets_failure_status(mwl_port: int, populated: dict[str, ScheduledStep]) -> None:
+    bad_date = _query(PatientName="", ScheduledProcedureStepSequence=[_query(ScheduledProcedureStepStartDate="2026-11")])
+    (status, _), = _scu_find(mwl_port, bad_date)
+    assert status == worklist.ST_IDENTIFIER_MISMATCH
+    two_items = _query(ScheduledProcedureStepSequence=[_query(Modality="MR"), _query(Modality="MR")])
+    (status, _), = _scu_find(mwl_port, two_items)
+    assert status == worklist.ST_IDENTIFIER_MISMATCH
+    # the association survives and still answers
+    ok = _scu_find(mwl_port, _query(PatientID="P1"))
+    assert [s for s, _ in ok] == [0xFF00, 0x0000]
+
+
+def test_unknown_optional_key_is_ignored_with_warning(mwl_port: int, populated: dict[str, ScheduledStep]) -> None:
+    got = _scu_find(mwl_port, _query(PatientID="P1", PatientWeight="70"))
+    assert [s for s, _ in got] == [0xFF01, 0x0000]
+
+
+# --- export for a department worklist server (DCMTK wlmscpfs) ----------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_export_follows_commits_and_wlmscpfs_serves_it(tmp_path: Path, db: Database) -> None:
+    export = tmp_path / "wlist"
+    cfg = Config(worklist=WorklistConfig(station_ae_title="MRSCANNER1", export_dir=export))
+    a = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "Müller^Zoë"))
+    b = schedule(db, cfg, due("P2", dt.date(2026, 11, 22)), demo("P2", "Gérard^Noël", "ISO_IR 100"))
+    folder = export / "MRSCANNER1"
+    assert (folder / "lockfile").exists()
+    assert sorted(p.name for p in folder.glob("*.wl")) == sorted(f"MSFU-{s.accession_number}.wl" for s in (a, b))
+    with pytest.raises(RuntimeError):  # rolled back: nothing written
+        with db.session() as s:
+            worklist.schedule_due(s, due("P9", TODAY), demo("P9", "X^Y"), cfg, profile=profile("ms-brain-routine"), today=TODAY)
+            raise RuntimeError("abort")
+    assert len(list(folder.glob("*.wl"))) == 2
+    with db.session() as s:
+        worklist.close_for_study(s, a.study_uid, None, None, None)
+    assert [p.name for p in folder.glob("*.wl")] == [f"MSFU-{b.accession_number}.wl"]
+
+    port = _free_port()
+    server = subprocess.Popen(["/usr/bin/wlmscpfs", "-dfp", str(export), str(port)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        query = _q(tmp_path, "q", charset="ISO_IR 100", station="MRSCANNER1", date="20261101-20261130", encoding="latin-1")
+        found = _findscu(port, query, tmp_path / "out", aec="MRSCANNER1")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert [str(r.AccessionNumber) for r in found] == [b.accession_number]
+    assert str(found[0].PatientName) == "Gérard^Noël"
+
+
+def test_sync_export_repairs_the_folder(tmp_path: Path, db: Database) -> None:
+    export = tmp_path / "wlist"
+    cfg = Config(worklist=WorklistConfig(station_ae_title="MRSCANNER1", export_dir=export))
+    a = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
+    folder = export / "MRSCANNER1"
+    (folder / f"MSFU-{a.accession_number}.wl").unlink()
+    (folder / "MSFU-STALE.wl").write_bytes(b"old")
+    (folder / "department.wl").write_bytes(b"not ours")
+    with db.session() as s:
+        assert worklist.sync_export(s, cfg) == (1, 1)
+    assert sorted(p.name for p in folder.glob("*.wl")) == sorted(["department.wl", f"MSFU-{a.accession_number}.wl"])
+    assert dcmread(folder / f"MSFU-{a.accession_number}.wl").AccessionNumber == a.accession_number
+    with db.session() as s:
+        assert s.scalar(select(ScheduledStep.export_file)) == str(folder / f"MSFU-{a.accession_number}.wl")
+
+
+def test_export_waits_for_a_reader_holding_the_dcmtk_lockfile(tmp_path: Path) -> None:
+    """wlmscpfs holds a POSIX read lock on `lockfile` while it reads; a writer must wait for it."""
+    folder = tmp_path / "AE"
+    folder.mkdir()
+    (folder / "lockfile").touch()
+    reader = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.lockf(fd, fcntl.LOCK_SH);"
+         " print('locked', flush=True); sys.stdin.read()", str(folder / "lockfile")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "locked"
+        writer = threading.Thread(target=worklist.write_wl, args=(folder / "MSFU-X.wl", b"data"))
+        writer.start()
+        writer.join(timeout=0.5)
+        assert writer.is_alive() and not (folder / "MSFU-X.wl").exists()
+    finally:
+        assert reader.stdin is not None
+        reader.stdin.close()
+        reader.wait(timeout=10)
+    writer.join(timeout=10)
+    assert (folder / "MSFU-X.wl").read_bytes() == b"data"
