@@ -362,7 +362,7 @@ def _study_group(data: Mapping[str, Any], counted: Sequence[Mapping[str, Any]]) 
         hd.sr.QualitativeEvaluation(QUALITY_ASSESSMENT, _quality(verdict, counted)),
         hd.sr.QualitativeEvaluation(VERDICT_NAME, VERDICT_CODES[verdict]),
     ]
-    if any(r.get("status") == "fail" for r in data["requirements"]):
+    if any(r.get("status") == "fail" for r in open_requirements(data)):
         evaluations.append(hd.sr.QualitativeEvaluation(QUALITY_FINDING, PROTOCOL_NOT_FOLLOWED))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
