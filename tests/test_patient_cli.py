@@ -1,0 +1,135 @@
+"""`msfollowup patient set/show/import` and `msfollowup due`, run as subprocesses on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msfollowup.config import load_config
+from msfollowup.db import Database, utcnow
+from msfollowup.pipeline import StudyCheck
+from msfollowup.store import Study
+
+TODAY = "2026-06-15"
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "msfollowup.toml"
+    path.write_text('[storage]\ndata_dir = "var"\n', encoding="utf-8")
+    return path
+
+
+def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "msfollowup.cli", *args, "--config", str(config)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=config.parent)
+
+
+def run_json(config: Path, *args: str) -> Any:
+    proc = run(config, *args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def add_check(config: Path, patient_id: str, uid: str, date: str, verdict: str) -> None:
+    """A checked study, as the pipeline would have written it."""
+    db = Database(load_config(config).storage.database_url)
+    failed = [] if verdict == "compliant" else [{"id": "sequence.t2_flair", "status": "fail", "message": "no FLAIR"}]
+    with db.session() as s:
+        now = utcnow()
+        s.add(Study(study_uid=uid, patient_id=patient_id, study_date=date, first_received=now, last_received=now))
+        s.flush()
+        s.add(
+            StudyCheck(
+                study_uid=uid,
+                version=1,
+                patient_id=patient_id,
+                study_date=date,
+                profile_id="ms-brain-routine",
+                profile_version="1",
+                verdict=verdict,
+                result_json=json.dumps({"requirements": failed}),
+                created_at=now,
+            )
+        )
+    db.dispose()
+
+
+def test_patient_set_then_show_json_has_plan_history_and_due(config: Path) -> None:
+    proc = run(
+        config, "patient", "set", "PAT-CLI-1", "--dmt", "Natalizumab", "--dmt-start", "2024-01-01",
+        "--jcv", "positive", "--diagnosed", "2019-04-02", "--flag", "spinal_symptoms=2026-01-01", "--author", "dr.one",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = run(config, "patient", "set", "PAT-CLI-1", "--flag", "gadolinium_contraindicated", "--author", "dr.two")
+    assert proc.returncode == 0, proc.stderr
+    shown = run_json(config, "patient", "show", "PAT-CLI-1", "--json", "--today", TODAY)
+    assert shown["plan"]["dmt"] == "natalizumab"
+    assert shown["plan"]["dmt_start"] == "2024-01-01"
+    assert set(shown["plan"]["flags"]) == {"spinal_symptoms", "gadolinium_contraindicated"}
+    assert [h["author"] for h in shown["history"]] == ["dr.one", "dr.two"]
+    assert shown["history"][0]["changes"]["jcv"] == {"old": "unknown", "new": "positive"}
+    due = {d["purpose"]: d for d in shown["due"]}
+    assert set(due) == {"brain", "spine"}
+    assert due["brain"]["profile_id"] == "ms-brain-pml-screening"
+    assert due["brain"]["target"] == TODAY  # no exam yet: baseline now
+    text = run(config, "patient", "show", "PAT-CLI-1", "--today", TODAY)
+    assert text.returncode == 0 and "ms-brain-pml-screening" in text.stdout and "dr.two" in text.stdout
+
+
+def test_patient_set_rejects_bad_values_with_exit_2_and_no_patient_id(config: Path) -> None:
+    proc = run(config, "patient", "set", "PAT-SECRET-9", "--dmt", "ocrelizumab", "--dmt-start", "15.01.2026")
+    assert proc.returncode == 2
+    assert "dmt_start" in proc.stderr and "YYYY-MM-DD" in proc.stderr
+    assert "PAT-SECRET-9" not in proc.stderr
+    proc = run(config, "patient", "set", "PAT-SECRET-9", "--flag", "pregnant")
+    assert proc.returncode == 2 and "unknown flag 'pregnant'" in proc.stderr
+    shown = run_json(config, "patient", "show", "PAT-SECRET-9", "--json", "--today", TODAY)
+    assert shown["plan"] is None and shown["history"] == []
+    assert shown["due"][0]["rule_ids"] == ["baseline", "routine-annual"]  # site default, nothing stored
+
+
+def test_patient_import_reports_the_bad_line_and_applies_nothing(config: Path, tmp_path: Path) -> None:
+    csv_path = tmp_path / "plans.csv"
+    csv_path.write_text(
+        "patient_id,dmt,dmt-start,jcv,flags\n"
+        "PAT-I1,natalizumab,2024-01-01,positive,highly_active\n"
+        "PAT-I2,ocrelizumab,2025-02-01,negative,\n"
+        "PAT-I3,fingolimod,2025-02-01,sometimes,\n",
+        encoding="utf-8",
+    )
+    proc = run(config, "patient", "import", str(csv_path), "--author", "importer")
+    assert proc.returncode == 2
+    assert "line 4" in proc.stderr and "jcv" in proc.stderr
+    assert "PAT-I3" not in proc.stderr
+    assert run_json(config, "patient", "show", "PAT-I1", "--json")["plan"] is None
+    assert run_json(config, "due", "--json", "--today", TODAY) == []
+    csv_path.write_text(csv_path.read_text(encoding="utf-8").replace("sometimes", "unknown"), encoding="utf-8")
+    proc = run(config, "patient", "import", str(csv_path), "--author", "importer")
+    assert proc.returncode == 0, proc.stderr
+    assert "3" in proc.stdout
+    shown = run_json(config, "patient", "show", "PAT-I1", "--json")
+    assert shown["plan"]["flags"] and shown["history"][0]["author"] == "importer"
+
+
+def test_due_json_lists_every_patient_and_overdue_filters(config: Path) -> None:
+    proc = run(config, "patient", "set", "PAT-D1", "--dmt", "natalizumab", "--dmt-start", "2023-01-01", "--jcv", "positive")
+    assert proc.returncode == 0, proc.stderr
+    add_check(config, "PAT-D1", "1.2.3.10", "20260501", "compliant")
+    add_check(config, "PAT-D2", "1.2.3.20", "20250101", "compliant")  # no plan: site default, overdue
+    add_check(config, "PAT-D3", "1.2.3.30", "20260610", "non-compliant")
+    due = {d["patient_id"]: d for d in run_json(config, "due", "--json", "--today", TODAY)}
+    assert set(due) == {"PAT-D1", "PAT-D2", "PAT-D3"}
+    assert due["PAT-D1"]["profile_id"] == "ms-brain-pml-screening"
+    assert due["PAT-D1"]["target"] == "2026-08-16" and due["PAT-D1"]["rule_ids"][0] == "natalizumab-high-risk"
+    assert due["PAT-D2"]["latest"] == "2026-02-01" and due["PAT-D2"]["overdue"]
+    assert due["PAT-D3"]["recall"] and due["PAT-D3"]["recall_items"] == ["sequence.t2_flair"]
+    overdue = run_json(config, "due", "--overdue", "--json", "--today", TODAY)
+    assert [d["patient_id"] for d in overdue] == ["PAT-D2"]
+    table = run(config, "due", "--today", TODAY)
+    assert table.returncode == 0 and "OVERDUE" in table.stdout and "RECALL" in table.stdout
