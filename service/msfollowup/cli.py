@@ -6,13 +6,18 @@ Exit codes: 0 success, 1 a negative answer (e.g. non-compliant), 2 usage or inpu
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msfollowup.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from msfollowup.db import Database
+    from msfollowup.plans import DueExam, IntervalRules
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -68,7 +73,7 @@ def _add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 # Patient IDs appear only on these commands' stdout (the user asked for them), never in logs.
 
 
-def _plan_context(args: argparse.Namespace) -> tuple[Any, Any]:
+def _plan_context(args: argparse.Namespace) -> tuple[Database, IntervalRules]:
     from msfollowup.db import Database
     from msfollowup.plans import load_interval_rules
 
@@ -78,12 +83,11 @@ def _plan_context(args: argparse.Namespace) -> tuple[Any, Any]:
     return Database(cfg.storage.database_url), load_interval_rules(cfg.validation.protocols_dir)
 
 
-def _today(args: argparse.Namespace) -> Any:
-    import datetime as dt
-
+def _today(args: argparse.Namespace) -> dt.date:
     from msfollowup.plans import parse_date
 
-    return parse_date(args.today, "--today") if getattr(args, "today", None) else dt.date.today()
+    day = parse_date(args.today, "--today") if getattr(args, "today", None) else None
+    return day or dt.date.today()
 
 
 def _plan_changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,7 +117,7 @@ def _plan_errors(func: Command) -> Command:
     return run
 
 
-def _print_due_table(dues: Sequence[Any], today: Any) -> None:
+def _print_due_table(dues: Sequence[DueExam], today: dt.date) -> None:
     print(f"{'PATIENT ID':<20} {'PURPOSE':<7} {'PROFILE':<24} {'EARLIEST':<10} {'TARGET':<10} {'LATEST':<10} STATUS   RULES")
     for d in dues:
         status = "OVERDUE" if d.overdue(today) else ("RECALL" if d.recall else "")

@@ -627,11 +627,8 @@ def _candidates(
 
 def _purposes(plan: PlanData | None, exams: Sequence[ExamRecord], today: dt.date, rules: IntervalRules) -> list[str]:
     """Purposes with at least one applicable rule, brain first."""
-    seen: list[str] = []
-    for r in rules.rules:
-        if r.purpose not in seen and _candidates(plan, r.purpose, [e for e in exams if e.purpose == r.purpose], today, rules):
-            seen.append(r.purpose)
-    return sorted(seen, key=lambda p: (p != "brain", p))
+    purposes = sorted({r.purpose for r in rules.rules}, key=lambda p: (p != "brain", p))
+    return [p for p in purposes if _candidates(plan, p, [e for e in exams if e.purpose == p], today, rules)]
 
 
 def _substitute(profile: str, plan: PlanData | None, rules: IntervalRules) -> tuple[str, list[str], list[str]]:
@@ -954,6 +951,7 @@ def set_plan(
     new = apply_changes(old, changes, rules, today or dt.date.today())  # the clinic's day
     diff = _diff(old, new)
     if row is None:
+        diff = {"plan": {"old": None, "new": "created"}, **diff}
         row = MonitoringPlan(patient_id=patient_id, created_at=now)
         session.add(row)
     elif not diff:
