@@ -51,11 +51,12 @@ def _accept_order() -> list[str]:
 
     pynetdicom picks the first of the acceptor's list that the requestor offered, so the order decides
     what a sender must send. We never transcode, and a sender that offers a compressed syntax holds its
-    data that way: prefer compressed (lossless before lossy) so nobody has to decompress for us, then
-    deflated, then uncompressed.
+    data that way: prefer compressed (lossless before lossy) so nobody has to decompress for us. Most
+    senders hold uncompressed data and offer deflate only as an option: uncompressed before deflated,
+    so they do not spend CPU compressing for us.
     """
     rest = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED + _DEFLATED + _LOSSLESS]
-    return _LOSSLESS + rest + _DEFLATED + _UNCOMPRESSED
+    return _LOSSLESS + rest + _UNCOMPRESSED + _DEFLATED
 
 
 ACCEPTED_TRANSFER_SYNTAXES = _accept_order()

@@ -1,0 +1,5 @@
+import sys
+
+from msfollowup.cli import main
+
+sys.exit(main())

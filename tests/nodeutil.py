@@ -1,0 +1,159 @@
+"""Run the real `msfollowup serve` as a subprocess on a free loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE
+
+from msfollowup.config import load_config
+from msfollowup.db import Database
+from msfollowup.store import Instance, Study
+
+DCMTK = Path("/usr/bin")
+DEFAULT_ALLOW = ("STORESCU", "ECHOSCU", "FINDSCU", "PYNETDICOM", "TESTSCU", "MPPSSCU")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]], allow: Iterable[tuple[str, str | None]],
+                 extra: str = "") -> Path:
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    for ae, host in allow:
+        lines.append("[[access.allow]]")
+        lines.append(f"ae_title = {_toml_value(ae)}")
+        if host:
+            lines.append(f"host = {_toml_value(host)}")
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+class RunningNode:
+    """A started `msfollowup serve`; its log goes to <tmp>/serve.log."""
+
+    def __init__(self, tmp: Path, stable_seconds: float = 1.0, allow: Iterable[tuple[str, str | None]] | None = None,
+                 sections: dict[str, dict[str, Any]] | None = None, extra: str = "", port: int | None = None) -> None:
+        self.tmp = tmp
+        self.port = port or free_port()
+        self.ae_title = "MSFOLLOWUP"
+        self.data_dir = tmp / "var"
+        merged: dict[str, dict[str, Any]] = {
+            "node": {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port, "shutdown_grace_seconds": 5},
+            "storage": {"data_dir": str(self.data_dir)},
+            "completion": {"stable_seconds": stable_seconds, "poll_seconds": 0.2},
+        }
+        for name, values in (sections or {}).items():
+            merged.setdefault(name, {}).update(values)
+        self.config_path = write_config(
+            tmp / "msfollowup.toml", merged, allow if allow is not None else [(a, None) for a in DEFAULT_ALLOW], extra
+        )
+        self.log_path = tmp / "serve.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._db: Database | None = None
+
+    # -- process control
+
+    def start(self, timeout: float = 20) -> RunningNode:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "msfollowup", "serve", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"msfollowup exited with {self.proc.returncode}:\n{self.log()}")
+            if self.echo():
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"msfollowup did not start listening:\n{self.log()}")
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout)
+        return rc
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # -- DICOM helpers
+
+    def echo(self) -> bool:
+        ae = AE(ae_title="ECHOSCU")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        ae.acse_timeout = ae.network_timeout = 2
+        assoc = ae.associate("127.0.0.1", self.port, ae_title=self.ae_title)
+        if not assoc.is_established:
+            return False
+        status = assoc.send_c_echo()
+        assoc.release()
+        return bool(status) and status.Status == 0
+
+    def storescu(self, paths: Iterable[Path], *extra: str, aet: str = "STORESCU") -> subprocess.CompletedProcess[str]:
+        args = [str(DCMTK / "storescu"), "-aet", aet, "-aec", self.ae_title, *extra, "127.0.0.1", str(self.port)]
+        return subprocess.run(args + [str(p) for p in paths], capture_output=True, text=True, timeout=600)
+
+    # -- index helpers
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = Database(load_config(self.config_path).storage.database_url)
+        return self._db
+
+    def study(self, study_uid: str) -> Study | None:
+        with self.db.session() as s:
+            return s.get(Study, study_uid)
+
+    def instances(self, study_uid: str) -> list[Instance]:
+        with self.db.session() as s:
+            return list(s.query(Instance).filter(Instance.study_uid == study_uid))
+
+    def wait_complete(self, study_uid: str, version: int = 1, timeout: float = 30) -> Study:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.study(study_uid)
+            if st is not None and st.state == "complete" and st.version >= version:
+                return st
+            time.sleep(0.1)
+        raise AssertionError(f"study did not complete (version {version}) within {timeout} s")
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The encoded data set of a Part 10 file, without preamble and file meta (what travels on the wire)."""
+    raw = path.read_bytes()
+    assert raw[128:132] == b"DICM", f"{path} is not a Part 10 file"
+    # (0002,0000) UL group length is the first element of the file meta, explicit VR little endian.
+    assert raw[132:136] == b"\x02\x00\x00\x00"
+    group_len = int.from_bytes(raw[140:144], "little")
+    return raw[144 + group_len:]
