@@ -104,6 +104,7 @@ def test_other_data_files_are_ignored(tmp_path: Path) -> None:
         (SITE_PROFILE.replace("needs_contrast = false", "needs_contrast = 'sometimes'"), "needs_contrast",
          "valid boolean"),
         (SITE_PROFILE.replace('id = "site-brain-quick"\n', ""), "id", "Field required"),
+        ('id = "site-brain-quick"\nversion = 1\n', "version", "valid string"),
         (SITE_PROFILE.replace('any_of = ["T2_FLAIR"]', 'any_of = ["FLAIR"]'), "sequences[0].any_of[0]", "T2_FLAIR"),
         (SITE_PROFILE + "[limits]\nslice_thickness_2d_max_mm = 'thin'\n", "limits.slice_thickness_2d_max_mm",
          "valid number"),

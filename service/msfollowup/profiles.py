@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PACKAGE = "msfollowup.protocols"
 CONSTRAINTS_FILE = "constraints.toml"
 # Top-level keys that make a TOML file a profile; other data files (e.g. intervals.toml) are not ours.
-_PROFILE_MARKERS = ("sequences", "loinc", "needs_contrast")
+_PROFILE_MARKERS = ("id", "title", "sequences", "loinc", "needs_contrast")
 
 # The classifier's kinds that can be required; LOCALIZER and OTHER never satisfy a requirement.
 RequiredKind = Literal["T2_FLAIR", "T2", "PD", "T1", "DWI", "ADC", "TRACE", "STIR", "SWI"]

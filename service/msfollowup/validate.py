@@ -129,7 +129,8 @@ def _acquisition(s: SeriesClassification) -> str | None:
 
 def field_strength_t(f: SeriesFacts) -> tuple[float | None, str]:
     """Field strength in tesla and where it came from; ImagingFrequency stands in when it is missing."""
-    if f.field_strength_t:
+    from_frequency = bool(getattr(f, "field_strength_from_frequency", False))  # summarize() did the fallback
+    if f.field_strength_t and not (from_frequency and f.imaging_frequency_mhz):
         return f.field_strength_t, "MagneticFieldStrength"
     if f.imaging_frequency_mhz:
         return f.imaging_frequency_mhz / GYROMAGNETIC_MHZ_PER_T, f"ImagingFrequency {_n(f.imaging_frequency_mhz)} MHz"
@@ -292,7 +293,7 @@ def _missing(inst: _Instance, decided: list[tuple[SeriesClassification, tuple[bo
         parts = sorted({s.facts.body_part or "?" for s in near["region"]})
         return f"{head}: only other regions were found ({', '.join(parts)}: {_names(near['region'])})"
     kinds = " or ".join(k.replace("_", " ") for k in inst.rule.any_of)
-    return f"{head}: no acquired {kinds} series in the study"
+    return f"{head}: no {'' if inst.rule.allow_derived else 'acquired '}{kinds} series in the study"
 
 
 # --- technical checks ------------------------------------------------------------------------------
@@ -381,8 +382,9 @@ def _contrast_delay(ctx: _Context, s: SeriesClassification, inst: _Instance, pos
         return RequirementResult(rid, status, measured, limit, (s.facts.series_instance_uid,), msg, label=inst.label)
 
     if start is None:
-        return result("unverifiable", None, f"Contrast start time (ContrastBolusStartTime) not recorded: the delay "
-                      f"before the {inst.label} ({_name(s)}) cannot be checked; at least {_n(minimum)} min required")
+        return result("unverifiable", None, f"{inst.label} ({_name(s)}): contrast start time (ContrastBolusStartTime) "
+                      f"not recorded, so the delay after contrast cannot be checked; at least {_n(minimum)} min "
+                      "required")
     if acq is None:
         return result("unverifiable", None, f"Acquisition time of the {inst.label} ({_name(s)}) not recorded: "
                       f"the delay after contrast cannot be checked")
