@@ -178,7 +178,8 @@ _KEEP_KEYWORDS = (
     "ComplexImageComponent", "PixelPresentation", "InversionRecovery", "StudyInstanceUID",
     "SeriesInstanceUID", "SeriesNumber", "InstanceNumber", "ImageOrientationPatient", "NumberOfFrames",
     "PixelSpacing", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
-    "ContrastBolusUsageSequence",
+    "ContrastBolusUsageSequence", "VolumeBasedCalculationTechnique", "SourceImageEvidenceSequence",
+    "SourceImageSequence",
 )
 
 
@@ -204,6 +205,8 @@ _PERFRAME = 0x52009230
 _PIXEL_GROUP = 0x7FE00000
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _HH = struct.Struct("<HH").unpack_from
+_EXPLICIT_HEAD = struct.Struct("<HH2sH").unpack_from
+_IMPLICIT_HEAD = struct.Struct("<HHL").unpack_from
 _H = struct.Struct("<H").unpack_from
 _L = struct.Struct("<L").unpack_from
 _D = struct.Struct("<d").unpack_from
@@ -269,8 +272,22 @@ def _scan(buf: bytes, pos: int, implicit: bool) -> tuple[dict[BaseTag, Any], tup
     raw: dict[BaseTag, Any] = {}
     perframe: tuple[int, int] | None = None
     n = len(buf)
-    while pos + 8 <= n:
-        tag, vr, start, length = _element(buf, pos, implicit)
+    keep, long_vrs, explicit_head, implicit_head = _KEEP, _LONG_VRS, _EXPLICIT_HEAD, _IMPLICIT_HEAD
+    while pos + 8 <= n:  # the element header is parsed inline: this loop runs ~100 times per file
+        vr: bytes | None
+        if implicit:
+            group, elem, length = implicit_head(buf, pos)
+            vr, start = None, pos + 8
+        else:
+            group, elem, vr, length = explicit_head(buf, pos)
+            start = pos + 8
+            if vr in long_vrs:
+                if pos + 12 > n:
+                    raise _Truncated
+                length, start = _L(buf, pos + 8)[0], pos + 12
+            elif not vr.isalpha():
+                raise _Unusual("explicit VR expected")
+        tag = group << 16 | elem
         if tag >= _PIXEL_GROUP:
             break
         if length == _UNDEFINED:
@@ -282,7 +299,7 @@ def _scan(buf: bytes, pos: int, implicit: bool) -> tuple[dict[BaseTag, Any], tup
             end = value_end = start + length
             if end > n:
                 raise _Truncated
-        if _keep(tag):
+        if tag in keep or (group & 1 and group in _PRIVATE_KEEP and _keep(tag)):
             btag = BaseTag(tag)
             value = buf[start:value_end]
             raw[btag] = RawDataElement(btag, vr.decode() if vr else None, len(value), value, start, implicit, True)
@@ -369,6 +386,19 @@ def _fast_read(path: Path) -> Dataset | None:
                 complete = True
 
 
+_META_CACHE: dict[str, FileMetaDataset] = {}
+
+
+def _file_meta(ts: str) -> FileMetaDataset:
+    """One shared (read-only by convention) file meta per transfer syntax: building one per file is slow."""
+    meta = _META_CACHE.get(ts)
+    if meta is None:
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = UID(ts)
+        _META_CACHE[ts] = meta
+    return meta
+
+
 def _parse(buf: bytes) -> Dataset:
     ts, pos = _meta(buf)
     if ts in _FALLBACK_TS:
@@ -385,9 +415,7 @@ def _parse(buf: bytes) -> Dataset:
         charset = ds.get("SpecificCharacterSet")
         encoding = convert_encodings(charset) if charset else "iso8859"
     ds.set_original_encoding(implicit, True, encoding)
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = UID(ts or _IMPLICIT_TS)
-    ds.file_meta = meta
+    ds.file_meta = _file_meta(ts or _IMPLICIT_TS)
     if perframe is not None:
         start, end = perframe
         first = _first_item(buf, start, end, implicit)
@@ -473,11 +501,50 @@ def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[Dataset]], list[
 # ---------------------------------------------------------------------------------------------------
 
 
+_ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "SH"})
+_BINARY_VRS = {"FD": "d", "FL": "f", "US": "H", "UL": "L", "SS": "h", "SL": "l"}
+_KW_INFO: dict[str, tuple[int, str]] = {}
+_TEXTLIKE = re.compile(rb"[0-9 .+\-eE\\]*")
+
+
+def _info(keyword: str) -> tuple[int, str]:
+    info = _KW_INFO.get(keyword)
+    if info is None:
+        from pydicom.datadict import dictionary_VR
+
+        tag = _tag_for(keyword)
+        info = _KW_INFO[keyword] = (tag, dictionary_VR(tag))
+    return info
+
+
+def _decode_raw(raw: bytes, vr: str) -> Any:
+    """Value of an undecoded little-endian element of an ASCII or binary numeric VR."""
+    if vr in _ASCII_VRS:
+        parts = [p.strip() for p in raw.decode("latin-1").strip("\0 ").split("\\")]
+        return parts[0] if len(parts) == 1 else parts
+    code = _BINARY_VRS[vr]
+    count = len(raw) // struct.calcsize(code)
+    values = struct.unpack(f"<{count}{code}", raw[:count * struct.calcsize(code)])
+    return values[0] if count == 1 else list(values)
+
+
 def _value(ds: Dataset | None, keyword: str) -> Any:
+    """Element value; ASCII and binary numbers are decoded straight from the raw bytes (per-instance
+    attributes are read hundreds of times per study and pydicom's conversion dominates otherwise)."""
     if ds is None:
         return None
+    tag, vr = _info(keyword)
+    elem = ds._dict.get(tag)  # type: ignore[call-overload]
+    if elem is None:
+        return None
+    if (type(elem) is RawDataElement and elem.is_little_endian and elem.value is not None
+            and elem.VR in (None, vr) and (vr in _ASCII_VRS or vr in _BINARY_VRS)):
+        try:
+            return _decode_raw(elem.value, vr)
+        except (struct.error, ValueError):
+            pass
     try:
-        return ds.get(keyword)
+        return ds[tag].value
     except Exception:  # a malformed value is the same as no value for classification
         return None
 
@@ -540,30 +607,41 @@ def _item(ds: Dataset | None, keyword: str) -> Dataset | None:
 
 
 def _private(ds: Dataset, group: int, offset: int, creators: tuple[str, ...]) -> Any:
-    """Value of a private element whose block creator starts with one of `creators`."""
-    for block in range(0x10, 0x100):
-        ctag = (group << 16) | block
-        if ctag not in ds:
+    """Value of a private element whose block creator starts with one of `creators`.
+
+    Undecoded values come back as bytes (implicit VR or UN): the caller knows what to expect."""
+    for ctag in [t for t in ds._dict if t >> 16 == group and 0x10 <= (t & 0xFFFF) <= 0xFF]:
+        elem = ds._dict[ctag]
+        value = elem.value if not isinstance(elem, RawDataElement) else (elem.value or b"").decode("latin-1")
+        creator = str(value).strip("\0 ").upper()
+        if not any(creator.startswith(c) for c in creators):
             continue
-        creator = str(ds[ctag].value).strip().upper()
-        if any(creator.startswith(c) for c in creators):
-            tag = (group << 16) | (block << 8) | offset
-            if tag in ds:
-                return ds[tag].value
+        tag = (group << 16) | ((ctag & 0xFF) << 8) | offset
+        found = ds._dict.get(tag)  # type: ignore[call-overload]
+        if found is None:
+            return None
+        if isinstance(found, RawDataElement):
+            if found.is_little_endian and found.value is not None:
+                vr = found.VR
+                if vr in _ASCII_VRS or vr in _BINARY_VRS:
+                    return _decode_raw(found.value, vr)
+                if vr in (None, "UN"):
+                    return found.value
+            return ds[tag].value
+        return found.value
     return None
 
 
 def _private_num(ds: Dataset, group: int, offset: int, creators: tuple[str, ...]) -> float | None:
     v = _private(ds, group, offset, creators)
-    if isinstance(v, bytes):  # VR UN (implicit VR written through): raw little-endian value
+    if isinstance(v, bytes):  # implicit VR or UN: text digits, or a raw little-endian float (Philips FL as UN)
+        if _TEXTLIKE.fullmatch(v):
+            return _num(v.decode("ascii").strip("\0 ").split("\\")[0])
         if len(v) == 4:
             return _num(struct.unpack("<f", v)[0])
         if len(v) == 8:
             return _num(struct.unpack("<d", v)[0])
-        try:
-            return _num(v.decode("ascii").strip("\0 ").split("\\")[0])
-        except UnicodeDecodeError:
-            return None
+        return None
     return _num(v)
 
 
@@ -619,13 +697,12 @@ def _dt(date: str | None, time: str | None) -> dt.datetime | None:
         return None
     date = date.replace(".", "").replace("-", "")[:8]
     try:
-        day = dt.datetime.strptime(date, "%Y%m%d")
+        day = dt.datetime(int(date[0:4]), int(date[4:6]), int(date[6:8]))
     except ValueError:
         return None
     if not time:
         return day
-    t = time.replace(":", "")
-    whole, _, frac = t.partition(".")
+    whole, _, frac = time.replace(":", "").partition(".")
     try:
         hh = int(whole[0:2]) if len(whole) >= 2 else 0
         mm = int(whole[2:4]) if len(whole) >= 4 else 0
@@ -828,6 +905,8 @@ class _Features:
     description: str
     protocol: str
     acq_type: str | None
+    volume_technique: str | None = None  # enhanced VolumeBasedCalculationTechnique (MPR, MIP ...)
+    out_of_plane_steps: float | None = None  # enhanced MRFOVGeometry: phase steps across slices (3D)
     evidence: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -865,11 +944,9 @@ def _collect_b(datasets: Sequence[Dataset], manufacturer: str) -> dict[str, tupl
             if b is not None:
                 siemens.add(b)
         elif manufacturer.startswith("GE"):
-            raw = _private(ds, 0x0043, 0x39, ("GEMS_PARM_01",))
-            if raw is not None:
-                b = _ge_b(raw[0] if isinstance(raw, (list, tuple)) or type(raw).__name__ == "MultiValue" else raw)
-                if b is not None:
-                    ge.add(b)
+            b = _ge_b(_private_num(ds, 0x0043, 0x39, ("GEMS_PARM_01",)))  # first of 4 values
+            if b is not None:
+                ge.add(b)
         elif "PHILIPS" in manufacturer:
             b = _private_num(ds, 0x2001, 0x03, ("PHILIPS IMAGING DD 001",))
             if b is not None:
@@ -985,6 +1062,9 @@ def _features(datasets: Sequence[Dataset], facts: SeriesFacts) -> _Features:
         description=facts.description or "",
         protocol=facts.protocol_name or "",
         acq_type=(facts.mr_acquisition_type or "").upper() or None,
+        volume_technique=(_str(first, "VolumeBasedCalculationTechnique")
+                          or _str(frame_type, "VolumeBasedCalculationTechnique") or "").upper() or None,
+        out_of_plane_steps=_float(_group(first, "MRFOVGeometrySequence"), "MRAcquisitionPhaseEncodingStepsOutOfPlane"),
     )
 
 
@@ -1411,13 +1491,22 @@ def _derived(f: _Features, kind: Kind) -> tuple[bool, str | None]:
     return False, None
 
 
-def _acquisition(f: _Features) -> Literal["2D", "3D"] | None:
+def _acquisition(f: _Features, kind: Kind) -> tuple[Literal["2D", "3D"] | None, str | None]:
+    """2D/3D and, when not written as MRAcquisitionType, how it was inferred."""
     if f.acq_type in ("2D", "3D"):
-        return f.acq_type  # type: ignore[return-value]
+        return f.acq_type, None  # type: ignore[return-value]
+    if f.out_of_plane_steps is not None and f.out_of_plane_steps > 1:
+        return "3D", "phase encoding across slices (MRAcquisitionPhaseEncodingStepsOutOfPlane)"
     m = re.search(r"([23])d", f.seq_name) or re.search(r"([23])d", f.ge_psd) or re.search(r"([23])D", f.philips_tech)
     if m:
-        return "3D" if m.group(1) == "3" else "2D"
-    return None
+        return ("3D" if m.group(1) == "3" else "2D"), "sequence name"
+    if kind in ("DWI", "ADC", "TRACE"):
+        return "2D", "diffusion EPI is acquired slice by slice"
+    if (f.volume_technique and f.volume_technique != "NONE") or set(f.image_type) & {"MPR", "MIP", "CSA MPR"}:
+        return "3D", "reformatted or projected from a volume"
+    if _is_se(f) and f.te is not None and f.te >= 200:
+        return "3D", "spin echo with TE >= 200 ms (variable flip angle 3D train)"
+    return None, None
 
 
 def _own_contrast(datasets: Sequence[Dataset], facts: SeriesFacts) -> tuple[Literal["pre", "post"] | None, str]:
@@ -1468,13 +1557,18 @@ def classify_series(datasets: Sequence[Dataset]) -> SeriesClassification:
     derived, why = _derived(f, d.kind)
     if why:
         evidence["derived"] = why
+    # A derived object (enhanced MPR, ADC map) that does not write MRAcquisitionType does not say how
+    # its source was acquired; inference is kept for acquired series, where a requirement may need it.
+    acquisition, inferred = _acquisition(f, d.kind) if not derived or f.acq_type else (None, None)
+    if inferred:
+        evidence["acquisition"] = inferred
     contrast, basis = _own_contrast(datasets, facts)
     if d.kind == "LOCALIZER" or (d.kind == "OTHER" and f.sop_class and f.sop_class not in _MR_IMAGE_CLASSES):
         contrast, basis = None, "not applicable (localizer or non-image object)"
     elif contrast is None:
         contrast = "pre"
     return SeriesClassification(
-        facts=facts, kind=d.kind, acquisition=_acquisition(f), derived=derived, contrast=contrast,
+        facts=facts, kind=d.kind, acquisition=acquisition, derived=derived, contrast=contrast,
         contrast_basis=basis, evidence=evidence, confidence=round(confidence, 3), basis=d.basis)
 
 
