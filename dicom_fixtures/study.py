@@ -21,7 +21,7 @@ class GeneratedSeries:
     series_number: int
     description: str
     expected_kind: str  # one of msfollowup.classify.KINDS
-    expected_acquisition: str | None  # "2D" / "3D" (None for derived maps without their own acquisition)
+    expected_acquisition: str | None  # "2D" / "3D"; None when the headers cannot say (enhanced derived)
     expected_derived: bool
     expected_contrast: str | None  # "pre" / "post" relative to gadolinium; None for the localizer
     files: list[Path] = field(default_factory=list)
@@ -72,8 +72,11 @@ def _study_start(study_date: str, seed: int) -> dt.datetime:
     return day + dt.timedelta(hours=7, minutes=30 + (seed % 20) * 23, seconds=seed % 60)
 
 
-def _expected_acquisition(p: PlannedSeries) -> str | None:
-    # Derived maps and reformats keep the MRAcquisitionType of their source acquisition.
+def _expected_acquisition(p: PlannedSeries, enhanced: bool) -> str | None:
+    """Classic derived files keep MRAcquisitionType of their source (scanners do); an Enhanced MR derived
+    object may not carry the MR Pulse Sequence module, so its headers cannot say: None."""
+    if p.derived and enhanced:
+        return None
     return p.technique.acquisition
 
 
@@ -122,7 +125,7 @@ def generate_study(out_dir: Path, *, profile: str = "ms-brain-routine", vendor: 
             files = write_classic_series(ctx, p, series_uid, number, desc, folder, slices)
         written.append(GeneratedSeries(
             series_uid=series_uid, series_number=number, description=desc, expected_kind=p.kind,
-            expected_acquisition=_expected_acquisition(p), expected_derived=p.derived,
+            expected_acquisition=_expected_acquisition(p, enhanced), expected_derived=p.derived,
             expected_contrast=None if p.kind == "LOCALIZER" else p.contrast_phase, files=files, key=p.key,
             body_part=p.body_part, acquisition_datetime=p.start, contrast_bolus_start=p.bolus_start))
     all_files = [f for s in written for f in s.files]
