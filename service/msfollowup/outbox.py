@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_P_ABORT
 from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -191,6 +192,20 @@ class SendError(Exception):
         self.status = status
 
 
+def _abort(assoc: Association) -> None:
+    """Abort, and wake a requestor still waiting for the A-ASSOCIATE answer.
+
+    pynetdicom's abort() does not wake that wait (it would last the whole ACSE timeout), so an
+    A-P-ABORT is handed to the waiting queue, as the DUL itself does when the peer vanishes.
+    """
+    assoc.abort()
+    wake = A_P_ABORT()
+    wake.provider_reason = 0x00
+    queue = getattr(getattr(assoc, "dul", None), "to_user_queue", None)
+    if queue is not None:
+        queue.put(wake)
+
+
 class Outbox:
     """Sends pending report deliveries; `run_once` for tests and tools, `start`/`stop` for the node."""
 
@@ -202,7 +217,7 @@ class Outbox:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._assoc_lock = threading.Lock()
-        self._assoc: Association | None = None
+        self._assoc: Association | None = None  # the send in progress, so stop() can abort it
         node = cfg.node
         # A claim older than this belongs to a node that died mid-send: every timeout of one
         # association has passed by then, twice.
@@ -245,8 +260,8 @@ class Outbox:
         """Stop quickly: abort a send in progress (its job goes back to pending) and join."""
         self._stop.set()
         with self._assoc_lock:
-            if self._assoc is not None and self._assoc.is_established:
-                self._assoc.abort()
+            if self._assoc is not None:
+                _abort(self._assoc)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -336,6 +351,13 @@ class Outbox:
 
     # --- the network ----------------------------------------------------------------------------
 
+    def _on_connection(self, event: evt.Event) -> None:
+        """Remember the association as soon as TCP is up: stop() may have to abort it mid-negotiation."""
+        with self._assoc_lock:
+            self._assoc = event.assoc
+            if self._stop.is_set():
+                _abort(event.assoc)
+
     def _send(self, job: Delivery) -> int:
         path = Path(self.cfg.storage.data_dir) / job.sr_path
         ds = dcmread(path)
@@ -346,22 +368,23 @@ class Outbox:
         ae.network_timeout = node.network_timeout
         ae.connection_timeout = min(node.acse_timeout, 10.0)  # a dead host must not hold the loop
         ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
-        assoc = ae.associate(job.host, job.port, ae_title=job.ae_title, max_pdu=node.max_pdu)
-        if not assoc.is_established:
-            reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
-            raise SendError(f"association with {job.destination} failed ({reason})")
-        with self._assoc_lock:
-            self._assoc = assoc
+        handlers = [(evt.EVT_CONN_OPEN, self._on_connection)]
         try:
             if self._stop.is_set():
-                assoc.abort()
                 raise SendError("stopped before sending")
-            rsp = assoc.send_c_store(ds)
+            assoc = ae.associate(job.host, job.port, ae_title=job.ae_title, max_pdu=node.max_pdu,
+                                 evt_handlers=handlers)
+            if not assoc.is_established:
+                reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
+                raise SendError(f"association with {job.destination} failed ({reason})")
+            try:
+                rsp = assoc.send_c_store(ds)
+            finally:
+                if assoc.is_established:
+                    assoc.release()
         finally:
             with self._assoc_lock:
                 self._assoc = None
-            if assoc.is_established:
-                assoc.release()
         if rsp is None or "Status" not in rsp:
             raise SendError(f"no C-STORE response from {job.destination} (timeout or abort)")
         status = int(rsp.Status)
