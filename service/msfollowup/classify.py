@@ -609,17 +609,24 @@ def _item(ds: Dataset | None, keyword: str) -> Dataset | None:
 def _private(ds: Dataset, group: int, offset: int, creators: tuple[str, ...]) -> Any:
     """Value of a private element whose block creator starts with one of `creators`.
 
-    Undecoded values come back as bytes (implicit VR or UN): the caller knows what to expect."""
-    for ctag in [t for t in ds._dict if t >> 16 == group and 0x10 <= (t & 0xFFFF) <= 0xFF]:
+    Undecoded values come back as bytes (implicit VR or UN): the caller knows what to expect.
+    Callers check the manufacturer first, so when an anonymiser stripped every creator of the group
+    the vendor's usual block (0x10) is assumed."""
+    blocks = []
+    creator_tags = [t for t in ds._dict if t >> 16 == group and 0x10 <= (t & 0xFFFF) <= 0xFF]
+    for ctag in creator_tags:
         elem = ds._dict[ctag]
         value = elem.value if not isinstance(elem, RawDataElement) else (elem.value or b"").decode("latin-1")
         creator = str(value).strip("\0 ").upper()
-        if not any(creator.startswith(c) for c in creators):
-            continue
-        tag = (group << 16) | ((ctag & 0xFF) << 8) | offset
+        if any(creator.startswith(c) for c in creators):
+            blocks.append(ctag & 0xFF)
+    if not creator_tags:
+        blocks = [0x10]
+    for block in blocks:
+        tag = (group << 16) | (block << 8) | offset
         found = ds._dict.get(tag)  # type: ignore[call-overload]
         if found is None:
-            return None
+            continue
         if isinstance(found, RawDataElement):
             if found.is_little_endian and found.value is not None:
                 vr = found.VR
