@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a negative answer (e.g. non-compliant), 2 usage or inpu
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import json
 import sys
@@ -17,6 +18,8 @@ from msfollowup.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
     from msfollowup.db import Database
+    from sqlalchemy.orm import Session
+
     from msfollowup.plans import DueExam, IntervalRules
 
 Command = Callable[[argparse.Namespace], int]
@@ -83,6 +86,15 @@ def _plan_context(args: argparse.Namespace) -> tuple[Database, IntervalRules]:
     return Database(cfg.storage.database_url), load_interval_rules(cfg.validation.protocols_dir)
 
 
+def _reschedule(session: Session, args: argparse.Namespace, patient_ids: list[str]) -> None:
+    """A plan change moves the patient's worklist item (same transaction as the change)."""
+    from msfollowup.pipeline import schedule_patient
+
+    cfg = _config(args)
+    for patient_id in patient_ids:
+        schedule_patient(session, cfg, patient_id, _today(args))
+
+
 def _today(args: argparse.Namespace) -> dt.date:
     from msfollowup.plans import parse_date
 
@@ -135,6 +147,7 @@ def _cmd_patient_set(args: argparse.Namespace) -> int:
     with db.session() as s:
         plan = set_plan(s, args.patient_id, _plan_changes(args), args.author, rules=rules)
         due = refresh_patient(s, args.patient_id, _today(args), rules)
+        _reschedule(s, args, [args.patient_id])
     _print_json({"plan": plan.to_json(), "due": [d.to_json() for d in due]})
     return 0
 
@@ -179,6 +192,8 @@ def _cmd_patient_import(args: argparse.Namespace) -> int:
     try:
         with open(args.file, newline="", encoding="utf-8-sig") as fh, db.session() as s:
             count = import_plans_csv(s, fh, args.author, rules)
+            fh.seek(0)
+            _reschedule(s, args, sorted({row["patient_id"].strip() for row in csv.DictReader(fh) if row.get("patient_id")}))
     except (OSError, UnicodeDecodeError) as exc:
         print(f"msfollowup: {args.file}: cannot read: {exc}", file=sys.stderr)
         return 2
@@ -371,12 +386,10 @@ def _print_check(d: dict[str, Any]) -> None:
         print(f"{_brief(s.get('series_number'), 5):>5}  {_brief(s.get('description'), 32):<32}  {s['kind']:<9}  "
               f"{_brief(s.get('acquisition'), 5):<5}  {'yes' if s.get('derived') else 'no':<7}  "
               f"{_brief(s.get('contrast'), 8):<8}  {float(s.get('confidence') or 0):.2f}")
-    print(f"\n{'STATUS':<12}  {'REQUIREMENT':<30}  {'MEASURED':<30}  {'LIMIT':<30}  MESSAGE")
+    print(f"\n{'STATUS':<19}  {'REQUIREMENT':<30}  {'MEASURED':<30}  {'LIMIT':<30}  MESSAGE")
     for r in d["requirements"]:
         status = r["status"] + (" (info)" if r.get("informational") else "")
-        print(f"{status:<12}  {r['id']:<30}  {_brief(r['measured']):<30}  {_brief(r['limit']):<30}  {r['message']}")
-    i = d["input"]
-    print(f"\n{i['files']} file(s) read, {i['non_dicom_skipped']} non-DICOM skipped, {len(i['unreadable'])} unreadable")
+        print(f"{status:<19}  {r['id']:<30}  {_brief(r['measured']):<30}  {_brief(r['limit']):<30}  {r['message']}")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -397,13 +410,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"msfollowup: {exc}", file=sys.stderr)
         return 2
     results = [validate_study(series, profile, reference) for series in studies.values()]
-    out = [r.to_json() | {"input": info} for r in results]
+    out = [r.to_json() | {"input": info} for r in results]  # input: totals of the whole run
     if args.json:
         _print_json(out[0] if len(out) == 1 else out)
     else:
         for n, d in enumerate(out):
             print("\n" if n else "", end="")
             _print_check(d)
+        print(f"\n{len(out)} study(ies); {info['files']} file(s) read, {info['non_dicom_skipped']} non-DICOM skipped, "
+              f"{len(info['unreadable'])} unreadable")
     return 0 if all(r.verdict == "compliant" for r in results) else 1
 
 

@@ -79,23 +79,11 @@ class ValidationResult:
             "profile": {"id": self.profile_id, "version": self.profile_version, **self.profile_summary},
             "verdict": self.verdict,
             "summary": counts,
-            "series": [_series_json(s) for s in self.series],
+            "series": [s.to_json() for s in self.series],
             "requirements": [r.to_json() for r in self.requirements],
             "reference_study_uid": self.reference_study_uid,
             "checked_at": self.checked_at.isoformat(),
         }
-
-
-def _series_json(s: SeriesClassification) -> dict[str, Any]:
-    """The classifier's JSON; its documented fields while classify.to_json is not there yet."""
-    try:
-        return s.to_json()
-    except NotImplementedError:
-        f = s.facts
-        return {"series_instance_uid": f.series_instance_uid, "series_number": f.series_number,
-                "description": f.description, "kind": s.kind, "acquisition": s.acquisition,
-                "derived": s.derived, "contrast": s.contrast, "contrast_basis": s.contrast_basis,
-                "evidence": s.evidence, "confidence": s.confidence, "basis": s.basis}
 
 
 # --- small helpers ------------------------------------------------------------------------------
@@ -205,14 +193,14 @@ class _Checks:
         return _RANK[_worst(r.status for r in required)]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Context:
     profile: Profile
     series: Sequence[SeriesClassification]
-    limits: Limits = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.limits = self.profile.limits
+    @property
+    def limits(self) -> Limits:
+        return self.profile.limits
 
 
 def _candidate_checks(ctx: _Context, s: SeriesClassification, inst: _Instance, post_count: int) -> _Checks:
