@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from dicom_fixtures import vendors
 from dicom_fixtures.common import (
@@ -92,52 +93,58 @@ def add_mr_acquisition(ds: Dataset, ctx: StudyContext, p: PlannedSeries, b_value
         ds.DiffusionBValue = 0.0  # Philips writes 0 on every series, diffusion or not
 
 
+def _series_header(ctx: StudyContext, p: PlannedSeries, series_uid: str, series_number: int, desc: str,
+                   folder: Path) -> Dataset:
+    """Everything that is the same for every image of the series (built once, reused per file)."""
+    content = p.start + dt.timedelta(seconds=max(p.technique.duration_s, 1) + 4)
+    ds = new_file_dataset(folder / "1.dcm", MR_IMAGE, uid(series_uid, "sop", 1))
+    add_patient_study_series(ds, ctx, p, series_uid, series_number, desc)
+    ds.SOPClassUID = MR_IMAGE
+    ds.InstanceCreationDate = da(content)
+    ds.InstanceCreationTime = tm(content)
+    ds.ImageType = vendors.image_type(ctx.vendor, p)
+    ds.AcquisitionNumber = 1
+    ds.ContentDate = da(content)
+    ds.ContentTime = tm(content)
+    if p.derived:
+        ds.DerivationDescription = {"ADC": "ADC map", "TRACE": "isotropic trace-weighted image"}.get(
+            p.kind, "multiplanar reformat")
+    add_contrast_plain(ds, p)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ctx.rows
+    ds.Columns = ctx.columns
+    ds.PixelSpacing = [f"{p.pixel_spacing:g}", f"{p.pixel_spacing:g}"]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = "800"
+    ds.WindowWidth = "1600"
+    ds.LossyImageCompression = "00"
+    return ds
+
+
 def write_classic_series(ctx: StudyContext, p: PlannedSeries, series_uid: str, series_number: int, desc: str,
                          folder: Path, slices: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    frames = frames_of(p, slices, ctx.rows, ctx.columns)
-    content = p.start + dt.timedelta(seconds=max(p.technique.duration_s, 1) + 4)
-    for n, fr in enumerate(frames, start=1):
+    ds = _series_header(ctx, p, series_uid, series_number, desc, folder)
+    for n, fr in enumerate(frames_of(p, slices, ctx.rows, ctx.columns), start=1):
         sop_uid = uid(series_uid, "sop", n)
         path = folder / f"{n}.dcm"
-        ds = new_file_dataset(path, MR_IMAGE, sop_uid)
-        add_patient_study_series(ds, ctx, p, series_uid, series_number, desc)
-        ds.SOPClassUID = MR_IMAGE
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
         ds.SOPInstanceUID = sop_uid
-        ds.InstanceCreationDate = da(content)
-        ds.InstanceCreationTime = tm(content)
-        ds.ImageType = vendors.image_type(ctx.vendor, p)
-        ds.AcquisitionNumber = 1
         ds.InstanceNumber = n
         ds.AcquisitionDate = da(fr.acquired)
         ds.AcquisitionTime = tm(fr.acquired)
-        ds.ContentDate = da(content)
-        ds.ContentTime = tm(content)
-        if p.derived:
-            ds.DerivationDescription = {"ADC": "ADC map", "TRACE": "isotropic trace-weighted image"}.get(
-                p.kind, "multiplanar reformat")
-        add_contrast_plain(ds, p)
         add_mr_acquisition(ds, ctx, p, fr.b_value)
         g = fr.geometry
         ds.ImagePositionPatient = [f"{v:g}" for v in g.ipp]
         ds.ImageOrientationPatient = [f"{v:g}" for v in g.iop]
         ds.SliceLocation = f"{g.slice_location:g}"
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = ctx.rows
-        ds.Columns = ctx.columns
-        ds.PixelSpacing = [f"{p.pixel_spacing:g}", f"{p.pixel_spacing:g}"]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
-        ds.WindowCenter = "800"
-        ds.WindowWidth = "1600"
-        ds.LossyImageCompression = "00"
         vendors.add_private(ds, ctx.vendor, p, fr.b_value, enhanced=False)
-        arr = pixels(p, ctx.rows, ctx.columns, n, ctx.seed, fr.b_value)
-        ds.PixelData = arr.tobytes()
+        ds.PixelData = pixels(p, ctx.rows, ctx.columns, n, ctx.seed, fr.b_value).tobytes()
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
