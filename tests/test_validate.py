@@ -429,3 +429,51 @@ def test_to_json_is_complete_and_serialisable(prof: Profile) -> None:
     assert [r["id"] for r in failing] == ["resolution.t2", "reference.t2"]
     assert {"id", "status", "measured", "limit", "series", "message", "informational", "label"} <= set(failing[0])
     assert d["summary"]["fail"] == 2
+
+
+# --- properties: whatever the headers hold, a pass is backed by a value -----------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_maybe = st.one_of(st.none(), st.floats(min_value=0.3, max_value=8.0, allow_nan=False))
+
+
+@st.composite
+def _series(draw: st.DrawFn) -> SeriesClassification:
+    pxv = draw(_maybe)
+    return mk(draw(st.sampled_from(["T2_FLAIR", "T2", "PD", "T1", "DWI", "ADC", "TRACE", "STIR", "LOCALIZER",
+                                    "OTHER"])),
+              acquisition=draw(st.sampled_from([None, "2D", "3D"])), derived=draw(st.booleans()),
+              contrast=draw(st.sampled_from([None, "pre", "post"])), thick=draw(_maybe),
+              px=None if pxv is None else (pxv, pxv), fs=draw(st.sampled_from([None, 1.0, 1.494, 3.0])),
+              orientation=draw(st.sampled_from([None, "AX", "SAG"])),
+              body_part=draw(st.sampled_from([None, "BRAIN", "CSPINE", "TSPINE", "SPINE"])),
+              minute=draw(st.integers(0, 40)), bolus=draw(st.sampled_from([None, BOLUS])))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_series(), max_size=8), st.sampled_from(["ms-brain-routine", "ms-brain-pml-suspected",
+                                                          "ms-spine-new-deficit"]))
+def test_pass_is_always_backed_by_a_measured_value(study: list[SeriesClassification], profile_id: str) -> None:
+    result = validate_study(study, get_profile(profile_id))
+    by_uid = {s.facts.series_instance_uid: s for s in study}
+    for r in result.requirements:
+        if r.status != "pass":
+            continue
+        if r.id.startswith("sequence."):
+            (uid,) = r.series
+            s = by_uid[uid]
+            assert s.kind == r.measured and s.kind not in ("LOCALIZER", "OTHER")
+            assert not s.derived or s.kind in ("DWI", "ADC", "TRACE")  # allow_derived in the DWI profiles
+        elif r.id.startswith("resolution."):
+            assert r.measured["slice_thickness_mm"] is not None and r.measured["pixel_spacing_mm"] is not None
+        elif r.id.startswith("contrast_delay"):
+            assert r.measured["delay_s"] >= 300
+        elif r.id == "field_strength":
+            assert r.measured is not None and r.measured >= 1.45
+    statuses = {r.status for r in result.requirements if not r.informational}
+    expected = "non-compliant" if "fail" in statuses else ("unverifiable" if "unverifiable" in statuses
+                                                            else "compliant")
+    assert result.verdict == expected
+    json.dumps(result.to_json())

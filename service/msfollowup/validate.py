@@ -532,9 +532,11 @@ def _reference_sequence(limits: Limits, inst: _Instance, cur: SeriesClassificati
 # --- the engine --------------------------------------------------------------------------------------
 
 
+_VERDICT: dict[Status, Verdict] = {"pass": "compliant", "fail": "non-compliant", "unverifiable": "unverifiable"}
+
+
 def _verdict(results: Iterable[RequirementResult]) -> Verdict:
-    worst = _worst(r.status for r in results if not r.informational)
-    return {"pass": "compliant", "fail": "non-compliant", "unverifiable": "unverifiable"}[worst]  # type: ignore[return-value]
+    return _VERDICT[_worst(r.status for r in results if not r.informational)]
 
 
 def _chosen(profile: Profile, series: Sequence[SeriesClassification]
