@@ -408,7 +408,7 @@ def test_csv_import_with_a_bad_row_on_line_4_applies_nothing(db: Database, rules
         assert len(plan_history(s, "PAT-B")) == 1
     good = csv_text.replace("2024-13-40", "2024-03-01")
     with db.session() as s:
-        assert import_plans_csv(s, io.StringIO(good), "importer", rules) == 4
+        assert len(import_plans_csv(s, io.StringIO(good), "importer", rules)) == 4
     with db.session() as s:
         plan_a = get_plan(s, "PAT-A")
         assert plan_a is not None and set(plan_a.flags) == {"highly_active", "spinal_symptoms"}

@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 a negative answer (e.g. non-compliant), 2 usage or inpu
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import sys
@@ -191,13 +190,12 @@ def _cmd_patient_import(args: argparse.Namespace) -> int:
     db, rules = _plan_context(args)
     try:
         with open(args.file, newline="", encoding="utf-8-sig") as fh, db.session() as s:
-            count = import_plans_csv(s, fh, args.author, rules)
-            fh.seek(0)
-            _reschedule(s, args, sorted({row["patient_id"].strip() for row in csv.DictReader(fh) if row.get("patient_id")}))
+            applied = import_plans_csv(s, fh, args.author, rules)
+            _reschedule(s, args, sorted(set(applied)))
     except (OSError, UnicodeDecodeError) as exc:
         print(f"msfollowup: {args.file}: cannot read: {exc}", file=sys.stderr)
         return 2
-    print(f"imported {count} plan row(s)")
+    print(f"imported {len(applied)} plan row(s)")
     return 0
 
 

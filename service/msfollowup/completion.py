@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 
 from msfollowup.db import Database, utcnow
 from msfollowup.store import Study, StudyState
@@ -36,11 +36,18 @@ def complete_due(db: Database, stable_seconds: float, now: dt.datetime | None = 
     now = now or utcnow()
     cutoff = now - dt.timedelta(seconds=stable_seconds)
     done: list[tuple[str, int]] = []
+    from msfollowup.worklist import mpps_completed  # MPPS is an input like C-STORE: "the exam is done"
+
     with db.session() as s:
         candidates = s.execute(
             select(Study.study_uid, Study.last_received, Study.version).where(
                 Study.state == StudyState.RECEIVING.value,
-                or_(Study.last_received <= cutoff, Study.complete_requested.is_(True)),
+                or_(
+                    Study.last_received <= cutoff,
+                    Study.complete_requested.is_(True),
+                    # MPPS COMPLETED that arrived before the study's first instance
+                    and_(Study.version == 0, mpps_completed(Study.study_uid)),
+                ),
             )
         ).all()
     for study_uid, seen_last, version in candidates:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from msfollowup.classify import SeriesClassification, classify_study, read_headers
 from msfollowup.config import Config
@@ -157,8 +157,28 @@ class Pipeline:
         with self.db.session() as s:
             s.execute(update(StudyCheck).where(StudyCheck.id == check_id).values(followup_done=True))
 
+    def write_reports(self, study_uid: str, version: int, patient_id: str | None, result: dict[str, Any]) -> None:
+        from msfollowup.report import write_reports
+
+        write_reports(self.db, self.cfg, study_uid, version, result)
+
+    def schedule(self, study_uid: str, version: int, patient_id: str | None, result: dict[str, Any]) -> None:
+        """Close the worklist item this study fulfils, then put the patient's next exam on the worklist."""
+        from msfollowup import worklist
+
+        with self.db.session() as s:
+            study = s.get(Study, study_uid)
+            if study is None:
+                return
+            worklist.close_for_study(s, study_uid, study.accession_number, patient_id, study.study_date)
+            if patient_id:
+                schedule_patient(s, self.cfg, patient_id, dt.date.today())
+
     # Stages after validation, in data-flow order; each is idempotent for one (study, version).
-    followup_stages: list[Callable[[Pipeline, str, int, str | None, dict[str, Any]], None]] = []
+    followup_stages: list[Callable[[Pipeline, str, int, str | None, dict[str, Any]], None]] = [
+        write_reports,
+        schedule,
+    ]
 
     def run_pending(self) -> int:
         n = 0
@@ -169,6 +189,21 @@ class Pipeline:
             self.followup(check_id)
             n += 1
         return n
+
+
+def schedule_patient(session: Session, cfg: Config, patient_id: str, today: dt.date) -> list[Any]:
+    """The patient's next exam(s) from plan + checks, as open worklist items (replacing outdated ones).
+
+    Called after every validated study and after every plan change.
+    """
+    from msfollowup import plans, worklist
+
+    rules = plans.load_interval_rules(cfg.validation.protocols_dir)
+    demographics = session.scalars(
+        select(Study).where(Study.patient_id == patient_id).order_by(Study.last_received.desc()).limit(1)
+    ).first() or worklist.Demographics(patient_id=patient_id, patient_name=None)
+    return [worklist.schedule_due(session, due, demographics, cfg, today=today)
+            for due in plans.refresh_patient(session, patient_id, today, rules)]
 
 
 class PipelineWorker:

@@ -1089,9 +1089,10 @@ def _row_changes(row: Mapping[str, str]) -> dict[str, Any]:
 
 def import_plans_csv(
     session: Session, lines: Iterable[str], author: str, rules: IntervalRules, today: dt.date | None = None
-) -> int:
+) -> list[str]:
     """Apply every row of a plans CSV in `session`; the first bad row raises PlanImportError (the
-    caller rolls the whole file back). Returns the number of rows applied."""
+    caller rolls the whole file back). Returns the patient ID of every row applied, in file order
+    (the caller reschedules those patients)."""
     reader = csv.DictReader(lines)
     header = [(h or "").strip().lower().replace("-", "_") for h in (reader.fieldnames or [])]
     if "patient_id" not in header:
@@ -1100,7 +1101,7 @@ def import_plans_csv(
     if unknown:
         raise PlanImportError(1, f"unknown column {unknown[0]!r} (known: {', '.join(CSV_COLUMNS)})")
     reader.fieldnames = header
-    count = 0
+    applied: list[str] = []
     for row in reader:
         line = reader.line_num
         if None in row:
@@ -1112,5 +1113,5 @@ def import_plans_csv(
             set_plan(session, pid, _row_changes(row), author, rules=rules, today=today)
         except PlanError as exc:
             raise PlanImportError(line, str(exc)) from None
-        count += 1
-    return count
+        applied.append(pid)
+    return applied

@@ -15,10 +15,14 @@ import time
 from types import FrameType
 from typing import Any
 
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from msfollowup import jobs, worklist
 from msfollowup.completion import CompletionWorker
 from msfollowup.config import Config, LoggingConfig
 from msfollowup.db import Database
 from msfollowup.node import Node
+from msfollowup.outbox import Outbox
 from msfollowup.pipeline import Pipeline, PipelineWorker
 from msfollowup.store import InstanceStore
 
@@ -65,7 +69,14 @@ class Service:
         self.completion = CompletionWorker(
             self.db, cfg.completion.stable_seconds, cfg.completion.poll_seconds, on_complete=self.pipeline_worker.wake
         )
-        self.node = Node(cfg, self.store)
+        self.node = Node(
+            cfg, self.store,
+            extra_handlers=worklist.event_handlers(self.db, cfg),
+            extra_contexts=list(worklist.SUPPORTED_CONTEXTS),
+            on_instance=None,
+        )
+        self.outbox = Outbox(self.db, cfg)
+        self.scheduler: BackgroundScheduler | None = None
         self.address: tuple[str, int] | None = None
 
     def start(self) -> tuple[str, int]:
@@ -74,6 +85,9 @@ class Service:
             log.warning("recovered after an interrupted run: indexed=%d discarded=%d", counts["indexed"], counts["discarded"])
         self.pipeline_worker.start()
         self.completion.start()
+        self.outbox.start()
+        if self.cfg.scheduler.enabled:
+            self.scheduler = jobs.start_scheduler(self)
         self.address = self.node.start()
         log.info("listening ae_title=%s host=%s port=%d", self.cfg.node.ae_title, *self.address)
         return self.address
@@ -82,6 +96,10 @@ class Service:
         aborted = self.node.stop(self.cfg.node.shutdown_grace_seconds)
         if aborted:
             log.warning("shutdown aborted %d association(s) after the grace period", aborted)
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+            jobs.bind(None)
+        self.outbox.stop()
         self.completion.stop()
         self.pipeline_worker.stop()
         self.db.dispose()

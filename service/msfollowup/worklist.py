@@ -31,6 +31,9 @@ from pydicom import dcmwrite
 from pydicom.charset import python_encoding
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag, Tag
@@ -48,6 +51,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -75,6 +79,7 @@ MODALITY = "MR"
 DEFAULT_START_TIME = "000000"
 CONTRAST_AGENT = "Gadolinium-based contrast agent"
 EXPORT_PREFIX = "MSFU-"  # only files with this prefix are ours to replace or remove in export_dir
+NAME_KEY_CHARS = 32  # characters of the folded patient name kept in the prefix-search key
 LOCKFILE = "lockfile"  # DCMTK wlmscpfs: a file of this name in each AE folder, locked while in use
 
 # Step states (SPS Status defined terms, PS3.3 C.4.10) and why a step was closed.
@@ -184,10 +189,11 @@ class ScheduledStep(Base):
     start_time: Mapped[str] = mapped_column(String(16))  # DICOM TM
     patient_id: Mapped[str] = mapped_column(String(64), index=True)
     patient_name: Mapped[str | None] = mapped_column(String(324))  # as received (decoded)
-    patient_name_fold: Mapped[str | None] = mapped_column(String(324), index=True)  # for matching
+    patient_name_fold: Mapped[str | None] = mapped_column(String(324))  # fold_name(): what PN matching sees
+    patient_name_key: Mapped[str | None] = mapped_column(String(2 * 4 * NAME_KEY_CHARS), index=True)
     specific_character_set: Mapped[str | None] = mapped_column(String(128))
     sps_status: Mapped[str] = mapped_column(String(16), default=SCHEDULED)
-    identifier_json: Mapped[str] = mapped_column(Text)  # full MWL identifier, DICOM JSON
+    identifier: Mapped[bytes] = mapped_column(LargeBinary)  # full MWL identifier, see encode_identifier
     export_file: Mapped[str | None] = mapped_column(Text)  # the .wl file written for it, if any
     mpps_uid: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
@@ -200,8 +206,8 @@ class ScheduledStep(Base):
     def is_open(self) -> bool:
         return self.open_key is not None
 
-    def identifier(self) -> Dataset:
-        return Dataset.from_json(self.identifier_json)
+    def dataset(self) -> Dataset:
+        return decode_identifier(self.identifier)
 
 
 class PerformedStep(Base):
@@ -233,6 +239,19 @@ class PerformedStepStudy(Base):
 # --- scheduling ------------------------------------------------------------------------------
 
 
+def encode_identifier(ds: Dataset) -> bytes:
+    """Explicit VR little endian, no file meta. Binary, not JSON: pydicom reads it lazily, so
+    matching converts only the elements a query asks for (about 4x faster than from_json)."""
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def decode_identifier(data: bytes) -> Dataset:
+    return read_dataset(BytesIO(data), is_implicit_VR=False, is_little_endian=True)
+
+
 def _da(day: dt.date) -> str:
     return day.strftime("%Y%m%d")
 
@@ -251,6 +270,16 @@ def fold_name(name: str | None) -> str | None:
     if name is None:
         return None
     return name.rstrip("^= ").casefold()
+
+
+def name_key(folded: str) -> str:
+    """Hex of the first characters of a folded name, for prefix searches through an index.
+
+    A name prefix becomes the key range [hex(prefix), hex(prefix) + "g"). Hex digits sort the same
+    under every collation, so the range is exact on PostgreSQL's locale collations too, where
+    neither LIKE nor a plain text range on the name itself may use (or trust) the index.
+    """
+    return folded[:NAME_KEY_CHARS].encode("utf-8").hex()
 
 
 def _load_profile(cfg: Config, profile_id: str) -> ProfileLike:
@@ -359,7 +388,7 @@ def build_identifier(
 
 def _same_request(step: ScheduledStep, due: DueExamLike, profile: ProfileLike, demo: DemographicsLike) -> bool:
     """Re-running the plan with nothing changed must keep the item (and its accession number)."""
-    stored = step.identifier()
+    stored = step.dataset()
     return (
         step.profile_id == profile.id
         and step.profile_version == profile.version
@@ -436,9 +465,10 @@ def schedule_due(
         patient_id=due.patient_id,
         patient_name=demographics.patient_name or "",
         patient_name_fold=fold_name(demographics.patient_name or ""),
+        patient_name_key=name_key(fold_name(demographics.patient_name or "") or ""),
         specific_character_set=demographics.specific_character_set,
         sps_status=SCHEDULED,
-        identifier_json=identifier.to_json(),
+        identifier=encode_identifier(identifier),
         created_at=utcnow(),
     )
     session.add(step)
@@ -512,16 +542,18 @@ def open_items(session: Session) -> list[ScheduledStep]:
     return list(session.scalars(_open_steps().order_by(ScheduledStep.start_date, ScheduledStep.id)))
 
 
+def mpps_completed(study_uid: Any) -> ColumnElement[bool]:
+    """SQL condition: an MPPS COMPLETED names this study (a UID or a correlated column)."""
+    return exists().where(
+        PerformedStepStudy.study_uid == study_uid,
+        PerformedStepStudy.mpps_uid == PerformedStep.sop_instance_uid,
+        PerformedStep.status == PPS_COMPLETED,
+    )
+
+
 def completion_requested(session: Session, study_uid: str) -> bool:
     """Did a modality report (MPPS COMPLETED) that this study is finished?"""
-    query = select(
-        exists().where(
-            PerformedStepStudy.study_uid == study_uid,
-            PerformedStepStudy.mpps_uid == PerformedStep.sop_instance_uid,
-            PerformedStep.status == PPS_COMPLETED,
-        )
-    )
-    return bool(session.scalar(query))
+    return bool(session.scalar(select(mpps_completed(study_uid))))
 
 
 # --- matching (PS3.4 C.2.2.2) -----------------------------------------------------------------
@@ -673,6 +705,18 @@ _SPS_COLUMNS: dict[BaseTag, InstrumentedAttribute[Any]] = {
     Tag("ScheduledProcedureStepID"): ScheduledStep.sps_id,
     Tag("ScheduledProcedureStepStatus"): ScheduledStep.sps_status,
 }
+def _name_prefix_clause(cond: Condition) -> ColumnElement[bool] | None:
+    """Index range on patient_name_key for the literal prefixes of PN patterns (None: no prefix)."""
+    ranges = []
+    for pattern in cond.values:
+        prefix = re.split(r"[*?]", pattern, maxsplit=1)[0] if cond.kind == "wildcard" else pattern
+        if not prefix:
+            return None  # "*Müller": nothing to narrow on
+        low = name_key(prefix)
+        ranges.append(and_(ScheduledStep.patient_name_key >= low, ScheduledStep.patient_name_key < low + "g"))
+    return or_(*ranges)
+
+
 def sql_filter(query: Dataset) -> list[ColumnElement[bool]]:
     """WHERE clauses for the column-backed keys of `query` (a superset of the real matches)."""
     clauses: list[ColumnElement[bool]] = []
@@ -683,8 +727,11 @@ def sql_filter(query: Dataset) -> list[ColumnElement[bool]]:
             if elem is None or elem.VR == "SQ":
                 continue
             cond = parse_condition(elem)
-            if cond is not None:
-                clauses.append(_sql_for(column, cond))
+            if cond is None:
+                continue
+            if cond.vr == "PN" and (prefix := _name_prefix_clause(cond)) is not None:
+                clauses.append(prefix)
+            clauses.append(_sql_for(column, cond))
 
     add(query, _TOP_COLUMNS)
     seq = query.get(_SPS_SEQ)
@@ -786,12 +833,12 @@ def find(session: Session, query: Dataset) -> Iterator[Projection]:
     clauses = sql_filter(query)
     query_cs = [str(v) for v in _values(query.get(_CHARSET))]
     rows = session.execute(
-        select(ScheduledStep.identifier_json, ScheduledStep.specific_character_set)
+        select(ScheduledStep.identifier, ScheduledStep.specific_character_set)
         .where(ScheduledStep.open_key.is_not(None), *clauses)
         .order_by(ScheduledStep.start_date, ScheduledStep.id)
     )
-    for identifier_json, record_cs in rows:
-        result = match_and_project(query, Dataset.from_json(identifier_json))
+    for identifier, record_cs in rows:
+        result = match_and_project(query, decode_identifier(identifier))
         if result is None:
             continue
         charset = response_charset(query_cs, record_cs, result.dataset)
@@ -1015,7 +1062,7 @@ def _export_path(export_dir: Path, step: ScheduledStep) -> Path:
 
 def _wl_bytes(step: ScheduledStep) -> bytes:
     """The step as a DICOM Part 10 file, the format wlmscpfs and Orthanc's worklist plugin read."""
-    ds = step.identifier()
+    ds = step.dataset()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ModalityWorklistInformationFind
     meta.MediaStorageSOPInstanceUID = generate_uid(prefix=None, entropy_srcs=[step.study_uid, "wl"])
