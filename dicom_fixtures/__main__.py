@@ -1,5 +1,8 @@
 """python -m dicom_fixtures --out DIR [--profile P] [--vendor V] [--enhanced] [--defect D]... [--slices N]
-[--seed S] [--large-multiframe BYTES]"""
+[--seed S] [--large-multiframe BYTES]
+
+Prints the StudyInstanceUID and the file count; exit 2 with a message on a bad argument combination.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--study-date", default="20260115", help="YYYYMMDD")
     p.add_argument("--study-uid", default=None)
     p.add_argument("--accession", default="")
+    p.add_argument("--character-set", default=None, help="SpecificCharacterSet, e.g. 'ISO_IR 192' (default ISO_IR 100)")
     p.add_argument("--large-multiframe", type=int, metavar="BYTES",
                    help="instead of a study, write OUT/large.dcm with about BYTES of pixel data")
     return p
@@ -47,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                defects=args.defect, slices=args.slices, rows=args.rows, columns=args.columns,
                                patient_id=args.patient_id, patient_name=args.patient_name,
                                study_uid=args.study_uid, study_date=args.study_date, accession=args.accession,
-                               seed=args.seed)
+                               seed=args.seed, character_set=args.character_set)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
