@@ -221,6 +221,10 @@ class _Truncated(Exception):
     """The buffer ends inside an element: read more of the file."""
 
 
+class DamagedFileError(ValueError):
+    """A DICOM file that ends before its last element does (cut during transfer or copy)."""
+
+
 class _Unusual(Exception):
     """Something the fast scanner does not handle: let pydicom read the file."""
 
@@ -267,8 +271,10 @@ def _keep(tag: int) -> bool:
     return 0x10 <= elem <= 0xFF or (elem >= 0x1000 and (elem & 0xFF) in _PRIVATE_KEEP[group])
 
 
-def _scan(buf: bytes, pos: int, implicit: bool) -> tuple[dict[BaseTag, Any], tuple[int, int] | None]:
-    """Kept top-level elements as raw elements, and the (start, end) of the per-frame sequence items."""
+def _scan(buf: bytes, pos: int, implicit: bool, total: int) -> tuple[dict[BaseTag, Any], tuple[int, int] | None]:
+    """Kept top-level elements as raw elements, and the (start, end) of the per-frame sequence items.
+
+    total: the file size, to tell a buffer that needs more bytes from a file that is cut short."""
     raw: dict[BaseTag, Any] = {}
     perframe: tuple[int, int] | None = None
     n = len(buf)
@@ -289,7 +295,9 @@ def _scan(buf: bytes, pos: int, implicit: bool) -> tuple[dict[BaseTag, Any], tup
                 raise _Unusual("explicit VR expected")
         tag = group << 16 | elem
         if tag >= _PIXEL_GROUP:
-            break
+            if length != _UNDEFINED and tag < 0x7FE10000 and start + length > total:
+                raise DamagedFileError("file ends inside its pixel data")
+            return raw, perframe
         if length == _UNDEFINED:
             end = _skip_undefined(buf, start, implicit or vr == b"UN")
             value_end = end - 8  # without the sequence delimiter
@@ -306,6 +314,10 @@ def _scan(buf: bytes, pos: int, implicit: bool) -> tuple[dict[BaseTag, Any], tup
             if tag == _PERFRAME:
                 perframe = (start, value_end)
         pos = end
+    if pos < n:  # fewer than 8 bytes left: half an element header
+        if n < total:
+            raise _Truncated
+        raise DamagedFileError("file ends inside an element header")
     return raw, perframe
 
 
@@ -372,18 +384,17 @@ def _first_item(buf: bytes, start: int, end: int, implicit: bool) -> tuple[int, 
 def _fast_read(path: Path) -> Dataset | None:
     """Header of a file with a DICM preamble, or None when there is no preamble."""
     with open(path, "rb") as fh:
+        total = os.fstat(fh.fileno()).st_size
         buf = fh.read(_FIRST_READ)
         if len(buf) < 132 or buf[128:132] != b"DICM":
             return None
-        complete = len(buf) < _FIRST_READ
         while True:
             try:
-                return _parse(buf)
+                return _parse(buf, total)
             except _Truncated:
-                if complete:
-                    raise
+                if len(buf) >= total:
+                    raise DamagedFileError("file ends inside an element") from None
                 buf += fh.read()
-                complete = True
 
 
 _META_CACHE: dict[str, FileMetaDataset] = {}
@@ -399,14 +410,14 @@ def _file_meta(ts: str) -> FileMetaDataset:
     return meta
 
 
-def _parse(buf: bytes) -> Dataset:
+def _parse(buf: bytes, total: int) -> Dataset:
     ts, pos = _meta(buf)
     if ts in _FALLBACK_TS:
         raise _Unusual(f"transfer syntax {ts}")
     implicit = ts == _IMPLICIT_TS
     if not implicit and pos + 6 <= len(buf) and not buf[pos + 4:pos + 6].isalpha():
         implicit = True  # explicit VR announced, implicit written: pydicom tolerates this, so do we
-    raw, perframe = _scan(buf, pos, implicit)
+    raw, perframe = _scan(buf, pos, implicit, total)
     ds = Dataset(raw)
     encoding: str | list[str] = "iso8859"
     if 0x00080005 in raw:
@@ -449,6 +460,8 @@ def read_header(path: Path) -> Dataset | None:
     """Header of one file (no pixel data); None if it is not a DICOM file. Raises on a damaged DICOM file."""
     try:
         ds = _fast_read(path)
+    except DamagedFileError:
+        raise
     except (_Unusual, _Truncated, struct.error, ValueError, IndexError):
         ds = _slow_read(path, preamble=True)
     else:
@@ -482,7 +495,11 @@ def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[Dataset]], list[
     for path in _walk(paths):
         try:
             ds = read_header(path)
-        except Exception as exc:  # one damaged file must not hide the rest of the study
+        except DamagedFileError as exc:  # our own message: names no attribute value
+            problems.append(f"{path}: damaged DICOM file: {exc}")
+            continue
+        except Exception as exc:  # one bad file must not hide the rest of the study; the message of a
+            # parser exception may quote element values, so only its type is reported
             problems.append(f"{path}: unreadable DICOM file ({type(exc).__name__})")
             continue
         if ds is None:
