@@ -194,7 +194,6 @@ def _counts(p: PlannedSeries) -> bool:
 
 def apply_structure_defects(plan: list[PlannedSeries | str], defects: Sequence[str]) -> list[PlannedSeries | str]:
     """Defects that change which series exist or what they are."""
-    has_contrast = INJECT in plan
     for d in defects:
         if d == "missing_flair":
             plan = _drop(plan, d, lambda p: p.kind == "T2_FLAIR")
@@ -218,13 +217,13 @@ def apply_structure_defects(plan: list[PlannedSeries | str], defects: Sequence[s
                         slice_thickness=5.0, spacing_between_slices=5.5)
         elif d == "pixel_1_3mm":
             plan = _map(plan, d, _counts, pixel_spacing=1.3)
-        elif d in ("contrast_2min", "no_contrast_start"):
-            if not has_contrast or INJECT not in plan:
-                raise ValueError(f"defect {d!r} does not apply: the profile has no contrast injection")
-        elif d in ("field_1_0T", "no_field_strength", "different_scanner"):
-            pass  # header-wide, applied by the writer
+        elif d in ("contrast_2min", "no_contrast_start", "field_1_0T", "no_field_strength", "different_scanner"):
+            pass  # timing (schedule) or header-wide (writer) defects
         else:
             raise ValueError(f"unknown defect {d!r}; known: {', '.join(DEFECTS)}")
+    timing = [d for d in defects if d in ("contrast_2min", "no_contrast_start")]
+    if timing and INJECT not in plan:
+        raise ValueError(f"defect {timing[0]!r} does not apply: no contrast injection in this exam")
     # Derived series of a source that is gone cannot exist either.
     keys = {p.key for p in plan if not isinstance(p, str)}
     return [p for p in plan if isinstance(p, str) or p.source_key is None or p.source_key in keys]

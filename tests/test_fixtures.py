@@ -296,12 +296,21 @@ def test_defect_that_does_not_apply_is_refused(tmp_path: Path) -> None:
         generate_study(tmp_path, profile="ms-brain-pml-screening", defects=["contrast_2min"])
     with pytest.raises(ValueError, match="missing_dwi"):
         generate_study(tmp_path, profile="ms-brain-routine", defects=["missing_dwi"])
+    with pytest.raises(ValueError, match="contrast_2min"):  # no post T1 means no injection to time
+        generate_study(tmp_path, defects=["contrast_2min", "missing_t1_post"])
+    assert not list(tmp_path.rglob("*.dcm"))  # refused before writing anything
     with pytest.raises(ValueError, match="unknown defect"):
         generate_study(tmp_path, defects=["no_such_defect"])
     with pytest.raises(ValueError, match="unknown vendor"):
         generate_study(tmp_path, vendor="hitachi")
     with pytest.raises(ValueError, match="unknown profile"):
         generate_study(tmp_path, profile="ms-knee")
+
+
+def test_defects_combine(tmp_path: Path) -> None:
+    study = generate_study(tmp_path, defects=["thick_slices_5mm", "pixel_1_3mm", "field_1_0T"], slices=1)
+    t2 = _headers(study.by_key("t2").files)[0]
+    assert (float(t2.SliceThickness), float(t2.PixelSpacing[0]), float(t2.MagneticFieldStrength)) == (5, 1.3, 1)
 
 
 # --- identity, size, encoding -----------------------------------------------------------------------------------
