@@ -54,6 +54,7 @@ def setup_logging(cfg: LoggingConfig) -> None:
     # pynetdicom logs data set contents (patient names in identifiers) at INFO/DEBUG: keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 class Service:
