@@ -61,7 +61,7 @@ def _thickness_pixel(ds: Dataset) -> tuple[float, float]:
 
 # --- every vendor x profile --------------------------------------------------------------------------------
 
-REQUIRED = {  # (kind, contrast) the profile needs, from GUIDELINES.md section 1
+REQUIRED: dict[str, set[tuple[str, str | None]]] = {  # (kind, contrast) per profile, GUIDELINES.md 1
     "ms-brain-routine": {("T2", None), ("T2_FLAIR", None), ("T1", "pre"), ("T1", "post")},
     "ms-brain-new-deficit": {("T2", None), ("T2_FLAIR", None), ("T1", "pre"), ("T1", "post")},
     "ms-brain-pml-screening": {("T2", None), ("T2_FLAIR", None), ("DWI", None), ("ADC", None), ("TRACE", None)},
@@ -74,8 +74,8 @@ REQUIRED = {  # (kind, contrast) the profile needs, from GUIDELINES.md section 1
 
 def _check_study(study: GeneratedStudy, profile: str, out: Path) -> None:
     assert study.series[0].expected_kind == "LOCALIZER"
-    have = {(s.expected_kind, None) for s in study.series} | {
-        (s.expected_kind, s.expected_contrast) for s in study.series if s.expected_kind == "T1"}
+    have: set[tuple[str, str | None]] = {(s.expected_kind, None) for s in study.series}
+    have |= {(s.expected_kind, s.expected_contrast) for s in study.series if s.expected_kind == "T1"}
     assert REQUIRED[profile] <= have
     assert len(study.files) == sum(len(s.files) for s in study.series)
     previous_acquired: dt.datetime | None = None
