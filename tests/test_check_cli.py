@@ -118,6 +118,14 @@ def test_localizer_only_fails_every_sequence(studies: Path) -> None:
     assert seq and set(seq.values()) == {"fail"}
 
 
+def test_spine_study_does_not_satisfy_a_brain_profile(studies: Path) -> None:
+    vendor = VENDORS[PROFILES.index("ms-spine-new-deficit") % len(VENDORS)]
+    folder = make(studies, f"ok-ms-spine-new-deficit-{vendor}", profile="ms-spine-new-deficit", vendor=vendor)
+    rc, out, _ = run_json(folder, "--profile", "ms-brain-routine")
+    t2 = by_id(out)["sequence.t2"]
+    assert rc == 1 and t2["status"] == "fail" and "only other regions were found" in t2["message"]
+
+
 def test_lying_description_is_not_believed(studies: Path) -> None:
     folder = make(studies, "lying", profile="ms-brain-routine", defects=["lying_description"])
     rc, out, err = run_json(folder)

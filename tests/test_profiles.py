@@ -105,6 +105,10 @@ def test_other_data_files_are_ignored(tmp_path: Path) -> None:
          "valid boolean"),
         (SITE_PROFILE.replace('id = "site-brain-quick"\n', ""), "id", "Field required"),
         ('id = "site-brain-quick"\nversion = 1\n', "version", "valid string"),
+        (SITE_PROFILE.replace("needs_contrast = false", 'needs_contrast = false\nregion = "knee"'), "(top level)",
+         "region 'knee' is not defined"),
+        (SITE_PROFILE + '[[regions]]\nname = "knee"\nlabel = "knee"\ndescription_pattern = "(unclosed"\n',
+         "regions[0].description_pattern", "not a valid regular expression"),
         (SITE_PROFILE.replace('any_of = ["T2_FLAIR"]', 'any_of = ["FLAIR"]'), "sequences[0].any_of[0]", "T2_FLAIR"),
         (SITE_PROFILE + "[limits]\nslice_thickness_2d_max_mm = 'thin'\n", "limits.slice_thickness_2d_max_mm",
          "valid number"),
@@ -184,3 +188,12 @@ def test_site_copy_of_a_profile_overrides_it(tmp_path: Path) -> None:
 def test_packaged_folder_is_the_repository_protocols() -> None:
     names = {p.name for p in PACKAGED.iterdir()}
     assert {f"{pid}.toml" for pid in SHIPPED} | {CONSTRAINTS_FILE, "README.md"} <= names
+
+
+def test_site_constraints_extend_a_region(tmp_path: Path) -> None:
+    write(tmp_path, CONSTRAINTS_FILE, 'version = "site"\n[[regions]]\nname = "brain"\nlabel = "brain"\n'
+          'body_parts = ["BRAIN", "HEAD", "SKULL"]\n')
+    profiles = load_profiles(tmp_path)
+    assert profiles["ms-brain-routine"].get_region("brain").body_parts == ("BRAIN", "HEAD", "SKULL")
+    assert profiles["ms-brain-routine"].get_region("cervical").body_parts  # the other regions are kept
+    assert profiles["ms-brain-routine"].limits.slice_thickness_2d_max_mm == 3.0

@@ -346,6 +346,22 @@ def test_reference_without_the_sequence_is_unverifiable(prof: Profile) -> None:
     assert r.status == "unverifiable" and "reference study has no such series" in r.message
 
 
+def test_brain_profile_ignores_series_of_another_region(prof: Profile) -> None:
+    def t2_status(body_part: str | None, description: str = "t2_tse_tra") -> RequirementResult:
+        t2 = mk("T2", minute=12, contrast="post", body_part=body_part, description=description)
+        return req(validate_study(routine(t2=t2), prof), "sequence.t2")
+
+    assert t2_status("BRAIN").status == "pass"
+    assert t2_status(None).status == "pass"  # BodyPartExamined is often empty on brain exams
+    assert t2_status("HEADNECK").status == "pass"
+    assert t2_status("ABDOMEN").status == "pass"  # unknown to the regions: not clearly elsewhere
+    spine = t2_status("CSPINE")
+    assert spine.status == "fail" and "only other regions were found (CSPINE" in spine.message
+    assert t2_status("SPINE").status == "fail"
+    assert t2_status(None, "T2 SAG HWS").status == "fail"
+    assert t2_status("CSPINE", "T2 brain tra").status == "pass"  # the description names the brain
+
+
 # --- informational items, spine, diffusion, JSON ----------------------------------------------------
 
 

@@ -118,6 +118,7 @@ class Constraints(_Model):
     version: str = Field(min_length=1)
     source: tuple[str, ...] = ()
     limits: Limits
+    regions: tuple[Region, ...] = ()
 
 
 class Profile(_Model):
@@ -127,6 +128,7 @@ class Profile(_Model):
     applies_to: str = ""
     source: tuple[str, ...] = Field(min_length=1)
     needs_contrast: bool
+    region: str | None = None  # body region of the exam: series clearly of another region do not count
     loinc: tuple[Loinc, ...] = Field(min_length=1)
     sequences: tuple[SequenceRule, ...]
     regions: tuple[Region, ...] = ()
@@ -141,6 +143,8 @@ class Profile(_Model):
         if dupes:
             raise ValueError(f"sequence id(s) used twice: {', '.join(dupes)}")
         names = {r.name for r in self.regions}
+        if self.region is not None and self.region not in names:
+            raise ValueError(f"region {self.region!r} is not defined in [[regions]] (nor in {CONSTRAINTS_FILE})")
         for s in self.sequences:
             unknown = [r for r in s.regions if r not in names]
             if unknown:
@@ -149,7 +153,7 @@ class Profile(_Model):
                 raise ValueError(f"sequence {s.id!r} is post-contrast but needs_contrast is false")
         return self
 
-    def region(self, name: str) -> Region:
+    def get_region(self, name: str) -> Region:
         return next(r for r in self.regions if r.name == name)
 
     def summary(self) -> dict[str, Any]:
@@ -174,10 +178,10 @@ def _key(loc: Iterable[int | str]) -> str:
     return out or "(top level)"
 
 
-def _format(name: str, err: ValidationError) -> str:
+def _format(name: str, err: ValidationError, prefix: tuple[int | str, ...] = ()) -> str:
     lines = [f"{name}: invalid profile data"]
     for item in err.errors():
-        key = _key(item["loc"])
+        key = _key((*prefix, *item["loc"]))
         msg = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
@@ -200,34 +204,41 @@ def packaged_dir() -> Traversable:
     return files(PACKAGE)
 
 
-def _merged_limits(entry: Traversable, base: Mapping[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    own = data.get("limits", {})
-    if not isinstance(own, dict):
+def _merge(entry: Traversable, base: Mapping[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with limits updated key by key, and regions replaced or added by name, over `base`."""
+    limits, regions = data.get("limits", {}), data.get("regions", [])
+    if not isinstance(limits, dict):
         raise ProfileError(f"{entry}: invalid profile data\n  limits: must be a table of limits")
-    return {**base, **own}
+    if not isinstance(regions, list):
+        raise ProfileError(f"{entry}: invalid profile data\n  regions: must be an array of tables [[regions]]")
+    by_name = {r["name"]: r for r in base.get("regions", [])}
+    for i, r in enumerate(regions):
+        try:  # checked here so the message points into this file's own [[regions]]
+            by_name[Region.model_validate(r).name] = r
+        except ValidationError as exc:
+            raise ProfileError(_format(str(entry), exc, ("regions", i))) from None
+    return {**data, "limits": {**base.get("limits", {}), **limits}, "regions": list(by_name.values())}
 
 
 def _constraints(folders: list[Traversable]) -> dict[str, Any]:
-    """The limits every profile starts from: packaged constraints.toml, then each site's overrides."""
-    limits: dict[str, Any] = {}
+    """Limits and regions every profile starts from: packaged constraints.toml, then each site's overrides."""
+    base: dict[str, Any] = {}
     for folder in folders:
         entry = folder / CONSTRAINTS_FILE
         if not entry.is_file():
             continue
-        data = _read(entry)
-        data["limits"] = _merged_limits(entry, limits, data)
         try:
-            limits = Constraints.model_validate(data).limits.model_dump()
+            merged = Constraints.model_validate(_merge(entry, base, _read(entry)))
         except ValidationError as exc:
             raise ProfileError(_format(str(entry), exc)) from None
-    if not limits:
+        base = {"limits": merged.limits.model_dump(), "regions": [r.model_dump() for r in merged.regions]}
+    if not base:
         raise ProfileError(f"no {CONSTRAINTS_FILE} found in {', '.join(map(str, folders))}")
-    return limits
+    return base
 
 
 def _profile(entry: Traversable, base: Mapping[str, Any]) -> Profile:
-    data = _read(entry)
-    data["limits"] = _merged_limits(entry, base, data)
+    data = _merge(entry, base, _read(entry))
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:

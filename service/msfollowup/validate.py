@@ -142,6 +142,8 @@ class _Instance:
 
     rule: SequenceRule
     region: Region | None
+    exam: Region | None = None  # the profile's body region (brain): filters out series of other regions
+    others: tuple[Region, ...] = ()
 
     @property
     def key(self) -> str:
@@ -153,13 +155,21 @@ class _Instance:
 
 
 def _instances(profile: Profile) -> list[_Instance]:
+    exam = profile.get_region(profile.region) if profile.region else None
+    others = tuple(r for r in profile.regions if r.name != profile.region)
     out: list[_Instance] = []
     for rule in profile.sequences:
-        if rule.regions:
-            out += [_Instance(rule, profile.region(r)) for r in rule.regions]
-        else:
-            out.append(_Instance(rule, None))
+        regions: list[Region | None] = [profile.get_region(r) for r in rule.regions]
+        out += [_Instance(rule, region, exam, others) for region in regions or [None]]
     return out
+
+
+def _other_region(s: SeriesClassification, inst: _Instance) -> bool:
+    """A brain profile ignores a series only when its headers clearly show another region (e.g. CSPINE)."""
+    bp, desc = s.facts.body_part, s.facts.description
+    if inst.exam is None or inst.exam.matches(bp, desc) is True:
+        return False
+    return any(o.matches(bp, desc) is True for o in inst.others)
 
 
 def _match(s: SeriesClassification, inst: _Instance) -> tuple[bool | None, str]:
@@ -169,6 +179,8 @@ def _match(s: SeriesClassification, inst: _Instance) -> tuple[bool | None, str]:
         return False, "kind"
     if s.derived and not rule.allow_derived:
         return False, "derived"
+    if _other_region(s, inst):
+        return False, "region"
     if rule.contrast and s.contrast != rule.contrast:
         return (None if s.contrast is None else False), "contrast"
     if rule.orientation and s.facts.orientation not in rule.orientation:
