@@ -293,6 +293,35 @@ def test_thick_slice_localizer_and_siemens_3d_scout() -> None:
     assert scout.kind == "LOCALIZER" and scout.basis == "description" and not scout.counts
 
 
+def test_localizer_words_do_not_beat_flair_physics() -> None:
+    c = classify_series(series(SeriesDescription="FLAIR planning", ScanningSequence=["SE", "IR"],
+                               RepetitionTime="9000", EchoTime="85", InversionTime="2500"))
+    assert c.kind == "T2_FLAIR" and c.basis == "physics"
+
+
+def test_double_inversion_recovery_is_not_a_flair() -> None:
+    ds = enhanced([_frame(0, te=300.0)], EchoPulseSequence="SPIN", MRAcquisitionType="3D")
+    del ds.PerFrameFunctionalGroupsSequence[0].MRDiffusionSequence
+    modifier = Dataset()
+    modifier.InversionRecovery = "YES"
+    modifier.InversionTimes = [3400.0, 450.0]
+    ds.SharedFunctionalGroupsSequence[0].MRModifierSequence = DicomSequence([modifier])
+    c = classify_series([ds])
+    assert c.kind == "OTHER" and "double inversion" in c.evidence["rule"]
+
+
+def test_philips_epi_swi_is_swi_not_fmri() -> None:
+    def swip() -> Dataset:
+        ds = mr(series=uid, Manufacturer="Philips", ScanningSequence="GR", MRAcquisitionType="3D",
+                RepetitionTime="31", EchoTime="21", FlipAngle="17", EchoTrainLength="3")
+        ds.private_block(0x2001, "Philips Imaging DD 001", create=True).add_new(0x20, "LO", "SWIp")
+        return ds
+
+    uid = generate_uid()
+    c = classify_series([swip(), swip()])
+    assert c.kind == "SWI", c.evidence
+
+
 def test_description_only_fallback_is_marked_and_weak() -> None:
     c = classify_series(series(SeriesDescription="Ax T2 FLAIR"))
     assert (c.kind, c.basis) == ("T2_FLAIR", "description")

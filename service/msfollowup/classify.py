@@ -394,7 +394,7 @@ def _fast_read(path: Path) -> Dataset | None:
             except _Truncated:
                 if len(buf) >= total:
                     raise DamagedFileError("file ends inside an element") from None
-                buf += fh.read()
+                buf += fh.read(len(buf) * 3)  # grow 4x: enough for huge per-frame headers, never the pixels
 
 
 _META_CACHE: dict[str, FileMetaDataset] = {}
@@ -929,6 +929,7 @@ class _Features:
     description: str
     protocol: str
     acq_type: str | None
+    inversions: int = 0  # number of inversion times written (2: double inversion recovery)
     volume_technique: str | None = None  # enhanced VolumeBasedCalculationTechnique (MPR, MIP ...)
     out_of_plane_steps: float | None = None  # enhanced MRFOVGeometry: phase steps across slices (3D)
     evidence: dict[str, Any] = field(default_factory=dict)
@@ -1013,10 +1014,12 @@ def _features(datasets: Sequence[Dataset], facts: SeriesFacts) -> _Features:
     if flip is None:
         flip = _float(timing, "FlipAngle")
     ti = _float(first, "InversionTime")
+    inversions = 1 if ti is not None and ti > 0 else 0
     if ti is None or ti <= 0:
         tis = [t for t in _floats(modifier, "InversionTimes") if t > 0] or [
             t for t in _floats(first, "InversionTimes") if t > 0]
         ti = max(tis) if tis else (ti if ti and ti > 0 else None)
+        inversions = len(tis)
     ir_flag = (_str(modifier, "InversionRecovery") or _str(first, "InversionRecovery") or "").upper() == "YES"
     # sequence names: classic SequenceName (dicom2nifti stripped files say 'dicom2nifti'), enhanced
     # PulseSequenceName, Siemens XA per-frame private copy (0021,xx77 in MRImageFrameTypeSequence)
@@ -1086,6 +1089,7 @@ def _features(datasets: Sequence[Dataset], facts: SeriesFacts) -> _Features:
         description=facts.description or "",
         protocol=facts.protocol_name or "",
         acq_type=(facts.mr_acquisition_type or "").upper() or None,
+        inversions=inversions,
         volume_technique=(_str(first, "VolumeBasedCalculationTechnique")
                           or _str(frame_type, "VolumeBasedCalculationTechnique") or "").upper() or None,
         out_of_plane_steps=_float(_group(first, "MRFOVGeometrySequence"), "MRAcquisitionPhaseEncodingStepsOutOfPlane"),
@@ -1227,7 +1231,7 @@ def _rule_special_other(f: _Features) -> _Decision | None:
     if m:
         return _Decision("OTHER", f"GE pulse sequence {m.group(0)}", 0.88, "vendor", _ev(f, GEPulseSequence=f.ge_psd))
     diffusion = bool(f.b_max and f.b_max > 50) or _diffusion_declared(f)
-    gre_epi = f.epi and not diffusion and (
+    gre_epi = f.epi and not diffusion and not swi and (
         "GR" in f.scanning or f.echo_pulse == "GRADIENT" or (f.rf_etl is not None and f.rf_etl == 0))
     if gre_epi and (f.te is None or f.te < 60):
         return _Decision("OTHER", "gradient-echo EPI without diffusion (fMRI or perfusion)", 0.85, "physics",
@@ -1271,6 +1275,9 @@ _LOCALIZER_WORDS = re.compile(
 
 
 def _rule_localizer_described(f: _Features) -> _Decision | None:
+    # Only where the physics could be a scout: never inversion-prepared, never a long-TR long-TE T2.
+    if _is_ir(f) or (f.tr is not None and f.tr >= 2000 and f.te is not None and f.te >= 60):
+        return None
     for source, text in (("SeriesDescription", f.description), ("ProtocolName", f.protocol)):
         if text and _LOCALIZER_WORDS.search(text):
             return _Decision("LOCALIZER", f"{source} names a localizer (physics cannot tell a scout apart)",
@@ -1305,6 +1312,9 @@ def _physics_ev(f: _Features, **extra: Any) -> dict[str, Any]:
 def _rule_inversion(f: _Features) -> _Decision | None:
     if not _is_ir(f):
         return None
+    if f.inversions >= 2 and not _is_gre(f):  # DIR nulls fluid and white matter: not a FLAIR
+        return _Decision("OTHER", "double inversion recovery (two inversion times)", 0.85, "physics",
+                         _physics_ev(f, InversionTimes=f.inversions))
     te, ti = f.te, f.ti
     gre = _is_gre(f)
     if gre or (te is not None and te < 10) or (f.flip is not None and f.flip <= 20):
