@@ -125,6 +125,13 @@ def test_non_compliant_sr_is_valid_and_reads_back(env: tuple[Any, Any]) -> None:
     assert values["112225"] == (1.0, "mm") and values["130542"] == (3.0, "T")
     assert values["111066"] == (0.9, "mm") and values["111026"] == (0.9, "mm")
 
+    # Each series group names that series' instances as its source images.
+    by_label = {f"Series {x['series_number']} {x['kind']}": set(x["facts"]["sop_instance_uids"]) for x in series}
+    for g in series_groups:
+        images = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in g[0].ContentSequence
+                  if i.ValueType == "IMAGE" and i.ConceptNameCodeSequence[0].CodeValue == "121112"}
+        assert images == by_label[g.tracking_identifier]
+
     # Evidence: every instance of every series (localizer included), with the store's SOP classes.
     evidence = {e[2] for e in sr.get_evidence()}
     assert evidence == {u for s in series for u in s["facts"]["sop_instance_uids"]}

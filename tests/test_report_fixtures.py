@@ -182,7 +182,8 @@ def make_result(study_uid: str, series: list[dict[str, Any]], verdict: str = "co
                      "message": message})
     return {
         "study_instance_uid": study_uid,
-        "profile": {"id": "ms-brain-routine", "version": "1", "title": "MS brain routine follow-up"},
+        "profile": {"id": "ms-brain-routine", "version": "1", "title": "MS brain routine follow-up",
+                    "loinc": [{"code": "24587-8", "meaning": "MR Brain WO and W contrast IV"}]},
         "verdict": verdict,
         "series": series,
         "requirements": reqs,

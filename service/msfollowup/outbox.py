@@ -368,7 +368,7 @@ class Outbox:
         ae.network_timeout = node.network_timeout
         ae.connection_timeout = min(node.acse_timeout, 10.0)  # a dead host must not hold the loop
         ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
-        handlers = [(evt.EVT_CONN_OPEN, self._on_connection)]
+        handlers: list[Any] = [(evt.EVT_CONN_OPEN, self._on_connection)]
         try:
             if self._stop.is_set():
                 raise SendError("stopped before sending")

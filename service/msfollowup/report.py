@@ -24,8 +24,10 @@ from typing import Any
 
 import highdicom as hd
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ComprehensiveSRStorage, generate_uid
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 SCHEMA_ID = "https://msfollowup.example/schemas/report.schema.json"
 SCHEMA_NAME = "msfollowup-report"
 SCHEMA_VERSION = "1.0.0"
+CONTENT_SEQUENCE = 0x0040A730
 SR_SERIES_NUMBER = 9900  # far above scanner series numbers, so the SR sorts last in a viewer
 SR_SERIES_DESCRIPTION = "msfollowup protocol compliance"
 MANUFACTURER = "msfollowup"
@@ -335,16 +338,42 @@ def _series_group(series: Mapping[str, Any], refs: Sequence[_InstanceRef]) -> hd
         evaluations.append(hd.sr.QualitativeEvaluation(CONTRAST_PHASE, CONTRAST_CODES[series["contrast"]]))
     if series.get("acquisition") in ACQUISITION_CODES:
         evaluations.append(hd.sr.QualitativeEvaluation(ACQUISITION_DIM, ACQUISITION_CODES[series["acquisition"]]))
-    sources = [
-        hd.sr.SourceImageForMeasurementGroup(r.sop_class_uid, r.sop_instance_uid) for r in refs if r.series_uid == uid
-    ]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=_tracking_uid(uid), identifier=label[:64]),
         finding_type=KIND_CODES.get(str(series.get("kind")), KIND_CODES["OTHER"]),
         measurements=measurements or None,
         qualitative_evaluations=evaluations or None,
-        source_images=sources or None,
     )
+
+
+def _source_item(ref: _InstanceRef) -> Dataset:
+    """A TID 1501 'Source of Measurement' IMAGE item, exactly as highdicom's
+    SourceImageForMeasurementGroup writes it, built directly: with hundreds of instances the
+    highdicom objects (and their deep copies) cost most of a report's time."""
+    name = Dataset()
+    name.CodeValue, name.CodingSchemeDesignator, name.CodeMeaning = "121112", "DCM", "Source of Measurement"
+    sop = Dataset()
+    sop.ReferencedSOPClassUID = ref.sop_class_uid
+    sop.ReferencedSOPInstanceUID = ref.sop_instance_uid
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = "IMAGE"
+    item.ConceptNameCodeSequence = [name]
+    item.ReferencedSOPSequence = [sop]
+    return item
+
+
+def _attach_sources(sr: Dataset, counted: Sequence[Mapping[str, Any]], refs: Sequence[_InstanceRef]) -> None:
+    """Append each counted series' instances to its measurement group (groups are in `counted` order)."""
+    container = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    groups = list(container.ContentSequence)
+    by_series: dict[str, list[_InstanceRef]] = {}
+    for r in refs:
+        by_series.setdefault(r.series_uid, []).append(r)
+    for group, series in zip(groups, counted):
+        items = [_source_item(r) for r in by_series.get(series["series_instance_uid"], ())]
+        # As a plain element: highdicom's ContentSequence would convert every item to its classes.
+        group[CONTENT_SEQUENCE] = DataElement(CONTENT_SEQUENCE, "SQ", DicomSequence([*group.ContentSequence, *items]))
 
 
 def _quality(verdict: str, counted: Sequence[Mapping[str, Any]]) -> Code:
@@ -447,6 +476,7 @@ def build_sr(
         series_description=SR_SERIES_DESCRIPTION,
         software_versions=__version__,
     )
+    _attach_sources(sr, counted, refs)
     coding = Dataset()
     coding.CodingSchemeDesignator = LOCAL
     coding.CodingSchemeName = LOCAL_SCHEME_NAME
