@@ -461,6 +461,17 @@ def test_read_headers_skips_non_dicom_and_names_damaged_files(tmp_path: Path) ->
     assert "SECRET" not in problems[0]
 
 
+def test_raw_dataset_without_preamble_is_read(tmp_path: Path) -> None:
+    """Old ACR-NEMA style files carry no preamble and no file meta; they are still DICOM."""
+    ds = mr(**T2_SE)
+    path = tmp_path / "raw"
+    ds.save_as(path, implicit_vr=True, little_endian=True)
+    assert path.read_bytes()[128:132] != b"DICM"
+    groups, problems, skipped = read_headers([path])
+    assert (problems, skipped) == ([], 0)
+    assert classify_series(groups[ds.SeriesInstanceUID]).kind == "T2"
+
+
 @pytest.mark.parametrize("ts", [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian],
                          ids=["implicit", "deflated"])
 def test_other_transfer_syntaxes_read_the_same(tmp_path: Path, ts: str) -> None:

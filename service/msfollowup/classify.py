@@ -443,6 +443,13 @@ def _parse(buf: bytes, total: int) -> Dataset:
 
 def _slow_read(path: Path, preamble: bool) -> Dataset | None:
     """pydicom read; without a preamble only accepted when it looks like a real DICOM image/object."""
+    if not preamble:
+        # A file without preamble is only tried when it starts like a raw dataset (group 0002 or
+        # 0008, little endian): forcing pydicom through arbitrary bytes is slow and meaningless.
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if len(head) < 4 or _HH(head, 0)[0] not in (0x0002, 0x0008):
+            return None
     try:
         ds = dcmread(path, stop_before_pixels=True, force=not preamble)
     except InvalidDicomError:
@@ -1242,7 +1249,7 @@ def _rule_special_other(f: _Features) -> _Decision | None:
 
 def _diffusion_declared(f: _Features) -> list[str]:
     why = []
-    if "DIFFUSION" in f.image_type:
+    if {"DIFFUSION", "DWI"} & set(f.image_type):
         why.append("ImageType DIFFUSION")
     if f.acq_contrast == "DIFFUSION":
         why.append("AcquisitionContrast DIFFUSION")
@@ -1374,8 +1381,9 @@ def _rule_gradient_echo(f: _Features) -> _Decision | None:
     return None
 
 
-_SIEMENS_NAMES: tuple[tuple[str, Kind, str], ...] = (
-    (r"(^|\s)spcir|(^|\s)spc.*ir|tir.*fl|darkfluid", "T2_FLAIR", "SPACE-IR / dark-fluid"),
+_SIEMENS_NAMES: tuple[tuple[str, Kind, str], ...] = (  # also Canon/Toshiba names (FLAIR2D, STIR2D ...)
+    (r"(^|\s)spcir|(^|\s)spc.*ir|tir.*fl|darkfluid|flair", "T2_FLAIR", "SPACE-IR / dark-fluid / FLAIR"),
+    (r"(^|\s)stir", "STIR", "STIR"),
     (r"(^|\s)tfl", "T1", "TurboFLASH (MPRAGE)"),
     (r"(^|\s)(swi|fl3d\d*_?swi)", "SWI", "SWI"),
 )
