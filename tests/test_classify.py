@@ -401,6 +401,12 @@ def test_contrast_bolus_start_time_marks_the_injection() -> None:
     assert c_marker.facts.contrast_bolus_start == dt.datetime(2026, 1, 15, 10, 10)
 
 
+def test_series_acquired_before_its_own_bolus_start_is_pre() -> None:
+    c = classify_series(series(AcquisitionTime="100000", ContrastBolusAgent="Gadobutrol",
+                               ContrastBolusStartTime="101000", **T1_SE))
+    assert (c.contrast, c.contrast_basis) == ("pre", "acquired before ContrastBolusStartTime")
+
+
 def test_t1_without_contrast_attributes_is_pre() -> None:
     c = classify_series(series(**T1_SE))
     assert (c.contrast, c.contrast_basis) == ("pre", "no contrast attributes")

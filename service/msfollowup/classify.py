@@ -753,12 +753,14 @@ def _dt_value(v: str | None) -> dt.datetime | None:
 
 
 def _instance_datetime(ds: Dataset) -> dt.datetime | None:
+    """AcquisitionDateTime, else the first of Acquisition/Series/Content Date+Time that has a time."""
     t = _dt_value(_str(ds, "AcquisitionDateTime"))
     if t:
         return t
-    day = _str(ds, "AcquisitionDate") or _str(ds, "SeriesDate") or _str(ds, "ContentDate") or _str(ds, "StudyDate")
-    for time_kw in ("AcquisitionTime", "SeriesTime", "ContentTime"):
+    for date_kw, time_kw in (("AcquisitionDate", "AcquisitionTime"), ("SeriesDate", "SeriesTime"),
+                             ("ContentDate", "ContentTime")):
         tm = _str(ds, time_kw)
+        day = _str(ds, date_kw) or _str(ds, "StudyDate") or _str(ds, "SeriesDate")
         if tm and day:
             return _dt(day, tm)
     return None
@@ -1553,6 +1555,9 @@ def _acquisition(f: _Features, kind: Kind) -> tuple[Literal["2D", "3D"] | None, 
 
 def _own_contrast(datasets: Sequence[Dataset], facts: SeriesFacts) -> tuple[Literal["pre", "post"] | None, str]:
     """Contrast status from this series' own attributes."""
+    start, acquired = facts.contrast_bolus_start, facts.acquisition_datetime
+    if start and acquired and acquired < start:  # the console may copy contrast fields onto earlier series
+        return "pre", "acquired before ContrastBolusStartTime"
     if facts.contrast_bolus_agent:
         return "post", f"ContrastBolusAgent present ({facts.contrast_bolus_agent})"
     first = datasets[0]
