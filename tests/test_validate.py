@@ -406,7 +406,7 @@ def test_spine_region_from_description_or_unknown() -> None:
     assert req(validate_study(_spine(t2_t=by_text), spine), "sequence.sag_t2.thoracic").status == "pass"
     vague = mk("T2", orientation="SAG", body_part="SPINE", description="t2_tse_sag", minute=7)
     r = req(validate_study(_spine(t2_t=vague), spine), "sequence.sag_t2.thoracic")
-    assert r.status == "unverifiable" and "spinal region" in r.message
+    assert r.status == "unverifiable" and "body region" in r.message
 
 
 def test_spine_stir_must_be_sagittal() -> None:

@@ -263,7 +263,7 @@ def _presence(inst: _Instance, status: Status, measured: Any, series: Sequence[S
 
 _UNKNOWN_WHY = {"contrast": "whether it was acquired before or after contrast is unknown",
                 "orientation": "its orientation is unknown",
-                "region": "its spinal region is not recorded (BodyPartExamined / description)"}
+                "region": "its body region (BodyPartExamined / description) is not recorded"}
 
 
 def _undecided(inst: _Instance, unknown: list[tuple[SeriesClassification, str]]) -> str:
