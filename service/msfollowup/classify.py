@@ -991,8 +991,8 @@ def _collect_b(datasets: Sequence[Dataset], manufacturer: str) -> dict[str, tupl
     return {k: tuple(sorted(v)) for k, v in found.items() if v}
 
 
-def _features(datasets: Sequence[Dataset], facts: SeriesFacts) -> _Features:
-    first = datasets[0]
+def _per_instance(datasets: Sequence[Dataset]) -> tuple[tuple[str, ...], tuple[float, ...], list[str]]:
+    """ImageType tokens (union, in order), echo times and SequenceNames over all instances."""
     image_type: list[str] = []
     te_values: set[float] = set()
     seq_names: list[str] = []
@@ -1006,101 +1006,124 @@ def _features(datasets: Sequence[Dataset], facts: SeriesFacts) -> _Features:
         sn = _str(ds, "SequenceName")
         if sn and sn not in seq_names:
             seq_names.append(sn)
-    manufacturer = (facts.manufacturer or "").upper()
-    timing = _group(first, "MRTimingAndRelatedParametersSequence")
-    modifier = _group(first, "MRModifierSequence")
-    frame_type = _group(first, "MRImageFrameTypeSequence")
-    echo = _group(first, "MREchoSequence")
-    diffusion = _group(first, "MRDiffusionSequence")
-    if not te_values:
-        te = _float(echo, "EffectiveEchoTime")
-        if te is not None:
-            te_values.add(round(te, 2))
-    tr = _float(first, "RepetitionTime")
-    if tr is None:
-        tr = _float(timing, "RepetitionTime")
-    flip = _float(first, "FlipAngle")
-    if flip is None:
-        flip = _float(timing, "FlipAngle")
+    return tuple(image_type), tuple(sorted(te_values)), seq_names
+
+
+def _inversion(first: Dataset, modifier: Dataset | None) -> tuple[float | None, int, bool]:
+    """(longest inversion time, how many were written, InversionRecovery flag). Siemens XA enhanced
+    files write InversionTimes in MRModifierSequence instead of InversionTime."""
     ti = _float(first, "InversionTime")
-    inversions = 1 if ti is not None and ti > 0 else 0
-    if ti is None or ti <= 0:
+    if ti is not None and ti > 0:
+        count = 1
+    else:
         tis = [t for t in _floats(modifier, "InversionTimes") if t > 0] or [
             t for t in _floats(first, "InversionTimes") if t > 0]
-        ti = max(tis) if tis else (ti if ti and ti > 0 else None)
-        inversions = len(tis)
-    ir_flag = (_str(modifier, "InversionRecovery") or _str(first, "InversionRecovery") or "").upper() == "YES"
-    # sequence names: classic SequenceName (dicom2nifti stripped files say 'dicom2nifti'), enhanced
-    # PulseSequenceName, Siemens XA per-frame private copy (0021,xx77 in MRImageFrameTypeSequence)
+        ti, count = (max(tis) if tis else None), len(tis)
+    flag = (_str(modifier, "InversionRecovery") or _str(first, "InversionRecovery") or "").upper() == "YES"
+    return ti, count, flag
+
+
+def _vendor_names(first: Dataset, frame_type: Dataset | None, manufacturer: str, seq_names: list[str]
+                  ) -> tuple[str, str, str]:
+    """(Siemens/Canon-style sequence names, GE pulse sequence names, Philips scan technique)."""
+    names = list(seq_names)
     pulse = _str(first, "PulseSequenceName")
     if pulse:
-        seq_names.append(pulse)
-    if frame_type is not None and "SIEMENS" in manufacturer:
+        names.append(pulse)
+    if frame_type is not None and "SIEMENS" in manufacturer:  # XA: per-frame private copy (0021,xx77)
         sdi = _private_str(frame_type, 0x0021, 0x77, ("SIEMENS MR SDI",))
         if sdi:
-            seq_names.append(sdi)
-    seq_names = [s for s in seq_names if s.lower() != "dicom2nifti"]
-    ge_psd = ""
-    philips_tech = ""
+            names.append(sdi)
+    seq_name = " ".join(n.lower().lstrip("*") for n in names if n.lower() != "dicom2nifti")  # stripped files
+    ge_psd = philips_tech = ""
     if manufacturer.startswith("GE"):
         ge_psd = " ".join(filter(None, (_private_str(first, 0x0019, 0x9C, ("GEMS_ACQU_01",)),
                                         _private_str(first, 0x0019, 0x9E, ("GEMS_ACQU_01",))))).lower()
     if "PHILIPS" in manufacturer:
         philips_tech = (_private_str(first, 0x2001, 0x20, ("PHILIPS IMAGING DD 001",)) or "").upper()
+    return seq_name, ge_psd, philips_tech
+
+
+_EPI_NAMES = re.compile(r"(^|\s)(ep_|ep2d|epse|epfid|epi)|_epi")
+
+
+def _is_epi(first: Dataset, scanning: frozenset[str], options: frozenset[str], names: tuple[str, str, str],
+            rf_etl: float | None, grad_etl: float | None) -> bool:
+    seq_name, ge_psd, philips_tech = names
+    declared = (_str(first, "EchoPlanarPulseSequence") or "").upper()
+    if "EP" in scanning or declared == "YES" or _EPI_NAMES.search(seq_name) or "EPI_GEMS" in options:
+        return True
+    if "epi" in ge_psd or philips_tech.startswith(("DWI", "FEEPI", "SEEPI")):
+        return True
+    # A gradient echo train without RF refocusing means EPI, unless the file says otherwise: Philips TFE
+    # writes its turbo-field-echo train as GradientEchoTrainLength too.
+    return (not declared and grad_etl is not None and grad_etl > 1 and (rf_etl is None or rf_etl <= 1)
+            and not scanning and "TFE" not in philips_tech and "tfe" not in seq_name)
+
+
+def _first_of(first: Dataset, group: Dataset | None, keyword: str) -> float | None:
+    v = _float(first, keyword)
+    return v if v is not None else _float(group, keyword)
+
+
+def _upper(*values: str | None) -> str | None:
+    for v in values:
+        if v:
+            return v.upper()
+    return None
+
+
+def _features(datasets: Sequence[Dataset], facts: SeriesFacts) -> _Features:
+    first = datasets[0]
+    image_type, te_values, seq_names = _per_instance(datasets)
+    manufacturer = (facts.manufacturer or "").upper()
+    timing = _group(first, "MRTimingAndRelatedParametersSequence")
+    modifier = _group(first, "MRModifierSequence")
+    frame_type = _group(first, "MRImageFrameTypeSequence")
+    diffusion = _group(first, "MRDiffusionSequence")
+    if not te_values:
+        te = _float(_group(first, "MREchoSequence"), "EffectiveEchoTime")
+        te_values = (round(te, 2),) if te is not None else ()
+    ti, inversions, ir_flag = _inversion(first, modifier)
+    names = _vendor_names(first, frame_type, manufacturer, seq_names)
     scanning = frozenset(_tokens(first, "ScanningSequence"))
-    variant = frozenset(_tokens(first, "SequenceVariant"))
     options = frozenset(_tokens(first, "ScanOptions"))
-    rf_etl = _float(first, "RFEchoTrainLength")
-    if rf_etl is None:
-        rf_etl = _float(timing, "RFEchoTrainLength")
-    grad_etl = _float(first, "GradientEchoTrainLength")
-    if grad_etl is None:
-        grad_etl = _float(timing, "GradientEchoTrainLength")
-    seq_name = " ".join(s.lower().lstrip("*") for s in seq_names)
-    epi_declared = (_str(first, "EchoPlanarPulseSequence") or "").upper()
-    # Gradient echo train > 1 without RF refocusing means EPI, but only when the file does not say
-    # otherwise: Philips TFE writes its turbo-field-echo train as GradientEchoTrainLength too.
-    epi = ("EP" in scanning or epi_declared == "YES" or bool(re.search(r"(^|\s)(ep|epi|epse|epfid|epi2)", seq_name))
-           or "EPI_GEMS" in options or "epi" in ge_psd or philips_tech.startswith(("DWI", "FEEPI", "SEEPI"))
-           or (not epi_declared and grad_etl is not None and grad_etl > 1 and (rf_etl is None or rf_etl <= 1)
-               and not scanning and "TFE" not in philips_tech and "TFE" not in seq_name.upper()))
-    acq_contrast = _str(first, "AcquisitionContrast") or _str(frame_type, "AcquisitionContrast")
-    complex_component = _str(first, "ComplexImageComponent") or _str(frame_type, "ComplexImageComponent")
+    rf_etl = _first_of(first, timing, "RFEchoTrainLength")
+    grad_etl = _first_of(first, timing, "GradientEchoTrainLength")
     return _Features(
         facts=facts,
-        image_type=tuple(image_type),
+        image_type=image_type,
         sop_class=facts.sop_class_uids[0] if facts.sop_class_uids else None,
-        modality=(facts.modality or "").upper() or None,
+        modality=_upper(facts.modality),
         manufacturer=manufacturer,
         scanning=scanning,
-        variant=variant,
+        variant=frozenset(_tokens(first, "SequenceVariant")),
         options=options,
-        seq_name=seq_name,
-        ge_psd=ge_psd,
-        philips_tech=philips_tech,
-        tr=tr,
-        te_values=tuple(sorted(te_values)),
+        seq_name=names[0],
+        ge_psd=names[1],
+        philips_tech=names[2],
+        tr=_first_of(first, timing, "RepetitionTime"),
+        te_values=te_values,
         ti=ti,
-        flip=flip,
+        flip=_first_of(first, timing, "FlipAngle"),
         inversion_declared=ir_flag,
-        echo_pulse=(_str(first, "EchoPulseSequence") or "").upper() or None,
-        epi=epi,
+        echo_pulse=_upper(_str(first, "EchoPulseSequence")),
+        epi=_is_epi(first, scanning, options, names, rf_etl, grad_etl),
         rf_etl=rf_etl,
         grad_etl=grad_etl,
-        acq_contrast=acq_contrast.upper() if acq_contrast else None,
-        complex_component=complex_component.upper() if complex_component else None,
-        pixel_presentation=(_str(first, "PixelPresentation") or _str(frame_type, "PixelPresentation") or "").upper()
-        or None,
-        tof=(_str(first, "TimeOfFlightContrast") or "").upper() == "YES",
+        acq_contrast=_upper(_str(first, "AcquisitionContrast"), _str(frame_type, "AcquisitionContrast")),
+        complex_component=_upper(_str(first, "ComplexImageComponent"), _str(frame_type, "ComplexImageComponent")),
+        pixel_presentation=_upper(_str(first, "PixelPresentation"), _str(frame_type, "PixelPresentation")),
+        tof=_upper(_str(first, "TimeOfFlightContrast")) == "YES",
         b_values=_collect_b(datasets, manufacturer),
-        diffusion_directionality=(_str(diffusion, "DiffusionDirectionality") or "").upper() or None,
-        anisotropy=(_str(diffusion, "DiffusionAnisotropyType") or "").upper() or None,
+        diffusion_directionality=_upper(_str(diffusion, "DiffusionDirectionality")),
+        anisotropy=_upper(_str(diffusion, "DiffusionAnisotropyType")),
         description=facts.description or "",
         protocol=facts.protocol_name or "",
-        acq_type=(facts.mr_acquisition_type or "").upper() or None,
+        acq_type=_upper(facts.mr_acquisition_type),
         inversions=inversions,
-        volume_technique=(_str(first, "VolumeBasedCalculationTechnique")
-                          or _str(frame_type, "VolumeBasedCalculationTechnique") or "").upper() or None,
+        volume_technique=_upper(_str(first, "VolumeBasedCalculationTechnique"),
+                                _str(frame_type, "VolumeBasedCalculationTechnique")),
         out_of_plane_steps=_float(_group(first, "MRFOVGeometrySequence"), "MRAcquisitionPhaseEncodingStepsOutOfPlane"),
     )
 
