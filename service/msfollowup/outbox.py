@@ -36,6 +36,7 @@ SENDING = "sending"
 DELIVERED = "delivered"
 STATES = (PENDING, SENDING, DELIVERED)
 BATCH = 16  # jobs looked at per run_once; the rest wait for the next second
+STALE_CHECK_SECONDS = 30.0  # how often to look for claims of dead nodes (a write; not every poll)
 ERROR_MAX = 500
 
 
@@ -48,7 +49,7 @@ class Delivery(Base):
     version: Mapped[int] = mapped_column(Integer)
     sr_sop_instance_uid: Mapped[str] = mapped_column(String(64))
     sr_path: Mapped[str] = mapped_column(Text)  # relative to <data_dir>
-    destination: Mapped[str] = mapped_column(String(128))  # "AE@host:port", the job's identity
+    destination: Mapped[str] = mapped_column(String(300))  # "AE@host:port", the job's identity
     ae_title: Mapped[str] = mapped_column(String(16))
     host: Mapped[str] = mapped_column(String(255))
     port: Mapped[int] = mapped_column(Integer)
@@ -215,6 +216,7 @@ class Outbox:
         self.poll_seconds = poll_seconds
         self.worker_id = f"outbox-{uuid.uuid4().hex[:16]}"
         self._stop = threading.Event()
+        self._last_stale_check: dt.datetime | None = None
         self._thread: threading.Thread | None = None
         self._assoc_lock = threading.Lock()
         self._assoc: Association | None = None  # the send in progress, so stop() can abort it
@@ -228,7 +230,10 @@ class Outbox:
     def run_once(self, now: dt.datetime | None = None) -> int:
         """Attempt every due delivery (up to a batch); returns the number of deliveries attempted."""
         now = now or utcnow()
-        self._release_stale_claims(now)
+        last = self._last_stale_check
+        if last is None or (now - last).total_seconds() >= STALE_CHECK_SECONDS:
+            self._release_stale_claims(now)
+            self._last_stale_check = now
         with self.db.session() as s:
             due = list(
                 s.scalars(
