@@ -797,68 +797,96 @@ def _agent(ds: Dataset) -> str | None:
     return a
 
 
+@dataclass
+class _Instances:
+    """What summarize needs from every instance (the rest comes from the first one)."""
+
+    sop_uids: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    planes: Counter[str] = field(default_factory=Counter)
+    frames: int = 0
+    earliest: dt.datetime | None = None
+    agent: str | None = None
+    bolus_start: dt.datetime | None = None
+
+
+def _bolus_start(ds: Dataset) -> dt.datetime | None:
+    """Date of the acquisition (or study) + ContrastBolusStartTime, classic or enhanced."""
+    time = _str(ds, "ContrastBolusStartTime") or _str(_group(ds, "ContrastBolusUsageSequence"),
+                                                       "ContrastBolusStartTime")
+    if not time:
+        return None
+    day = _str(ds, "AcquisitionDate") or _str(ds, "StudyDate") or _str(ds, "SeriesDate")
+    if not day:
+        adt = _str(ds, "AcquisitionDateTime")
+        day = adt[:8] if adt else None
+    return _dt(day, time)
+
+
+def _walk_instances(datasets: Sequence[Dataset]) -> _Instances:
+    out = _Instances()
+    for ds in datasets:
+        uid = _str(ds, "SOPInstanceUID")
+        if uid:
+            out.sop_uids.append(uid)
+        cls = _str(ds, "SOPClassUID")
+        if cls and cls not in out.classes:
+            out.classes.append(cls)
+        n = _float(ds, "NumberOfFrames")
+        out.frames += int(n) if n and n > 0 else 1
+        t = _instance_datetime(ds)
+        if t and (out.earliest is None or t < out.earliest):
+            out.earliest = t
+        iop = _floats(ds, "ImageOrientationPatient") or _floats(_group(ds, "PlaneOrientationSequence"),
+                                                                 "ImageOrientationPatient")
+        plane = _plane(iop)
+        if plane:
+            out.planes[plane] += 1
+        if out.agent is None:
+            a = _agent(ds)
+            if a and a.upper() not in _NO_AGENT:
+                out.agent = a
+        if out.bolus_start is None:
+            out.bolus_start = _bolus_start(ds)
+    return out
+
+
+def _geometry(first: Dataset) -> tuple[float | None, float | None, tuple[float, ...]]:
+    """Slice thickness, spacing between slices and pixel spacing: classic attributes, else the enhanced
+    PixelMeasuresSequence (shared, else first frame). An empty or zero thickness means unknown."""
+    measures = _group(first, "PixelMeasuresSequence")
+    thick = _float(first, "SliceThickness")
+    if thick is None or thick <= 0:
+        thick = _float(measures, "SliceThickness")
+    spacing = _float(first, "SpacingBetweenSlices")
+    if spacing is None:
+        spacing = _float(measures, "SpacingBetweenSlices")
+    pixel = _floats(first, "PixelSpacing")
+    if len(pixel) != 2:
+        pixel = _floats(measures, "PixelSpacing")
+    return (thick if thick and thick > 0 else None), spacing, pixel
+
+
+def _field_strength(first: Dataset) -> tuple[float | None, float | None, bool]:
+    """(tesla as written, imaging frequency MHz, computed from frequency?). 1.494 stays 1.494: rounding
+    to a nominal field is the validator's business."""
+    field_t = _float(first, "MagneticFieldStrength")
+    freq = _float(first, "ImagingFrequency")
+    if freq is None:
+        freq = _float(_group(first, "MRImagingModifierSequence"), "TransmitterFrequency")
+    if (field_t is None or field_t <= 0) and freq:
+        return round(freq / 42.577, 2), freq, True  # proton gyromagnetic ratio, MHz/T
+    return field_t, freq, False
+
+
 def summarize(datasets: Sequence[Dataset]) -> SeriesFacts:
     """Facts of one series (all instances of one SeriesInstanceUID)."""
     if not datasets:
         raise ValueError("summarize needs at least one dataset of the series")
     first = datasets[0]
-    sop_uids: list[str] = []
-    classes: list[str] = []
-    planes: Counter[str] = Counter()
-    frames = 0
-    earliest: dt.datetime | None = None
-    agent: str | None = None
-    bolus_time: str | None = None
-    bolus_day: str | None = None
-    for ds in datasets:
-        uid = _str(ds, "SOPInstanceUID")
-        if uid:
-            sop_uids.append(uid)
-        cls = _str(ds, "SOPClassUID")
-        if cls and cls not in classes:
-            classes.append(cls)
-        n = _float(ds, "NumberOfFrames")
-        frames += int(n) if n and n > 0 else 1
-        t = _instance_datetime(ds)
-        if t and (earliest is None or t < earliest):
-            earliest = t
-        iop = _floats(ds, "ImageOrientationPatient")
-        if not iop:
-            iop = _floats(_group(ds, "PlaneOrientationSequence"), "ImageOrientationPatient")
-        p = _plane(iop)
-        if p:
-            planes[p] += 1
-        if agent is None:
-            a = _agent(ds)
-            if a and a.upper() not in _NO_AGENT:
-                agent = a
-        if bolus_time is None:
-            bolus_time = _str(ds, "ContrastBolusStartTime")
-            if bolus_time is None:
-                usage = _group(ds, "ContrastBolusUsageSequence")
-                bolus_time = _str(usage, "ContrastBolusStartTime")
-            if bolus_time:
-                bolus_day = _str(ds, "AcquisitionDate") or _str(ds, "StudyDate") or _str(ds, "SeriesDate")
-                if not bolus_day:
-                    adt = _str(ds, "AcquisitionDateTime")
-                    bolus_day = adt[:8] if adt else None
-    thick = _float(first, "SliceThickness")
-    spacing = _float(first, "SpacingBetweenSlices")
-    pixel = _floats(first, "PixelSpacing")
-    measures = _group(first, "PixelMeasuresSequence")
-    if thick is None or thick <= 0:
-        thick = _float(measures, "SliceThickness")
-    if spacing is None:
-        spacing = _float(measures, "SpacingBetweenSlices")
-    if len(pixel) != 2:
-        pixel = _floats(measures, "PixelSpacing")
-    field = _float(first, "MagneticFieldStrength")
-    freq = _float(first, "ImagingFrequency")
-    if freq is None:
-        freq = _float(_group(first, "MRImagingModifierSequence"), "TransmitterFrequency")
-    from_freq = False
-    if (field is None or field <= 0) and freq:
-        field, from_freq = round(freq / 42.577, 2), True  # proton gyromagnetic ratio, MHz/T
+    inst = _walk_instances(datasets)
+    thick, spacing, pixel = _geometry(first)
+    field_t, freq, from_freq = _field_strength(first)
     number = _float(first, "SeriesNumber")
     return SeriesFacts(
         study_instance_uid=_str(first, "StudyInstanceUID") or "",
@@ -866,28 +894,28 @@ def summarize(datasets: Sequence[Dataset]) -> SeriesFacts:
         series_number=int(number) if number is not None else None,
         description=_str(first, "SeriesDescription"),
         modality=_str(first, "Modality"),
-        sop_class_uids=tuple(classes),
-        sop_instance_uids=tuple(sop_uids),
+        sop_class_uids=tuple(inst.classes),
+        sop_instance_uids=tuple(inst.sop_uids),
         instance_count=len(datasets),
-        frame_count=frames,
+        frame_count=inst.frames,
         manufacturer=_str(first, "Manufacturer"),
         model=_str(first, "ManufacturerModelName"),
         device_serial_number=_str(first, "DeviceSerialNumber"),
         station_name=_str(first, "StationName"),
-        field_strength_t=field,
+        field_strength_t=field_t,
         imaging_frequency_mhz=freq,
         mr_acquisition_type=_str(first, "MRAcquisitionType"),
-        slice_thickness_mm=thick if thick and thick > 0 else None,
+        slice_thickness_mm=thick,
         spacing_between_slices_mm=spacing,
         pixel_spacing_mm=(pixel[0], pixel[1]) if len(pixel) == 2 else None,
-        orientation=planes.most_common(1)[0][0] if planes else None,  # type: ignore[arg-type]
+        orientation=inst.planes.most_common(1)[0][0] if inst.planes else None,  # type: ignore[arg-type]
         body_part=_str(first, "BodyPartExamined"),
-        acquisition_datetime=earliest,
-        contrast_bolus_agent=agent,
-        contrast_bolus_start=_dt(bolus_day, bolus_time) if bolus_time else None,
+        acquisition_datetime=inst.earliest,
+        contrast_bolus_agent=inst.agent,
+        contrast_bolus_start=inst.bolus_start,
         patient_id=_str(first, "PatientID"),
         patient_name=_str(first, "PatientName"),
-        orientations=tuple(sorted(planes)),
+        orientations=tuple(sorted(inst.planes)),
         protocol_name=_str(first, "ProtocolName"),
         field_strength_from_frequency=from_freq,
     )
