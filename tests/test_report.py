@@ -52,10 +52,10 @@ FAILURES = (
 
 def _check_dicom_tools(path: Path) -> None:
     """The SR must be clean for dciodvfy (no Error lines) and readable by dsrdump."""
-    v = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    v = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True, errors="replace", timeout=60)
     errors = [line for line in (v.stdout + v.stderr).splitlines() if line.startswith("Error")]
     assert errors == [], errors
-    d = subprocess.run(["/usr/bin/dsrdump", str(path)], capture_output=True, text=True, timeout=60)
+    d = subprocess.run(["/usr/bin/dsrdump", str(path)], capture_output=True, text=True, errors="replace", timeout=60)
     assert d.returncode == 0, d.stderr
     assert not [line for line in (d.stdout + d.stderr).splitlines() if line.startswith("E:")]
 
@@ -164,6 +164,22 @@ def test_unverifiable_only_is_not_protocol_not_followed(env: tuple[Any, Any]) ->
     assert ev[_code(VERDICT_NAME)] == ("UNVERIFIABLE", "99MSFU")
     assert _code(QUALITY_FINDING) not in ev  # an informational "fail" does not make the protocol failed
     assert _findings(study) == [(FAILURES[1][0], FAILURES[1][2])]
+
+
+def test_non_latin1_text_in_a_latin1_study(env: tuple[Any, Any]) -> None:
+    """Images in ISO_IR 100 with an umlaut name; a finding with characters Latin-1 cannot hold."""
+    cfg, db = env
+    study_uid, series = make_study(cfg, db, ROUTINE[:2], patient_name="Müller^Jürgen")
+    message = "Kontrastmittel: ≥ 5 min Wartezeit – nicht eingehalten (T1 → 2 min)."
+    rec = write_reports(db, cfg, study_uid, 1,
+                        make_result(study_uid, series, "non-compliant", [("contrast_delay", "fail", message)]))
+    _check_dicom_tools(rec.sr_path)
+    sr = hd.sr.srread(rec.sr_path)
+    assert sr.SpecificCharacterSet == "ISO_IR 192"
+    assert str(sr.PatientName) == "Müller^Jürgen"
+    assert _findings(_study_group(sr)) == [("contrast_delay", message)]
+    page = rec.html_path.read_text(encoding="utf-8")
+    assert "Müller, Jürgen" in page and "≥ 5 min" in page
 
 
 def test_same_version_twice_is_one_sr(tmp_path: Path) -> None:

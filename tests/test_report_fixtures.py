@@ -66,7 +66,8 @@ def make_db(cfg: Config) -> Database:
     return Database(cfg.storage.database_url)
 
 
-def _instance(study_uid: str, series_uid: str, number: int, idx: int, spec: SeriesSpec) -> Dataset:
+def _instance(study_uid: str, series_uid: str, number: int, idx: int, spec: SeriesSpec,
+              patient_name: str = PATIENT_NAME) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -85,7 +86,7 @@ def _instance(study_uid: str, series_uid: str, number: int, idx: int, spec: Seri
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = "MRT Schaedel"
     ds.SeriesDescription = spec.description
-    ds.PatientName = PATIENT_NAME
+    ds.PatientName = patient_name
     ds.PatientID = PATIENT_ID
     ds.PatientBirthDate = "19800101"
     ds.PatientSex = "F"
@@ -113,7 +114,8 @@ def _instance(study_uid: str, series_uid: str, number: int, idx: int, spec: Seri
 
 
 def make_study(
-    cfg: Config, db: Database, specs: Sequence[SeriesSpec] = ROUTINE, study_uid: str | None = None
+    cfg: Config, db: Database, specs: Sequence[SeriesSpec] = ROUTINE, study_uid: str | None = None,
+    patient_name: str = PATIENT_NAME,
 ) -> tuple[str, list[dict[str, Any]]]:
     """Write and index a study; returns (study_uid, series entries of a result, in result JSON shape)."""
     study_uid = study_uid or str(generate_uid())
@@ -123,7 +125,7 @@ def make_study(
         series_uid = str(generate_uid())
         uids = []
         for i in range(spec.n):
-            ds = _instance(study_uid, series_uid, number, i, spec)
+            ds = _instance(study_uid, series_uid, number, i, spec, patient_name)
             with store.temp_file() as fh:
                 ds.save_as(fh, enforce_file_format=True)
             store.ingest_file(Path(fh.name), calling_ae="MODALITY")

@@ -475,6 +475,9 @@ def build_sr(
         previous_versions=[predecessor] if predecessor is not None else None,
         series_description=SR_SERIES_DESCRIPTION,
         software_versions=__version__,
+        # UTF-8 whatever the images used: findings and names may hold any character (names are
+        # decoded on read and re-encoded on write, so nothing is lost).
+        specific_character_set="ISO_IR 192",
     )
     _attach_sources(sr, counted, refs)
     coding = Dataset()
