@@ -191,6 +191,19 @@ def test_siemens_b_value_in_0019_100c_and_trace_adc_maps() -> None:
     assert fa.derived and not fa.counts
 
 
+def test_dwi_series_with_a_trace_image_mixed_in_stays_dwi() -> None:
+    """Philips keeps the isotropic (trace) image inside the DWI series."""
+    uid = generate_uid()
+    datasets = []
+    for b, image_type in ((0.0, "M_SE"), (1000.0, "M_SE"), (1000.0, "ISOTROPIC")):
+        ds = _dwi_base(uid, "Philips Medical Systems")
+        ds.ImageType = ["ORIGINAL", "PRIMARY", image_type, "M", "SE"]
+        ds.DiffusionBValue = b
+        datasets.append(ds)
+    c = classify_series(datasets)
+    assert (c.kind, c.derived) == ("DWI", False)
+
+
 def _frame(b: float, te: float = 80.0) -> Dataset:
     frame = Dataset()
     diffusion = Dataset()

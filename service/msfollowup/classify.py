@@ -1249,6 +1249,9 @@ def _rule_localizer_geometry(f: _Features) -> _Decision | None:
 
 def _rule_diffusion_maps(f: _Features) -> _Decision | None:
     it = set(f.image_type)
+    b_distinct = {b for values in f.b_values.values() for b in values}
+    if "ORIGINAL" in it and len(b_distinct) > 1 and max(b_distinct) > 50:
+        return None  # acquired diffusion images with a scanner trace/ADC image mixed in: the series is the DWI
     if it & {"ADC", "ADC_UNSPECIFIED", "DADC"}:
         return _Decision("ADC", "ImageType ADC", 0.97, "physics", _ev(f, ImageType="\\".join(f.image_type)))
     if it & {"TRACEW", "TRACE", "ISOTROPIC", "ISODWI", "CMB"}:
