@@ -105,7 +105,7 @@ def mwl_port(db: Database, cfg: Config) -> Iterator[int]:
 def test_schedule_builds_a_complete_worklist_item(db: Database, cfg: Config) -> None:
     step = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "Müller^Zoë"))
     assert len(step.accession_number) <= 16 and len(step.sps_id) <= 16
-    ds = step.identifier()
+    ds = step.dataset()
     assert ds.PatientName == "Müller^Zoë" and ds.SpecificCharacterSet == "ISO_IR 192"
     assert ds.AccessionNumber == step.accession_number and ds.StudyInstanceUID == step.study_uid
     assert ds.RequestedProcedureCodeSequence[0].CodeValue == "24587-8"
@@ -121,7 +121,7 @@ def test_schedule_builds_a_complete_worklist_item(db: Database, cfg: Config) -> 
 
 def test_no_contrast_profile_and_long_protocol_code(db: Database, cfg: Config) -> None:
     step = schedule(db, cfg, due("P1", dt.date(2026, 11, 20), profile_id="ms-brain-pml-screening"), demo("P1", "A^B"))
-    sps = step.identifier().ScheduledProcedureStepSequence[0]
+    sps = step.dataset().ScheduledProcedureStepSequence[0]
     assert "RequestedContrastAgent" not in sps
     code = sps.ScheduledProtocolCodeSequence[0]
     assert "CodeValue" not in code and code.LongCodeValue == "ms-brain-pml-screening"  # SH is 16 chars
@@ -223,7 +223,7 @@ def test_malformed_values_are_query_errors() -> None:
 
 def test_sequence_matching_and_return_keys(db: Database, cfg: Config) -> None:
     step = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
-    record = step.identifier()
+    record = step.dataset()
     item = _query(ScheduledStationAETitle="MRSCANNER1", Modality="")
     q = _query(PatientID="", ScheduledProcedureStepSequence=[item])
     got = worklist.match_and_project(q, record)

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 from io import BytesIO
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,7 +41,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import N_CREATE, N_SET
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityPerformedProcedureStep,
     ModalityWorklistInformationFind,
@@ -107,33 +108,50 @@ ERROR_ID_NO_LONGER_UPDATABLE = 0xA710  # PS3.4 Table F.7.2-2
 
 
 class DueExamLike(Protocol):
-    """What plans.py computes (DueExam)."""
+    """What plans.py computes (DueExam); read-only so frozen dataclasses qualify."""
 
-    patient_id: str
-    purpose: str
-    profile_id: str
-    earliest: dt.date
-    target: dt.date
-    latest: dt.date
-    reason: str
-    recall: bool
+    @property
+    def patient_id(self) -> str: ...
+    @property
+    def purpose(self) -> str: ...
+    @property
+    def profile_id(self) -> str: ...
+    @property
+    def earliest(self) -> dt.date: ...
+    @property
+    def target(self) -> dt.date: ...
+    @property
+    def latest(self) -> dt.date: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def recall(self) -> bool: ...
 
 
 class DemographicsLike(Protocol):
     """Patient attributes of the last study (store.Study has these)."""
 
-    patient_id: str | None
-    patient_name: str | None
-    patient_birth_date: str | None
-    patient_sex: str | None
-    specific_character_set: str | None
+    @property
+    def patient_id(self) -> str | None: ...
+    @property
+    def patient_name(self) -> str | None: ...
+    @property
+    def patient_birth_date(self) -> str | None: ...
+    @property
+    def patient_sex(self) -> str | None: ...
+    @property
+    def specific_character_set(self) -> str | None: ...
 
 
 class ProfileLike(Protocol):
-    id: str
-    version: str
-    title: str
-    needs_contrast: bool
+    @property
+    def id(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def needs_contrast(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -746,51 +764,87 @@ class Projection:
     unsupported: bool  # a matching key we do not hold was ignored
 
 
-def match_and_project(query: Dataset, record: Dataset) -> Projection | None:
-    """PS3.4 C.2.2.2 matching of `record` against `query`; the requested keys of a match, else None."""
-    out = Dataset()
-    unsupported = False
+@dataclass(frozen=True)
+class _Key:
+    """One key of a compiled query: a condition (None = return key only) or a sequence sub-query."""
+
+    tag: BaseTag
+    vr: str
+    cond: Condition | None = None
+    sub: CompiledQuery | None = None  # SQ with one non-empty item
+    sub_has_keys: bool = False
+
+
+@dataclass(frozen=True)
+class CompiledQuery:
+    """An MWL identifier parsed once per C-FIND, applied to every candidate record."""
+
+    keys: tuple[_Key, ...]
+
+    def apply(self, record: Dataset) -> Projection | None:
+        """PS3.4 C.2.2.2 matching of `record`; the requested keys of a match, else None."""
+        out = Dataset()
+        unsupported = False
+        for key in self.keys:
+            relem = record.get(key.tag)
+            if key.vr == "SQ":
+                result = self._sequence(key, relem)
+                if result is None:
+                    return None
+                out[key.tag], flag = result
+                unsupported |= flag
+                continue
+            if key.cond is not None:
+                if relem is None:
+                    unsupported = True  # an optional key we do not hold: ignored, PS3.4 C.4.1.1.3.2
+                elif not key.cond.matches(_values(relem)):
+                    return None
+            out.add(relem if relem is not None else DataElement(key.tag, key.vr, None))
+        return Projection(out, unsupported)
+
+    @staticmethod
+    def _sequence(key: _Key, relem: DataElement | None) -> tuple[DataElement, bool] | None:
+        stored = list(relem.value) if relem is not None and relem.VR == "SQ" and relem.value else []
+        if key.sub is None:  # universal: the whole stored sequence
+            return DataElement(key.tag, "SQ", DicomSequence(stored)), False
+        matched, unsupported = [], False
+        for ritem in stored:
+            projected = key.sub.apply(ritem)
+            if projected is not None:
+                matched.append(projected.dataset)
+                unsupported |= projected.unsupported
+        if not matched:
+            if stored or (relem is not None and key.sub_has_keys):
+                return None
+            unsupported = relem is None and key.sub_has_keys
+        return DataElement(key.tag, "SQ", DicomSequence(matched)), unsupported
+
+
+def compile_query(query: Dataset) -> CompiledQuery:
+    """Parse every matching key once; raises QueryError for what cannot be matched."""
+    keys = []
     for qelem in query:
         tag = qelem.tag
         if tag.group in (0x0000, 0x0002) or tag == _CHARSET:
             continue
-        relem = record.get(tag)
-        if qelem.VR == "SQ":
-            result = _match_sequence(qelem, relem)
-            if result is None:
-                return None
-            out[tag], flag = result
-            unsupported |= flag
+        if qelem.VR != "SQ":
+            keys.append(_Key(tag, str(qelem.VR), cond=parse_condition(qelem)))
             continue
-        cond = parse_condition(qelem)
-        if cond is not None:
-            if relem is None:
-                unsupported = True  # an optional key we do not hold: ignored, PS3.4 C.4.1.1.3.2
-            elif not cond.matches(_values(relem)):
-                return None
-        out.add(relem if relem is not None else DataElement(tag, qelem.VR, None))
-    return Projection(out, unsupported)
+        items = list(qelem.value or [])
+        if len(items) > 1:
+            raise QueryError(f"{qelem.keyword}: a query sequence holds at most one item")
+        if not items or len(items[0]) == 0:
+            keys.append(_Key(tag, "SQ"))
+            continue
+        sub = compile_query(items[0])
+        has_keys = any(k.cond is not None for k in sub.keys)
+        keys.append(_Key(tag, "SQ", sub=sub, sub_has_keys=has_keys))
+    return CompiledQuery(tuple(keys))
 
 
-def _match_sequence(qelem: DataElement, relem: DataElement | None) -> tuple[DataElement, bool] | None:
-    items = list(qelem.value or [])
-    if len(items) > 1:
-        raise QueryError(f"{qelem.keyword}: a query sequence holds at most one item")
-    stored = list(relem.value) if relem is not None and relem.VR == "SQ" and relem.value else []
-    if not items or len(items[0]) == 0:  # universal: the whole stored sequence
-        return DataElement(qelem.tag, "SQ", DicomSequence(stored)), False
-    matched, unsupported = [], False
-    for ritem in stored:
-        projected = match_and_project(items[0], ritem)
-        if projected is not None:
-            matched.append(projected.dataset)
-            unsupported |= projected.unsupported
-    if not matched:
-        has_keys = any(parse_condition(e) is not None for e in items[0] if e.VR != "SQ")
-        if stored or (relem is not None and has_keys):
-            return None
-        unsupported = relem is None and has_keys
-    return DataElement(qelem.tag, "SQ", DicomSequence(matched)), unsupported
+def match_and_project(query: Dataset, record: Dataset) -> Projection | None:
+    """Match one record against one identifier (compile_query + apply)."""
+    return compile_query(query).apply(record)
 
 
 def _texts(ds: Dataset) -> Iterator[str]:
@@ -830,6 +884,7 @@ def response_charset(query_cs: list[str], record_cs: str | None, ds: Dataset) ->
 
 def find(session: Session, query: Dataset) -> Iterator[Projection]:
     """Open items matching an MWL identifier, projected to its keys."""
+    compiled = compile_query(query)  # first: a malformed identifier fails before any SQL
     clauses = sql_filter(query)
     query_cs = [str(v) for v in _values(query.get(_CHARSET))]
     rows = session.execute(
@@ -838,7 +893,7 @@ def find(session: Session, query: Dataset) -> Iterator[Projection]:
         .order_by(ScheduledStep.start_date, ScheduledStep.id)
     )
     for identifier, record_cs in rows:
-        result = match_and_project(query, decode_identifier(identifier))
+        result = compiled.apply(decode_identifier(identifier))
         if result is None:
             continue
         charset = response_charset(query_cs, record_cs, result.dataset)
@@ -1033,13 +1088,30 @@ def _request_completion(session: Session, study_uids: list[str]) -> None:
     session.execute(update(Study).where(Study.study_uid.in_(study_uids)).values(complete_requested=True))
 
 
-def event_handlers(db: Database, cfg: Config) -> list[tuple[Any, Callable[..., Any]]]:
-    """pynetdicom handlers for MWL C-FIND and MPPS; add SUPPORTED_CONTEXTS to the AE as well."""
+def disable_nagle(event: Event) -> None:
+    """TCP_NODELAY on an accepted connection (pynetdicom leaves Nagle on).
+
+    A C-FIND answer is several small PDUs in a row; with Nagle the final status waits for the
+    peer's delayed ACK of the previous match (~40 ms on Linux) on every query that finds anything.
+    DCMTK disables Nagle the same way by default.
+    """
+    transport = getattr(event.assoc.dul, "socket", None)
+    raw = getattr(transport, "socket", None)
+    if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def event_handlers(db: Database, cfg: Config) -> list[EventHandlerType]:
+    """pynetdicom handlers for MWL C-FIND and MPPS; add SUPPORTED_CONTEXTS to the AE as well.
+
+    EVT_CONN_OPEN is a notification event: it adds to the node's own handlers, replaces none.
+    """
     scp = WorklistSCP(db, cfg)
     return [
         (evt.EVT_C_FIND, scp.on_find),
         (evt.EVT_N_CREATE, scp.on_n_create),
         (evt.EVT_N_SET, scp.on_n_set),
+        (evt.EVT_CONN_OPEN, disable_nagle),
     ]
 
 
