@@ -196,6 +196,24 @@ def test_same_version_twice_is_one_sr(tmp_path: Path) -> None:
         assert s.scalar(select(func.count()).select_from(Delivery)) == 1
 
 
+def test_concurrent_writers_agree_on_one_sr(env: tuple[Any, Any]) -> None:
+    """Two workers (threads, own engines) writing the same study version race to one SR."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from msfollowup.db import Database
+
+    cfg, db = env
+    study_uid, series = make_study(cfg, db)
+    result = make_result(study_uid, series, "compliant")
+    dbs = [db, Database(cfg.storage.database_url)]
+    with ThreadPoolExecutor(2) as pool:
+        recs = list(pool.map(lambda d: write_reports(d, cfg, study_uid, 1, result), dbs))
+    assert recs[0].sr_sop_instance_uid == recs[1].sr_sop_instance_uid
+    assert dcmread(recs[0].sr_path).SOPInstanceUID == recs[0].sr_sop_instance_uid
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Report)) == 1
+
+
 def test_retry_after_crash_reuses_the_reserved_uid(env: tuple[Any, Any]) -> None:
     """A crash after the reservation but before the files: the retry writes the same SR UID."""
     cfg, db = env
