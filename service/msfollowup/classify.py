@@ -1516,8 +1516,8 @@ def _words(pattern: str) -> re.Pattern[str]:
 _DESCRIPTION_KINDS: tuple[tuple[re.Pattern[str], Kind], ...] = (
     (_words(r"<adc>|apparent diff|<dadc>|<eadc>"), "ADC"),
     (_words(r"trace|<isodwi>|<iso>"), "TRACE"),
+    (_words(r"<stir>"), "STIR"),  # before FLAIR: Siemens names STIR 't2_tirm_sag_stir'
     (_words(r"flair|dark[-_ ]?fluid|<tirm>"), "T2_FLAIR"),
-    (_words(r"<stir>"), "STIR"),
     (_words(r"<dwi|<diff|<dti>|tensor"), "DWI"),
     (_words(r"<swi|<swan>|t2\*|t2star|<hemo|<susc"), "SWI"),
     (_words(r"<pd>|<pdw|proton"), "PD"),
@@ -1639,6 +1639,11 @@ def _own_contrast(datasets: Sequence[Dataset], facts: SeriesFacts) -> tuple[Lite
     return None, "no contrast attributes"
 
 
+def _family(kind: str) -> str:
+    """Descriptions name a DWI series 'trace' and its maps 'diff': no conflict within the family."""
+    return "DIFFUSION" if kind in ("DWI", "TRACE", "ADC") else kind
+
+
 def classify_series(datasets: Sequence[Dataset]) -> SeriesClassification:
     """Classify one series from its headers (contrast from its own attributes; see classify_study)."""
     facts = summarize(datasets)
@@ -1650,7 +1655,7 @@ def classify_series(datasets: Sequence[Dataset]) -> SeriesClassification:
     if d.basis != "description" and d.kind not in ("OTHER",):
         text = f.description or f.protocol
         said = _description_kind(text) if text else None
-        if said is not None and said == d.kind:
+        if said is not None and _family(said) == _family(d.kind):
             confidence = min(0.99, confidence + 0.02)
         elif said is not None and d.kind not in ("LOCALIZER",):
             evidence["description_conflict"] = f"description suggests {said}; physics decided"
