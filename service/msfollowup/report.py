@@ -537,15 +537,19 @@ _STATUS_TEXT = {"pass": "Pass", "fail": "FAIL", "unverifiable": "Cannot verify",
 
 
 def _e(value: Any) -> str:
-    """Escaped display text; None -> a dash."""
+    """Escaped display text for a radiographer: None -> a dash, numbers short, lists joined,
+    mappings as 'key: value' lines (measured values and limits are often small objects)."""
     if value is None or value == "":
         return "&ndash;"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
-        value = f"{value:g}"
-    elif isinstance(value, (list, tuple)):
-        value = " x ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-    elif isinstance(value, Mapping):
-        value = json.dumps(value, ensure_ascii=False, default=str)
+        return html.escape(f"{value:g}")
+    if isinstance(value, (list, tuple)):
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        return (" x " if numeric and len(value) in (2, 3) else ", ").join(_e(v) for v in value) or "&ndash;"
+    if isinstance(value, Mapping):
+        return "<br>".join(f"{html.escape(str(k).replace('_', ' '))}: {_e(v)}" for k, v in value.items())
     return html.escape(str(value), quote=True)
 
 
@@ -585,7 +589,8 @@ def _person_name(value: str | None) -> str | None:
 
 def _series_rows(data: Mapping[str, Any], counted_uids: set[str]) -> str:
     rows = []
-    for s in data["series"]:
+    ordered = sorted(data["series"], key=lambda s: (s.get("series_number") is None, s.get("series_number") or 0))
+    for s in ordered:
         f = s.get("facts") or {}
         counts = s.get("series_instance_uid") in counted_uids
         evidence = s.get("evidence") or {}
