@@ -1515,9 +1515,9 @@ def _words(pattern: str) -> re.Pattern[str]:
 
 _DESCRIPTION_KINDS: tuple[tuple[re.Pattern[str], Kind], ...] = (
     (_words(r"<adc>|apparent diff|<dadc>|<eadc>"), "ADC"),
-    (_words(r"trace|<isodwi>|<iso>"), "TRACE"),
+    (_words(r"trace|<isodwi>"), "TRACE"),  # not '_iso': Siemens names isotropic voxels that way
     (_words(r"<stir>"), "STIR"),  # before FLAIR: Siemens names STIR 't2_tirm_sag_stir'
-    (_words(r"flair|dark[-_ ]?fluid|<tirm>"), "T2_FLAIR"),
+    (_words(r"flair|dark[-_ ]?fluid|<da-?fl>|<tirm>"), "T2_FLAIR"),
     (_words(r"<dwi|<diff|<dti>|tensor"), "DWI"),
     (_words(r"<swi|<swan>|t2\*|t2star|<hemo|<susc"), "SWI"),
     (_words(r"<pd>|<pdw|proton"), "PD"),
