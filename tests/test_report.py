@@ -398,7 +398,9 @@ def test_build_html_marks_informational_items() -> None:
         "result": {"study_instance_uid": "1.2.3", "profile": {"id": "p", "version": "1"}, "verdict": "unverifiable",
                    "series": [], "reference_study_uid": None, "checked_at": None,
                    "requirements": [{"id": "exam_length", "status": "fail", "informational": True, "series": [],
-                                     "message": "The exam took 41 minutes.", "measured": 41, "limit": [20, 25]}]},
+                                     "message": "The exam took 41 minutes.", "measured": {"minutes": 41.0},
+                                     "limit": {"expected_min_minutes": 20, "<b>": ["T2_FLAIR", "PD"]}}]},
     }
     page = build_html(doc)
     assert "CANNOT BE VERIFIED" in page and 'class="st-info"' in page and "0 of 0 requirements" in page
+    assert "minutes: 41<" in page and "expected min minutes: 20" in page and "&lt;b&gt;: T2_FLAIR, PD" in page
