@@ -60,6 +60,7 @@ class RunningNode:
         self.port = port or free_port()
         self.ae_title = "MSFOLLOWUP"
         self.data_dir = tmp / "var"
+        tmp.mkdir(parents=True, exist_ok=True)
         merged: dict[str, dict[str, Any]] = {
             "node": {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port, "shutdown_grace_seconds": 5},
             "storage": {"data_dir": str(self.data_dir)},

@@ -236,8 +236,18 @@ class InstanceStore:
         self._index(ds, rel, final.stat().st_size, calling_ae, only_if_missing=False)
         return IngestResult(outcome, study, series, sop, final)
 
+    def _make_dirs(self, series_dir: Path) -> None:
+        """Create study/series folders; a new folder's parent is fsync'd so the folder survives a crash."""
+        for folder in (series_dir.parent, series_dir):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            if self.fsync:
+                _fsync_path(folder.parent, directory=True)
+
     def _link(self, temp_path: Path, final: Path) -> Outcome:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(final.parent)
         try:
             os.link(temp_path, final)
         except FileExistsError:
@@ -255,9 +265,7 @@ class InstanceStore:
                 _fsync_path(final.parent, directory=True)
             return Outcome.REPLACED
         if self.fsync:
-            _fsync_path(final.parent, directory=True)
-            _fsync_path(final.parent.parent, directory=True)
-            _fsync_path(final.parent.parent.parent, directory=True)
+            _fsync_path(final.parent, directory=True)  # the new name itself
         return Outcome.STORED
 
     def _index(self, ds: Dataset, rel: str, size: int, calling_ae: str | None, only_if_missing: bool) -> None:
