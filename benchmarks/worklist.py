@@ -28,7 +28,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -41,20 +40,14 @@ from sqlalchemy import insert
 from msfollowup import worklist
 from msfollowup.config import Config
 from msfollowup.db import Database, utcnow
+from msfollowup.profiles import get_profile
 from msfollowup.worklist import Demographics, ScheduledStep
 
 STATIONS = 10
 DAYS = 730
 FIRST_DAY = dt.date(2026, 1, 1)
 TARGET_P95_MS = 50.0
-
-
-class _Profile:
-    id = "ms-brain-routine"
-    version = "1.0.0"
-    title = "MS brain, routine follow-up"
-    needs_contrast = True
-    loinc = [{"code": "24587-8", "meaning": "MR Brain WO and W contrast IV"}]
+PROFILE_ID = "ms-brain-routine"
 
 
 # Fixed-width values and same-width placeholders: the encoded template stays byte-exact after replace.
@@ -71,7 +64,7 @@ def _template() -> bytes:
     ph = {k: _placeholder(k).decode() for k in FIELDS}
     ds = worklist.build_identifier(
         demographics=Demographics(ph["pid"], ph["name"], "19800101", "F", "ISO_IR 192"),
-        profile=_Profile(),
+        profile=get_profile(PROFILE_ID),
         study_uid=ph["uid"],
         accession=ph["acc"],
         requested_procedure_id=ph["acc"],
@@ -102,7 +95,7 @@ def populate(db: Database, items: int) -> None:
             ident = ident.replace(_placeholder(key), value.encode())
         rows.append(
             dict(
-                open_key=f"{values['pid']}|brain", purpose="brain", profile_id=_Profile.id, profile_version="1.0.0",
+                open_key=f"{values['pid']}|brain", purpose="brain", profile_id=PROFILE_ID, profile_version="1.0.0",
                 recall=False, earliest=day, target=day, latest=day + dt.timedelta(days=60), study_uid=values["uid"],
                 accession_number=values["acc"], requested_procedure_id=values["acc"], sps_id=values["sps"],
                 station_ae=values["ae"], modality="MR", start_date=values["date"],
@@ -214,7 +207,7 @@ def baseline(queries: int) -> float:
     scu = AE(ae_title="MRSCANNER0")
     scu.add_requested_context(ModalityWorklistInformationFind)
     assoc = scu.associate("127.0.0.1", int(server.server_address[1]), ae_title="EMPTY")
-    worklist.disable_nagle(SimpleNamespace(assoc=assoc))  # type: ignore[arg-type]
+    worklist.tcp_nodelay(assoc)
     try:
         times = []
         for _ in range(queries):
@@ -249,7 +242,7 @@ def main() -> int:
         scu = AE(ae_title="MRSCANNER0")
         scu.add_requested_context(ModalityWorklistInformationFind)
         assoc = scu.associate("127.0.0.1", int(server.server_address[1]), ae_title="MSFOLLOWUP")
-        worklist.disable_nagle(SimpleNamespace(assoc=assoc))  # type: ignore[arg-type]  # as DCMTK SCUs do
+        worklist.tcp_nodelay(assoc)  # as DCMTK SCUs do
         try:
             timed(assoc, clock, lambda: station_query(rng), 5)  # warm-up: caches, first connection
             ok = report("station", *timed(assoc, clock, lambda: station_query(rng), args.queries))

@@ -20,14 +20,6 @@ from msfollowup.store import Study
 from msfollowup.worklist import Demographics, PerformedStep, ScheduledStep
 
 
-class _Profile:
-    id = "ms-brain-routine"
-    version = "1.0.0"
-    title = "MS brain, routine follow-up"
-    needs_contrast = True
-    loinc = [{"code": "24587-8", "meaning": "MR Brain WO and W contrast IV"}]
-
-
 class _Due:
     def __init__(self, patient_id: str) -> None:
         self.patient_id, self.purpose, self.profile_id = patient_id, "brain", "ms-brain-routine"
@@ -53,7 +45,7 @@ def step(db: Database, cfg: Config) -> ScheduledStep:
     with db.session() as s:
         return worklist.schedule_due(
             s, _Due("P1"), Demographics("P1", "Müller^Zoë", "19800101", "F", "ISO_IR 192"), cfg,
-            profile=_Profile(), today=dt.date(2026, 11, 1),
+            today=dt.date(2026, 11, 1),  # profile: the shipped ms-brain-routine
         )
 
 
@@ -63,6 +55,7 @@ def assoc(db: Database, cfg: Config) -> Iterator[Association]:
     for uid in worklist.SUPPORTED_CONTEXTS:
         scp.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=worklist.event_handlers(db, cfg))
+    assert server is not None
     scu = AE(ae_title="MRSCANNER1")
     scu.add_requested_context(ModalityPerformedProcedureStep)
     association = scu.associate("127.0.0.1", int(server.server_address[1]), ae_title="MSFOLLOWUP")

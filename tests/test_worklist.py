@@ -9,11 +9,9 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,9 +25,9 @@ from sqlalchemy.exc import IntegrityError
 from msfollowup import worklist
 from msfollowup.config import Config, WorklistConfig
 from msfollowup.db import Database, utcnow
+from msfollowup.profiles import Profile, get_profile
 from msfollowup.worklist import Demographics, QueryError, ScheduledStep
 
-PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
 TODAY = dt.date(2026, 11, 1)
 FINDSCU = "/usr/bin/findscu"
 
@@ -51,16 +49,8 @@ class Due:
     based_on_study: str | None = None
 
 
-def profile(profile_id: str) -> Any:
-    """The shipped protocol profile, read from its TOML file."""
-    data = tomllib.loads((PROTOCOLS / f"{profile_id}.toml").read_text("utf-8"))
-    return SimpleNamespace(
-        id=data["id"],
-        version=data["version"],
-        title=data["title"],
-        needs_contrast=data.get("needs_contrast", False),
-        loinc=data.get("loinc", []),
-    )
+def profile(profile_id: str) -> Profile:
+    return get_profile(profile_id)  # the shipped protocol profile
 
 
 def due(patient_id: str, target: dt.date, purpose: str = "brain", profile_id: str = "ms-brain-routine") -> Due:
@@ -95,6 +85,7 @@ def mwl_port(db: Database, cfg: Config) -> Iterator[int]:
     for uid in worklist.SUPPORTED_CONTEXTS:
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=worklist.event_handlers(db, cfg))
+    assert server is not None
     yield int(server.server_address[1])
     server.shutdown()
 
@@ -415,8 +406,8 @@ def test_export_follows_commits_and_wlmscpfs_serves_it(tmp_path: Path, db: Datab
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.05)
         query = _q(tmp_path, "q", charset="ISO_IR 100", station="MRSCANNER1", date="20261101-20261130", encoding="latin-1")

@@ -40,6 +40,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import N_CREATE, N_SET
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -53,6 +54,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SQLColumnExpression,
     String,
     Text,
     UniqueConstraint,
@@ -67,6 +69,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Mapped, Session, mapped_column
 
 from msfollowup.config import Config
 from msfollowup.db import Base, Database, UTCDateTime, utcnow
+from msfollowup.profiles import get_profile
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,18 @@ class DemographicsLike(Protocol):
     def specific_character_set(self) -> str | None: ...
 
 
+class LoincLike(Protocol):
+    @property
+    def code(self) -> str: ...
+    @property
+    def meaning(self) -> str: ...
+
+
 class ProfileLike(Protocol):
+    """What schedule_due reads of a profiles.Profile."""
+
+    @property
+    def loinc(self) -> Sequence[LoincLike]: ...
     @property
     def id(self) -> str: ...
     @property
@@ -300,34 +314,8 @@ def name_key(folded: str) -> str:
     return folded[:NAME_KEY_CHARS].encode("utf-8").hex()
 
 
-def _load_profile(cfg: Config, profile_id: str) -> ProfileLike:
-    """The profile from profiles.py (imported late: it is optional for the rest of this module)."""
-    from msfollowup import profiles  # noqa: PLC0415
-
-    loader: Callable[..., Any] | None = getattr(profiles, "get_profile", None) or getattr(
-        profiles, "load_profile", None
-    )
-    if loader is None:
-        raise WorklistError("profiles module offers no profile lookup")
-    try:
-        return loader(profile_id, cfg.validation.protocols_dir)  # type: ignore[no-any-return]
-    except TypeError:
-        return loader(profile_id)  # type: ignore[no-any-return]
-
-
-def _loinc_codes(profile: object) -> list[Code]:
-    """LOINC codes of a profile: a list of {code, meaning} (TOML [[loinc]]) or a single one."""
-    raw = getattr(profile, "loinc", None)
-    if raw is None:
-        return []
-    items = raw if isinstance(raw, (list, tuple)) else [raw]
-    codes = []
-    for item in items:
-        get = item.get if isinstance(item, dict) else lambda k, i=item: getattr(i, k, None)
-        code, meaning = get("code"), get("meaning")
-        if code:
-            codes.append(Code(str(code), LOINC_SCHEME, str(meaning or code)))
-    return codes
+def _loinc_codes(profile: ProfileLike) -> list[Code]:
+    return [Code(item.code, LOINC_SCHEME, item.meaning) for item in profile.loinc]
 
 
 def _new_ids(session: Session, today: dt.date) -> tuple[str, str, str]:
@@ -437,7 +425,7 @@ def schedule_due(
         raise WorklistError("due exam without patient id")
     if due.purpose not in ("brain", "spine"):
         raise WorklistError(f"unknown purpose {due.purpose!r}")
-    profile = profile or _load_profile(cfg, due.profile_id)
+    profile = profile or get_profile(due.profile_id, cfg.validation.protocols_dir)
     today = today or dt.date.today()
     key = f"{due.patient_id}|{due.purpose}"
     current = session.scalar(select(ScheduledStep).where(ScheduledStep.open_key == key))
@@ -560,8 +548,11 @@ def open_items(session: Session) -> list[ScheduledStep]:
     return list(session.scalars(_open_steps().order_by(ScheduledStep.start_date, ScheduledStep.id)))
 
 
-def mpps_completed(study_uid: Any) -> ColumnElement[bool]:
-    """SQL condition: an MPPS COMPLETED names this study (a UID or a correlated column)."""
+def mpps_completed(study_uid: SQLColumnExpression[str] | str) -> ColumnElement[bool]:
+    """SQL EXISTS: a modality reported (MPPS COMPLETED) that this study is finished.
+
+    Takes a column (correlated, e.g. `Study.study_uid` in the completion sweep) or a UID.
+    """
     return exists().where(
         PerformedStepStudy.study_uid == study_uid,
         PerformedStepStudy.mpps_uid == PerformedStep.sop_instance_uid,
@@ -1088,17 +1079,21 @@ def _request_completion(session: Session, study_uids: list[str]) -> None:
     session.execute(update(Study).where(Study.study_uid.in_(study_uids)).values(complete_requested=True))
 
 
-def disable_nagle(event: Event) -> None:
-    """TCP_NODELAY on an accepted connection (pynetdicom leaves Nagle on).
+def tcp_nodelay(assoc: Association) -> None:
+    """Switch Nagle off on an association's TCP socket (pynetdicom leaves it on).
 
     A C-FIND answer is several small PDUs in a row; with Nagle the final status waits for the
     peer's delayed ACK of the previous match (~40 ms on Linux) on every query that finds anything.
     DCMTK disables Nagle the same way by default.
     """
-    transport = getattr(event.assoc.dul, "socket", None)
+    transport = getattr(assoc.dul, "socket", None)
     raw = getattr(transport, "socket", None)
     if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def disable_nagle(event: Event) -> None:
+    tcp_nodelay(event.assoc)
 
 
 def event_handlers(db: Database, cfg: Config) -> list[EventHandlerType]:
