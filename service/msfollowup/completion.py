@@ -12,7 +12,9 @@ import logging
 import threading
 from collections.abc import Callable
 
-from sqlalchemy import and_, or_, select, update
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, and_, or_, select, update
 
 from msfollowup.db import Database, utcnow
 from msfollowup.store import Study, StudyState
@@ -28,7 +30,7 @@ def request_completion(db: Database, study_uid: str) -> bool:
             .where(Study.study_uid == study_uid, Study.state == StudyState.RECEIVING.value)
             .values(complete_requested=True)
         )
-        return bool(res.rowcount)
+        return bool(cast(CursorResult[Any], res).rowcount)
 
 
 def complete_due(db: Database, stable_seconds: float, now: dt.datetime | None = None) -> list[tuple[str, int]]:
@@ -63,7 +65,7 @@ def complete_due(db: Database, stable_seconds: float, now: dt.datetime | None = 
                 )
                 .values(state=StudyState.COMPLETE.value, version=version + 1, completed_at=now, complete_requested=False)
             )
-        if res.rowcount == 1:
+        if cast(CursorResult[Any], res).rowcount == 1:
             done.append((study_uid, version + 1))
     return done
 

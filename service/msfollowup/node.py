@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
-from pynetdicom.events import Event
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -36,7 +37,7 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DUPLICATE_WARNING = 0xB006  # "Elements discarded": the new copy was discarded, the first kept
 STATUS_PROCESSING_FAILURE = 0xC000
 
-ExtraHandlers = list[tuple[Any, Callable[..., Any]]]
+ExtraHandlers = list[EventHandlerType]
 
 _UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2"]
 _DEFLATED = ["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"]
@@ -126,7 +127,8 @@ class Node:
         ae.require_called_aet = False
         ae.add_supported_context(Verification, _UNCOMPRESSED)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+            if cx.abstract_syntax is not None:
+                ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         for uid in extra_contexts:
             ae.add_supported_context(uid, _UNCOMPRESSED)
         return ae
@@ -176,6 +178,7 @@ class Node:
     def _on_requested(self, event: Event) -> None:
         assoc = event.assoc
         rq = assoc.requestor.primitive
+        assert rq is not None  # EVT_REQUESTED fires after the A-ASSOCIATE-RQ was read
         calling = str(rq.calling_ae_title).strip()
         called = str(rq.called_ae_title).strip()
         host = str(assoc.requestor.address)
@@ -229,7 +232,7 @@ class Node:
         try:
             temp = Path(event.dataset_path)
             result = self.store.ingest_file(
-                temp, calling_ae=calling, expected_sop=str(event.request.AffectedSOPInstanceUID)
+                temp, calling_ae=calling, expected_sop=str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
             )
         except IngestError as exc:
             self._count(event, "failed")
