@@ -180,7 +180,12 @@ _KEEP_KEYWORDS = (
     "PixelSpacing", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
     "ContrastBolusUsageSequence", "VolumeBasedCalculationTechnique", "SourceImageEvidenceSequence",
     "SourceImageSequence",
+    # not used by the rules, kept for callers that identify or place the instances
+    "AccessionNumber", "StudyDescription", "StudyID", "PatientBirthDate", "PatientSex", "InstitutionName",
+    "SoftwareVersions", "Rows", "Columns", "ImagePositionPatient", "SliceLocation", "FrameOfReferenceUID",
+    "AcquisitionNumber", "EchoNumbers", "ImageComments",
 )
+HEADER_KEYWORDS: tuple[str, ...] = _KEEP_KEYWORDS  # what read_header(s) keeps (plus the private tags below)
 
 
 def _tag_for(keyword: str) -> int:
@@ -512,6 +517,12 @@ def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[Dataset]], list[
 
     Returns (series_uid -> datasets, unreadable DICOM files as messages, count of non-DICOM files skipped).
     Directories are walked. Messages name the file and the problem, never a patient attribute.
+
+    The datasets hold the attributes of HEADER_KEYWORDS (and a few vendor private tags), not the whole
+    header: re-read a file with pydicom for anything else. For enhanced files the per-frame sequence
+    is kept raw (parsed only if accessed); the reader also leaves `_msf_first_frame` (first item,
+    parsed), `_msf_frame_b` (every DiffusionBValue of every frame) and `_msf_frame_contrast`
+    (ContrastBolusAgentAdministered values) on the dataset, which the classifier uses instead.
     """
     groups: dict[str, list[Dataset]] = {}
     problems: list[str] = []
