@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
@@ -489,6 +491,28 @@ def test_raw_dataset_without_preamble_is_read(tmp_path: Path) -> None:
     groups, problems, skipped = read_headers([path])
     assert (problems, skipped) == ([], 0)
     assert classify_series(groups[ds.SeriesInstanceUID]).kind == "T2"
+
+
+def test_a_file_cut_anywhere_is_read_or_reported_never_raises(tmp_path: Path) -> None:
+    whole = save(mr(**T2_SE), tmp_path / "whole.dcm").read_bytes()
+    cut_dir = tmp_path / "cut"
+    cut_dir.mkdir()
+    for n in range(0, len(whole), 7):
+        (cut_dir / f"{n:05d}.dcm").write_bytes(whole[:n])
+    groups, problems, skipped = read_headers([cut_dir])
+    files = len(list(cut_dir.iterdir()))
+    read = sum(len(v) for v in groups.values())
+    assert read + len(problems) + skipped == files
+    assert skipped >= 1 and problems  # shorter than the preamble: not DICOM; cut after it: damaged
+
+
+@given(st.binary(min_size=0, max_size=400))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_garbage_after_the_preamble_never_raises(tmp_path: Path, tail: bytes) -> None:
+    path = tmp_path / "garbage.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM" + tail)
+    groups, problems, skipped = read_headers([path])
+    assert sum(len(v) for v in groups.values()) + len(problems) + skipped == 1
 
 
 @pytest.mark.parametrize("ts", [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian],

@@ -7,6 +7,7 @@ described in shared/realdata/README.md.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ def test_label(row: dict[str, str]) -> None:
                 assert c.counts, where
         assert 0 < c.confidence <= 1, where
         assert c.evidence.get("rule"), where
+        assert json.loads(json.dumps(c.to_json()))["kind"] == c.kind
 
 
 def _number(text: str) -> float | None:
