@@ -1097,7 +1097,13 @@ def _vendor_names(first: Dataset, frame_type: Dataset | None, manufacturer: str,
                                         _private_str(first, 0x0019, 0x9E, ("GEMS_ACQU_01",))))).lower()
     if "PHILIPS" in manufacturer:
         philips_tech = (_private_str(first, 0x2001, 0x20, ("PHILIPS IMAGING DD 001",)) or "").upper()
+    if not philips_tech and pulse and (not manufacturer or "PHILIPS" in manufacturer) \
+            and _PHILIPS_TECHNIQUES.match(pulse.upper()):
+        philips_tech = pulse.upper()  # enhanced Philips: PulseSequenceName carries the scan technique
     return seq_name, ge_psd, philips_tech
+
+
+_PHILIPS_TECHNIQUES = re.compile(r"(T1|T2|PD)?(TFE|FFE|TSE|SE|IR|DWISE|DWI|SWIP|GRASE|FEEPI|SEEPI|IR_TSE)\b")
 
 
 _EPI_NAMES = re.compile(r"(^|\s)(ep_|ep2d|epse|epfid|epi)|_epi")
