@@ -7,6 +7,8 @@ a failure status, but we map the failures we understand to precise statuses ours
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import ssl
 import tempfile
 import threading
@@ -17,11 +19,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, dimse_messages, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import OperationalError
 
 from msfollowup.config import Config
 from msfollowup.store import IngestError, InstanceStore, Outcome
@@ -82,6 +85,80 @@ def _status(code: int, comment: str | None = None) -> Dataset:
     return ds
 
 
+def _disable_nagle(event: Event) -> None:
+    """Switch Nagle off on every association's socket (pynetdicom leaves it on).
+
+    A response is several small writes in a row; with Nagle the last one waits for the peer's delayed
+    ACK (~40 ms on Linux): every C-STORE and C-FIND answer would pay it. DCMTK disables Nagle too.
+    """
+    transport = getattr(event.assoc.dul, "socket", None)
+    raw = getattr(transport, "socket", None)
+    if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class SpoolFile:
+    """The file pynetdicom streams a received data set into: in the store's tmp/, and ENOSPC-proof.
+
+    pynetdicom writes from its network thread; an OSError there aborts the association, the sender
+    gets no status and the partial file stays behind. This file instead records the first error, gives
+    the space back (truncate to 0) and drops the rest of the data set, so the C-STORE handler can answer
+    Out of Resources. Unbuffered: pynetdicom flushes after every fragment anyway.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.error: OSError | None = None
+        self._fd: int | None = None
+        self.name = str(folder / "unavailable.part")
+        try:
+            self._fd, self.name = tempfile.mkstemp(dir=folder, suffix=".part")
+        except OSError as exc:  # no inode / no descriptor left: same answer as a full disk
+            self.error = exc
+        self.file = self  # pynetdicom calls `.file.flush()`
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while self.error is None and view:
+            try:
+                assert self._fd is not None
+                view = view[os.write(self._fd, view):]
+            except OSError as exc:
+                self._fail(exc)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = exc
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Close and remove: the data set never arrived completely."""
+        self.error = self.error or OSError("discarded")
+        self.close()
+        try:
+            os.unlink(self.name)
+        except FileNotFoundError:
+            pass
+
+
+def _spool_factory(folder: Path) -> Callable[..., SpoolFile]:
+    def make(*_args: Any, **_kwargs: Any) -> SpoolFile:  # NamedTemporaryFile's signature, arguments unused
+        return SpoolFile(folder)
+
+    return make
+
+
 class Node:
     """One AE serving the configured address; `start()` returns once it is listening."""
 
@@ -98,11 +175,14 @@ class Node:
         # pynetdicom names its chunk file with tempfile's default folder; point that at the store's
         # tmp/ so the finished file can be hard-linked into place (same filesystem, no copy).
         tempfile.tempdir = str(store.tmp)
+        # ... and write into a SpoolFile there (pynetdicom only offers this as a module global).
+        dimse_messages.NamedTemporaryFile = _spool_factory(store.tmp)  # type: ignore[attr-defined]
         self.on_instance = on_instance
         self._stats: dict[int, _AssocStats] = {}
         self._lock = threading.Lock()
         self.ae = self._build_ae(extra_contexts or [])
         self.handlers: ExtraHandlers = [
+            (evt.EVT_CONN_OPEN, _disable_nagle),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, self._on_finished),
@@ -202,6 +282,10 @@ class Node:
             )
 
     def _on_finished(self, event: Event) -> None:
+        # A data set cut off by an abort or a closed socket: its partial temp file goes now.
+        partial = getattr(getattr(event.assoc.dimse, "message", None), "_data_set_file", None)
+        if isinstance(partial, SpoolFile):
+            partial.discard()
         with self._lock:
             st = self._stats.pop(id(event.assoc), None)
         if st is None:
@@ -229,6 +313,11 @@ class Node:
 
     def _on_store(self, event: Event) -> Dataset | int:
         calling = str(event.assoc.requestor.ae_title).strip()
+        spool = getattr(event.request, "_dataset_file", None)
+        if isinstance(spool, SpoolFile) and spool.error is not None:
+            self._count(event, "failed")
+            log.error("C-STORE out of resources while receiving calling_ae=%s error=%s", calling, spool.error.strerror)
+            return _status(STATUS_OUT_OF_RESOURCES, f"cannot store: {spool.error.strerror}")
         try:
             temp = Path(event.dataset_path)
             result = self.store.ingest_file(
@@ -242,7 +331,11 @@ class Node:
             self._count(event, "failed")
             log.error("C-STORE out of resources calling_ae=%s error=%s", calling, exc.strerror)
             return _status(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc.strerror}")
-        except Exception as exc:  # noqa: BLE001 - the database or a bug: never acknowledge
+        except OperationalError as exc:  # index locked, full or unreachable: transient, the sender may retry
+            self._count(event, "failed")
+            log.error("C-STORE index unavailable calling_ae=%s error=%s", calling, str(exc.orig).partition("\n")[0][:200])
+            return _status(STATUS_OUT_OF_RESOURCES, "index database unavailable")
+        except Exception as exc:  # noqa: BLE001 - a bug: never acknowledge
             self._count(event, "failed")
             log.exception("C-STORE processing failure calling_ae=%s", calling)
             return _status(STATUS_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")

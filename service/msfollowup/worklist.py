@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import secrets
-import socket
 from io import BytesIO
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,7 +39,6 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import evt
-from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import N_CREATE, N_SET
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -1079,34 +1077,13 @@ def _request_completion(session: Session, study_uids: list[str]) -> None:
     session.execute(update(Study).where(Study.study_uid.in_(study_uids)).values(complete_requested=True))
 
 
-def tcp_nodelay(assoc: Association) -> None:
-    """Switch Nagle off on an association's TCP socket (pynetdicom leaves it on).
-
-    A C-FIND answer is several small PDUs in a row; with Nagle the final status waits for the
-    peer's delayed ACK of the previous match (~40 ms on Linux) on every query that finds anything.
-    DCMTK disables Nagle the same way by default.
-    """
-    transport = getattr(assoc.dul, "socket", None)
-    raw = getattr(transport, "socket", None)
-    if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def disable_nagle(event: Event) -> None:
-    tcp_nodelay(event.assoc)
-
-
 def event_handlers(db: Database, cfg: Config) -> list[EventHandlerType]:
-    """pynetdicom handlers for MWL C-FIND and MPPS; add SUPPORTED_CONTEXTS to the AE as well.
-
-    EVT_CONN_OPEN is a notification event: it adds to the node's own handlers, replaces none.
-    """
+    """pynetdicom handlers for MWL C-FIND and MPPS; add SUPPORTED_CONTEXTS to the AE as well."""
     scp = WorklistSCP(db, cfg)
     return [
         (evt.EVT_C_FIND, scp.on_find),
         (evt.EVT_N_CREATE, scp.on_n_create),
         (evt.EVT_N_SET, scp.on_n_set),
-        (evt.EVT_CONN_OPEN, disable_nagle),
     ]
 
 
