@@ -452,6 +452,7 @@ def test_summarize_facts() -> None:
     assert f.sop_instance_uids == tuple(ds.SOPInstanceUID for ds in datasets)
     with pytest.raises(ValueError, match="at least one dataset"):
         summarize([])
+    assert summarize(series(MagneticFieldStrength="15000")).field_strength_t == 1.5  # gauss, old GE
 
 
 def test_to_json_is_serialisable_and_leaves_out_the_patient() -> None:

@@ -899,6 +899,8 @@ def _field_strength(first: Dataset) -> tuple[float | None, float | None, bool]:
     """(tesla as written, imaging frequency MHz, computed from frequency?). 1.494 stays 1.494: rounding
     to a nominal field is the validator's business."""
     field_t = _float(first, "MagneticFieldStrength")
+    if field_t is not None and field_t > 100:  # old GE software writes gauss (15000 = 1.5 T)
+        field_t = field_t / 10000
     freq = _float(first, "ImagingFrequency")
     if freq is None:
         freq = _float(_group(first, "MRImagingModifierSequence"), "TransmitterFrequency")
@@ -1411,7 +1413,7 @@ def _rule_inversion(f: _Features) -> _Decision | None:
         return None
     if f.inversions >= 2 and not _is_gre(f):  # DIR nulls fluid and white matter: not a FLAIR
         return _Decision("OTHER", "double inversion recovery (two inversion times)", 0.85, "physics",
-                         _physics_ev(f, InversionTimes=f.inversions))
+                         _physics_ev(f, inversion_count=f.inversions))
     te, ti = f.te, f.ti
     gre = _is_gre(f)
     if gre or (te is not None and te < 10) or (f.flip is not None and f.flip <= 20):
