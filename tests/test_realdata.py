@@ -38,6 +38,8 @@ LABELS: dict[str, tuple[str | None, str | None, str | None]] = {
 
 
 def _classified(row: dict[str, str]) -> list[SeriesClassification]:
+    # local_dir is what is on disk: the pCASL row's source is a .dcm.gz upstream, but its folder holds
+    # the decompressed .dcm, so every folder is read as plain DICOM and every copied file must count.
     folder = REALDATA / row["local_dir"]
     assert folder.is_dir(), f"{row['local_dir']} listed in MANIFEST.tsv but missing on disk"
     groups, problems, skipped = read_headers([folder])
