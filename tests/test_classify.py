@@ -19,6 +19,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     generate_uid,
@@ -71,7 +72,8 @@ def series(n: int = 3, **attrs: Any) -> list[Dataset]:
 def save(ds: Dataset, path: Path, ts: str = ExplicitVRLittleEndian) -> Path:
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = UID(ts)
-    ds.save_as(path, implicit_vr=ts == ImplicitVRLittleEndian, little_endian=True, enforce_file_format=True)
+    ds.save_as(path, implicit_vr=ts == ImplicitVRLittleEndian, little_endian=ts != ExplicitVRBigEndian,
+               enforce_file_format=True)
     return path
 
 
@@ -516,8 +518,8 @@ def test_garbage_after_the_preamble_never_raises(tmp_path: Path, tail: bytes) ->
     assert sum(len(v) for v in groups.values()) + len(problems) + skipped == 1
 
 
-@pytest.mark.parametrize("ts", [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian],
-                         ids=["implicit", "deflated"])
+@pytest.mark.parametrize("ts", [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian],
+                         ids=["implicit", "deflated", "big-endian"])
 def test_other_transfer_syntaxes_read_the_same(tmp_path: Path, ts: str) -> None:
     ds = mr(**MPRAGE)
     ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "IS", "0")
