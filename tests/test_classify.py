@@ -128,9 +128,9 @@ def test_physics(attrs: dict[str, Any], kind: str) -> None:
 
 def test_philips_b0_on_a_turbo_spin_echo_is_not_dwi() -> None:
     def philips_tse() -> Dataset:
-        ds = mr(series=uid, Manufacturer="Philips Medical Systems", ImageType=["ORIGINAL", "PRIMARY", "M_SE", "M", "SE"],
-                ScanningSequence="SE", SequenceVariant="SK", RepetitionTime="4000", EchoTime="100",
-                DiffusionBValue=0.0)
+        ds = mr(series=uid, Manufacturer="Philips Medical Systems",
+                ImageType=["ORIGINAL", "PRIMARY", "M_SE", "M", "SE"], ScanningSequence="SE", SequenceVariant="SK",
+                RepetitionTime="4000", EchoTime="100", DiffusionBValue=0.0)
         blk = ds.private_block(0x2001, "Philips Imaging DD 001", create=True)
         blk.add_new(0x03, "FL", 0.0)
         blk.add_new(0x20, "LO", "TSE")
