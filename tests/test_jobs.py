@@ -1,0 +1,90 @@
+"""Periodic jobs: persistent APScheduler store in the index database, retention keeps reports,
+worklist expiry. In-process Service (no network) on a real SQLite file and real files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text, update
+
+from dicom_fixtures import generate_study
+from msfollowup import jobs
+from msfollowup.completion import complete_due
+from msfollowup.config import Config
+from msfollowup.report import Report
+from msfollowup.service import Service
+from msfollowup.store import Instance, Study
+from msfollowup.worklist import ScheduledStep, open_items
+
+
+def _ingest(service: Service, files: list[Path]) -> None:
+    """What the node does for each received file: a temp copy in tmp/, then ingest."""
+    for f in files:
+        tmp = service.store.tmp / f"{f.name}.part"
+        shutil.copyfile(f, tmp)
+        service.store.ingest_file(tmp)
+        tmp.unlink()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    cfg = Config.model_validate({
+        "storage": {"data_dir": str(tmp_path / "var")},
+        "scheduler": {"retention_days": 30},
+        "completion": {"stable_seconds": 0},
+    })
+    svc = Service(cfg)
+    yield svc
+    jobs.bind(None)
+    svc.db.dispose()
+
+
+def test_scheduler_keeps_its_jobs_in_the_index_database(service: Service) -> None:
+    scheduler = jobs.start_scheduler(service)
+    try:
+        assert {j.id for j in scheduler.get_jobs()} == {"overdue", "worklist", "retention"}
+    finally:
+        scheduler.shutdown(wait=False)
+    with service.db.session() as s:
+        stored = set(s.execute(text("SELECT id FROM scheduler_jobs")).scalars())
+    assert stored == {"overdue", "worklist", "retention"}
+
+
+def test_retention_removes_old_instances_but_keeps_reports(service: Service, tmp_path: Path) -> None:
+    old = generate_study(tmp_path / "old", slices=2, seed=31, patient_id="RET1")
+    new = generate_study(tmp_path / "new", slices=2, seed=32, patient_id="RET2")
+    _ingest(service, old.files + new.files)
+    assert len(complete_due(service.db, 0)) == 2
+    service.pipeline.run_pending()  # checks, reports, worklist
+    with service.db.session() as s:
+        s.execute(update(Study).where(Study.study_uid == old.study_uid)
+                  .values(last_received=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=31)))
+    jobs.bind(service)
+    removed = jobs.retention_job()
+    assert removed == len(old.files)
+    assert not (service.store.root / old.study_uid).exists()
+    assert (service.store.root / new.study_uid).is_dir()
+    with service.db.session() as s:
+        assert s.scalar(select(Instance).where(Instance.study_uid == old.study_uid).limit(1)) is None
+        report = s.scalars(select(Report).where(Report.study_uid == old.study_uid)).one()
+    assert (service.cfg.storage.data_dir / report.sr_path).is_file()
+    assert jobs.retention_job() == 0  # nothing left to remove
+
+
+def test_worklist_job_expires_items_whose_window_ended_long_ago(service: Service, tmp_path: Path) -> None:
+    study = generate_study(tmp_path / "s", slices=2, seed=33, patient_id="EXP1")
+    _ingest(service, study.files)
+    complete_due(service.db, 0)
+    service.pipeline.run_pending()
+    with service.db.session() as s:
+        (item,) = open_items(s)
+        s.execute(update(ScheduledStep).where(ScheduledStep.id == item.id)
+                  .values(latest=dt.date.today() - dt.timedelta(days=service.cfg.worklist.expire_days + 1)))
+    jobs.bind(service)
+    assert jobs.worklist_job() == 1
+    with service.db.session() as s:
+        assert open_items(s) == []
