@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -12,11 +12,12 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
+from sqlalchemy import select
 
 from msfollowup import worklist
 from msfollowup.config import Config, WorklistConfig
 from msfollowup.db import Database, utcnow
-from msfollowup.store import Study
+from msfollowup.store import Instance, Series, Study
 from msfollowup.worklist import Demographics, PerformedStep, ScheduledStep
 
 
@@ -185,3 +186,47 @@ def test_scp_assigns_the_instance_uid_when_the_modality_does_not(db: Database, s
         (pps,) = s.query(PerformedStep).all()
         assert pps.sop_instance_uid.startswith("1.2.826.0.1.3680043.8.498.")
         assert pps.step_id == step.id
+
+
+def _index_instances(db: Database, study_uid: str, series_uid: str, sops: Sequence[str]) -> None:
+    """Rows as the store writes them when instances arrive (the files themselves do not matter here)."""
+    with db.session() as s:
+        if s.get(Study, study_uid) is None:
+            s.add(Study(study_uid=study_uid, first_received=utcnow(), last_received=utcnow()))
+            s.flush()
+            s.add(Series(series_uid=series_uid, study_uid=study_uid, first_received=utcnow()))
+            s.flush()
+        for sop in sops:
+            s.add(Instance(sop_instance_uid=sop, series_uid=series_uid, study_uid=study_uid, sop_class_uid="1.2",
+                           transfer_syntax_uid="1.2.840.10008.1.2.1", path=sop, size=1,
+                           received_at=utcnow()))
+
+
+def test_mpps_before_images_waits_for_every_listed_instance(db: Database, step: ScheduledStep, assoc: Association) -> None:
+    series_uid, sops = generate_uid(), [generate_uid() for _ in range(3)]
+    _index_instances(db, step.study_uid, series_uid, sops[:1])  # the first image is in
+    _, uid = create(assoc, in_progress(step))
+    done = final("COMPLETED")
+    done.PerformedSeriesSequence[0].SeriesInstanceUID = series_uid
+    refs = []
+    for sop in sops:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        ref.ReferencedSOPInstanceUID = sop
+        refs.append(ref)
+    done.PerformedSeriesSequence[0].ReferencedImageSequence = refs
+    assert assoc.send_n_set(done, ModalityPerformedProcedureStep, uid)[0].Status == 0x0000
+    with db.session() as s:
+        assert not worklist.completion_requested(s, step.study_uid)  # two images still on the way
+        study = s.get(Study, step.study_uid)
+        assert study is not None and not study.complete_requested
+        item = s.get(ScheduledStep, step.id)
+        assert item is not None and not item.is_open  # the exam itself is done
+    _index_instances(db, step.study_uid, series_uid, sops[1:2])
+    with db.session() as s:
+        assert not worklist.completion_requested(s, step.study_uid)
+    _index_instances(db, step.study_uid, series_uid, sops[2:])
+    with db.session() as s:
+        assert worklist.completion_requested(s, step.study_uid)
+        # the condition the completion sweep runs over all receiving studies
+        assert s.scalars(select(Study.study_uid).where(worklist.mpps_completed(Study.study_uid))).all() == [step.study_uid]

@@ -68,6 +68,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Mapped, Session, mapped_column
 from msfollowup.config import Config
 from msfollowup.db import Base, Database, UTCDateTime, utcnow
 from msfollowup.profiles import get_profile
+from msfollowup.store import Instance, Study
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,18 @@ class PerformedStepStudy(Base):
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
 
     __table_args__ = (UniqueConstraint("mpps_uid", "study_uid", name="uq_worklist_mpps_study"),)
+
+
+class PerformedStepInstance(Base):
+    """Instances a COMPLETED MPPS lists (Performed Series Sequence): the study is whole once all arrived."""
+
+    __tablename__ = "worklist_mpps_instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    mpps_uid: Mapped[str] = mapped_column(ForeignKey("worklist_mpps.sop_instance_uid"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (UniqueConstraint("mpps_uid", "sop_instance_uid", name="uq_worklist_mpps_instance"),)
 
 
 # --- scheduling ------------------------------------------------------------------------------
@@ -547,14 +560,21 @@ def open_items(session: Session) -> list[ScheduledStep]:
 
 
 def mpps_completed(study_uid: SQLColumnExpression[str] | str) -> ColumnElement[bool]:
-    """SQL EXISTS: a modality reported (MPPS COMPLETED) that this study is finished.
+    """SQL EXISTS: a modality reported (MPPS COMPLETED) this study done, and every instance it lists
+    has arrived. MPPS often comes before the images; completing on its word alone would check a
+    study with one image. An MPPS listing no instances is taken at its word.
 
     Takes a column (correlated, e.g. `Study.study_uid` in the completion sweep) or a UID.
     """
+    missing = exists().where(
+        PerformedStepInstance.mpps_uid == PerformedStep.sop_instance_uid,
+        ~exists().where(Instance.sop_instance_uid == PerformedStepInstance.sop_instance_uid),
+    )
     return exists().where(
         PerformedStepStudy.study_uid == study_uid,
         PerformedStepStudy.mpps_uid == PerformedStep.sop_instance_uid,
         PerformedStep.status == PPS_COMPLETED,
+        ~missing,
     )
 
 
@@ -1060,6 +1080,7 @@ def set_mpps(session: Session, pps: PerformedStep, mods: Dataset) -> None:
     studies = _link_studies(session, pps.sop_instance_uid, attrs)
     step = session.get(ScheduledStep, pps.step_id) if pps.step_id is not None else None
     if new_status == PPS_COMPLETED:
+        _link_instances(session, pps.sop_instance_uid, attrs)
         if step is not None and step.is_open:
             _close(session, step, COMPLETED, "mpps-completed")
         _request_completion(session, studies)
@@ -1068,13 +1089,30 @@ def set_mpps(session: Session, pps: PerformedStep, mods: Dataset) -> None:
     log.info("MPPS %s now %s", pps.sop_instance_uid, new_status)
 
 
+def _link_instances(session: Session, uid: str, attrs: Dataset) -> None:
+    """Remember the instances a (final) MPPS lists, from every Performed Series item."""
+    listed = set()
+    for series in attrs.get("PerformedSeriesSequence", None) or []:
+        for key in ("ReferencedImageSequence", "ReferencedNonImageCompositeSOPInstanceSequence"):
+            for ref in series.get(key, None) or []:
+                sop = str(ref.get("ReferencedSOPInstanceUID", "") or "")
+                if sop:
+                    listed.add(sop)
+    known = set(session.scalars(select(PerformedStepInstance.sop_instance_uid).where(PerformedStepInstance.mpps_uid == uid)))
+    session.add_all(PerformedStepInstance(mpps_uid=uid, sop_instance_uid=sop) for sop in sorted(listed - known))
+
+
 def _request_completion(session: Session, study_uids: list[str]) -> None:
-    """Studies already in the index complete now; later arrivals ask `completion_requested`."""
+    """Studies in the index whose listed instances are all there complete now; the others when the
+    last one arrives (the completion sweep asks `mpps_completed`)."""
     if not study_uids:
         return
-    from msfollowup.store import Study  # noqa: PLC0415  (store imports nothing from here)
-
-    session.execute(update(Study).where(Study.study_uid.in_(study_uids)).values(complete_requested=True))
+    session.flush()
+    session.execute(
+        update(Study)
+        .where(Study.study_uid.in_(study_uids), mpps_completed(Study.study_uid))
+        .values(complete_requested=True)
+    )
 
 
 def event_handlers(db: Database, cfg: Config) -> list[EventHandlerType]:
