@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 from collections.abc import Callable
 
 from typing import Any, cast
@@ -18,6 +17,7 @@ from sqlalchemy import CursorResult, and_, or_, select, update
 
 from msfollowup.db import Database, utcnow
 from msfollowup.store import Study, StudyState
+from msfollowup.worker import PollingWorker
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ def complete_due(db: Database, stable_seconds: float, now: dt.datetime | None = 
     return done
 
 
-class CompletionWorker:
-    """Background sweep every `poll_seconds`; `on_complete(study_uid, version)` runs after each completion."""
+class CompletionWorker(PollingWorker):
+    """Sweeps every `poll_seconds`; `on_complete(study_uid, version)` runs after each completion."""
 
     def __init__(
         self,
@@ -80,24 +80,10 @@ class CompletionWorker:
         poll_seconds: float,
         on_complete: Callable[[str, int], None] | None = None,
     ) -> None:
+        super().__init__("completion", poll_seconds, self.sweep)
         self.db = db
         self.stable_seconds = stable_seconds
-        self.poll_seconds = poll_seconds
         self.on_complete = on_complete
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="completion", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=10)
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def sweep(self) -> list[tuple[str, int]]:
         done = complete_due(self.db, self.stable_seconds)
@@ -106,12 +92,3 @@ class CompletionWorker:
             if self.on_complete is not None:
                 self.on_complete(study_uid, version)
         return done
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sweep()
-            except Exception:  # noqa: BLE001 - keep sweeping; the database may come back
-                log.exception("completion sweep failed")
-            self._wake.wait(self.poll_seconds)
-            self._wake.clear()

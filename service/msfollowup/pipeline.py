@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from msfollowup.config import Config
 from msfollowup.db import Base, Database, UTCDateTime, utcnow
 from msfollowup.store import InstanceStore, Study, StudyState
 from msfollowup.validate import ValidationResult, validate_study
+from msfollowup.worker import PollingWorker
 
 
 class StudyCheck(Base):
@@ -206,32 +206,9 @@ def schedule_patient(session: Session, cfg: Config, patient_id: str, today: dt.d
             for due in plans.refresh_patient(session, patient_id, today, rules)]
 
 
-class PipelineWorker:
-    """A thread that runs the pipeline when woken (after a completion) and every few seconds."""
+class PipelineWorker(PollingWorker):
+    """Runs the pipeline when woken (after a completion) and every few seconds."""
 
     def __init__(self, pipeline: Pipeline, poll_seconds: float = 5.0) -> None:
+        super().__init__("pipeline", poll_seconds, pipeline.run_pending)
         self.pipeline = pipeline
-        self.poll_seconds = poll_seconds
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self, *_: object) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.pipeline.run_pending()
-            except Exception:  # noqa: BLE001 - retried at the next pass; the failure is logged
-                log.exception("pipeline pass failed")
-            self._wake.wait(self.poll_seconds)
-            self._wake.clear()
