@@ -58,6 +58,8 @@ class StorageConfig(_Section):
     database: str | None = None  # SQLAlchemy URL; default sqlite:///<data_dir>/index.sqlite3
     duplicate_policy: Literal["keep_first", "replace", "reject"] = "keep_first"
     fsync: bool = True  # only benchmarks against non-durable references may turn this off
+    # How long a write waits for a locked SQLite index before the C-STORE fails (Out of Resources).
+    busy_timeout_seconds: float = Field(default=30.0, gt=0)
 
     @property
     def store_dir(self) -> Path:

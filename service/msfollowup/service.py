@@ -63,7 +63,7 @@ class Service:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(cfg.storage.database_url)
+        self.db = Database(cfg.storage.database_url, cfg.storage.busy_timeout_seconds)
         self.store = InstanceStore(cfg.storage.data_dir, self.db, cfg.storage.duplicate_policy, cfg.storage.fsync)
         self.pipeline = Pipeline(self.db, cfg, self.store)
         self.pipeline_worker = PipelineWorker(self.pipeline)

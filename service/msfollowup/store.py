@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -192,6 +193,9 @@ class InstanceStore:
         self.fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        # One SOP Instance UID is linked and indexed by one thread at a time (striped locks), so a
+        # failed ingest can take its fresh link back without removing a concurrent copy's success.
+        self._sop_locks = [threading.Lock() for _ in range(64)]
 
     # -- paths
 
@@ -224,16 +228,28 @@ class InstanceStore:
         sop_class = check_uid("SOPClassUID", ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID"))
         if expected_sop is not None and sop != expected_sop.strip("\x00 "):
             raise IngestError(0xA900, "SOPInstanceUID in the data set differs from the C-STORE request")
-        rel = self.relative_path(study, series, sop)
-        final = self.absolute(rel)
         if self.fsync:
             _fsync_path(temp_path)
+        with self._sop_locks[hash(sop) % len(self._sop_locks)]:
+            return self._link_and_index(temp_path, ds, study, series, sop, calling_ae)
+
+    def _link_and_index(
+        self, temp_path: Path, ds: Dataset, study: str, series: str, sop: str, calling_ae: str | None
+    ) -> IngestResult:
+        rel = self.relative_path(study, series, sop)
+        final = self.absolute(rel)
         outcome = self._link(temp_path, final)
         if outcome is Outcome.DUPLICATE_SAME or outcome is Outcome.DUPLICATE_KEPT_FIRST:
             # Make sure a row exists (the first copy may have been linked just before a crash).
             self._index(ds, rel, final.stat().st_size, calling_ae, only_if_missing=True)
             return IngestResult(outcome, study, series, sop, final)
-        self._index(ds, rel, final.stat().st_size, calling_ae, only_if_missing=False)
+        try:
+            self._index(ds, rel, final.stat().st_size, calling_ae, only_if_missing=False)
+        except BaseException:
+            if outcome is Outcome.STORED:
+                # Not indexed -> not acknowledged: the name goes too, so store/ only holds indexed files.
+                final.unlink(missing_ok=True)
+            raise
         return IngestResult(outcome, study, series, sop, final)
 
     def _make_dirs(self, series_dir: Path) -> None:
