@@ -430,12 +430,44 @@ def _add_check_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.set_defaults(func=_cmd_check)
 
 
+# --- audit --------------------------------------------------------------------------------------
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from msfollowup import audit
+    from msfollowup.db import Database
+
+    cfg = _config(args)
+    try:
+        since = audit.parse_since(args.since) if args.since else None
+    except audit.AuditError as exc:
+        print(f"msfollowup: {exc}", file=sys.stderr)
+        return 2
+    rows = audit.events(Database(cfg.storage.database_url), since=since, action=args.action)
+    if args.json:
+        _print_json(list(rows))
+        return 0
+    for row in rows:
+        print(audit.format_line(row))
+    return 0
+
+
+def _add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("audit", help="the audit trail: who sent, queried, changed or received what")
+    _add_config_arg(p)
+    p.add_argument("--since", help="only events at or after this date (YYYY-MM-DD) or ISO date-time (UTC)")
+    p.add_argument("--action", help="only this action (e.g. store, query.mwl, plan.change)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_audit)
+
+
 # Each concern registers its commands here; keep the list in data-flow order.
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_node_commands,
     _add_check_commands,
     _add_report_commands,
     _add_plan_commands,
+    _add_audit_commands,
 ]
 
 

@@ -26,8 +26,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import OperationalError
 
+from msfollowup import audit
 from msfollowup.config import Config
-from msfollowup.store import IngestError, InstanceStore, Outcome
+from msfollowup.metrics import Metrics
+from msfollowup.store import IngestError, InstanceStore, IngestResult, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,14 @@ class _AssocStats:
     duplicates: int = 0
     failed: int = 0
     found: int = 0
+    queries: int = 0
+    studies: dict[str, int] = field(default_factory=dict)  # study UID -> instances received
+    audit: list[audit.Entry] = field(default_factory=list)  # written when the association ends
+
+
+_INSTANCE_OUTCOMES = {"stored": "stored", "duplicates": "duplicate", "failed": "failed"}
+_AUDIT_BATCH = 500  # a long association flushes its audit entries every so many
+_PENDING = (0xFF00, 0xFF01)
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:
@@ -169,9 +179,11 @@ class Node:
         extra_handlers: ExtraHandlers | None = None,
         extra_contexts: list[str] | None = None,
         on_instance: Callable[[str], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
+        self.metrics = metrics or Metrics()
         # pynetdicom names its chunk file with tempfile's default folder; point that at the store's
         # tmp/ so the finished file can be hard-linked into place (same filesystem, no copy).
         tempfile.tempdir = str(store.tmp)
@@ -189,7 +201,7 @@ class Node:
             (evt.EVT_ABORTED, self._on_finished),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
-            *(extra_handlers or []),
+            *(self._instrument(h) for h in extra_handlers or []),
         ]
         self.server: ThreadedAssociationServer | None = None
 
@@ -270,6 +282,11 @@ class Node:
         if reason is None:
             return
         log.warning("association rejected calling_ae=%s host=%s called_ae=%s reason=%s", calling, host, called, reason)
+        self.metrics.inc("associations_total", {"result": "rejected"})
+        self.metrics.inc("associations_rejected_total", {"reason": "called_ae" if diag == 0x07 else "not_allowed"})
+        audit.write_safely(self.store.db, [audit.Entry(
+            audit.ASSOCIATION_REJECTED, actor_ae=calling, actor_host=host, detail={"called_ae": called, "reason": reason}
+        )])
         assoc.acse.send_reject(0x01, 0x01, diag)
         assoc.is_rejected = True
         assoc.kill()
@@ -280,6 +297,7 @@ class Node:
             self._stats[id(assoc)] = _AssocStats(
                 calling_ae=str(assoc.requestor.ae_title).strip(), host=str(assoc.requestor.address)
             )
+        self.metrics.inc("associations_total", {"result": "accepted"})
 
     def _on_finished(self, event: Event) -> None:
         # A data set cut off by an abort or a closed socket: its partial temp file goes now.
@@ -296,12 +314,16 @@ class Node:
             how, st.calling_ae, st.host, st.stored, st.duplicates, st.failed, st.found,
             time.monotonic() - st.started,
         )
+        self.metrics.inc("associations_ended_total", {"outcome": how})
+        audit.write_safely(self.store.db, self._audit_entries(st, how))
 
     def _count(self, event: Event, key: str) -> None:
         with self._lock:
             st = self._stats.get(id(event.assoc))
             if st is not None:
                 setattr(st, key, getattr(st, key) + 1)
+        if key in _INSTANCE_OUTCOMES:
+            self.metrics.inc("instances_total", {"outcome": _INSTANCE_OUTCOMES[key]})
 
     def count_found(self, event: Event) -> None:
         self._count(event, "found")
@@ -339,6 +361,7 @@ class Node:
             self._count(event, "failed")
             log.exception("C-STORE processing failure calling_ae=%s", calling)
             return _status(STATUS_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")
+        self._received(event, temp, result)
         if self.on_instance is not None:
             self.on_instance(result.study_uid)
         if result.outcome is Outcome.DUPLICATE_KEPT_FIRST:
@@ -347,3 +370,112 @@ class Node:
             return _status(STATUS_DUPLICATE_WARNING, "duplicate SOP Instance UID, different content; first kept")
         self._count(event, "duplicates" if result.outcome is Outcome.DUPLICATE_SAME else "stored")
         return STATUS_SUCCESS
+
+    # -- metrics and audit (kept off the C-STORE answer: memory only until the association ends)
+
+    def _received(self, event: Event, temp: Path, result: IngestResult) -> None:
+        try:
+            size = temp.stat().st_size
+        except OSError:
+            size = 0
+        self.metrics.inc("received_bytes_total", value=size)
+        with self._lock:
+            st = self._stats.get(id(event.assoc))
+            if st is not None:
+                st.studies[result.study_uid] = st.studies.get(result.study_uid, 0) + 1
+
+    def _audit_entries(self, st: _AssocStats, how: str) -> list[audit.Entry]:
+        ae, host = st.calling_ae, st.host
+        summary = {
+            "stored": st.stored, "duplicates": st.duplicates, "failed": st.failed, "queries": st.queries,
+            "found": st.found, "studies": len(st.studies), "seconds": round(time.monotonic() - st.started, 3),
+        }
+        action = audit.ASSOCIATION_RELEASED if how == "released" else audit.ASSOCIATION_ABORTED
+        stores = [audit.Entry(audit.STORE, ae, host, object_uid=uid, detail={"instances": n}) for uid, n in st.studies.items()]
+        return [*st.audit, *stores, audit.Entry(action, ae, host, detail=summary)]
+
+    def _audit(self, event: Event, entry: audit.Entry) -> None:
+        """Queue an entry on its association; flushed at its end (or every _AUDIT_BATCH entries)."""
+        entry.actor_ae = str(event.assoc.requestor.ae_title).strip()
+        entry.actor_host = str(event.assoc.requestor.address)
+        batch: list[audit.Entry] = [entry]
+        with self._lock:
+            st = self._stats.get(id(event.assoc))
+            if st is not None:
+                st.audit.append(entry)
+                batch = st.audit if len(st.audit) >= _AUDIT_BATCH else []
+                if batch:
+                    st.audit = []
+        audit.write_safely(self.store.db, batch)
+
+    def _instrument(self, handler: Any) -> Any:
+        """Time and audit the worklist handlers without touching them (the handler stays the same)."""
+        event_type, func, *args = handler
+        if event_type is evt.EVT_C_FIND:
+            return (event_type, self._timed_find(func), *args)
+        if event_type in (evt.EVT_N_CREATE, evt.EVT_N_SET):
+            return (event_type, self._audited_mpps(func), *args)
+        return handler
+
+    def _timed_find(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        def on_find(event: Event, *args: Any) -> Any:
+            started, matches, finished = time.monotonic(), 0, False
+            try:
+                for status, identifier in func(event, *args):
+                    code = int(status.Status if isinstance(status, Dataset) else status)
+                    if code in _PENDING:
+                        matches += 1
+                    elif not finished:  # the final status: account before pynetdicom sends it
+                        finished = True
+                        self._found(event, time.monotonic() - started, matches, code)
+                    yield status, identifier
+            except Exception:
+                if not finished:
+                    self._found(event, time.monotonic() - started, matches, STATUS_PROCESSING_FAILURE)
+                raise
+
+        return on_find
+
+    def _found(self, event: Event, seconds: float, matches: int, code: int) -> None:
+        self.metrics.observe("cfind_duration_seconds", seconds)
+        status = "success" if code == 0 else "cancel" if code == 0xFE00 else "failure"
+        self.metrics.inc("cfind_requests_total", {"status": status})
+        self.metrics.inc("cfind_matches_total", value=matches)
+        with self._lock:
+            st = self._stats.get(id(event.assoc))
+            if st is not None:
+                st.queries += 1
+                st.found += matches
+        try:
+            matching, returned = audit.query_keys(event.identifier)
+        except Exception:  # noqa: BLE001 - an undecodable identifier: still audited, keys unknown
+            matching, returned = [], []
+        self._audit(event, audit.Entry(audit.QUERY_MWL, detail={
+            "matching_keys": matching, "return_keys": returned, "matches": matches, "status": f"0x{code:04X}",
+        }))
+
+    def _audited_mpps(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        def on_mpps(event: Event, *args: Any) -> Any:
+            result = func(event, *args)
+            status, reply = result
+            code = int(status.Status if isinstance(status, Dataset) else status)
+            create = event.event is evt.EVT_N_CREATE
+            self.metrics.inc("mpps_requests_total", {
+                "operation": "create" if create else "set", "result": "success" if code == 0 else "failure",
+            })
+            req = event.request
+            uid = getattr(req, "AffectedSOPInstanceUID" if create else "RequestedSOPInstanceUID", None)
+            if uid is None and reply is not None:
+                uid = reply.get("AffectedSOPInstanceUID")
+            try:
+                values = event.attribute_list if create else event.modification_list
+                pps_status = str(values.get("PerformedProcedureStepStatus", "") or "") or None
+            except Exception:  # noqa: BLE001 - the handler already answered an undecodable list
+                pps_status = None
+            self._audit(event, audit.Entry(
+                audit.MPPS_CREATE if create else audit.MPPS_SET, object_uid=str(uid) if uid else None,
+                detail={"pps_status": pps_status, "status": f"0x{code:04X}"},
+            ))
+            return result
+
+        return on_mpps

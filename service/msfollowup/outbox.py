@@ -26,6 +26,7 @@ from pynetdicom.pdu_primitives import A_P_ABORT
 from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from msfollowup import audit
 from msfollowup.config import Config, Destination
 from msfollowup.db import Base, Database, UTCDateTime, utcnow
 
@@ -334,6 +335,10 @@ class Outbox:
     def _delivered(self, job: Delivery, status: int) -> None:
         now = utcnow()
         self._finish(job, state=DELIVERED, delivered_at=now, last_status=status, last_error=None)
+        audit.write_safely(self.db, [audit.Entry(
+            audit.REPORT_DELIVERED, actor_ae=job.ae_title, actor_host=job.host, object_uid=job.sr_sop_instance_uid,
+            detail={"study_uid": job.study_uid, "version": job.version, "status": f"0x{status:04X}", "port": job.port},
+        )])
         log.info(
             "report delivered: study %s v%d to %s (status 0x%04X, attempt %d)",
             job.study_uid, job.version, job.destination, status, job.attempts,

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from sqlalchemy import Date, Float, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from msfollowup import audit
 from msfollowup.db import Base, UTCDateTime, utcnow
 
 INTERVALS_FILE = "intervals.toml"
@@ -962,6 +963,7 @@ def set_plan(
     row.override_interval_months, row.override_protocol = new.override_interval_months, new.override_protocol
     row.updated_at, row.updated_by = now, author
     session.add(MonitoringPlanChange(patient_id=patient_id, changed_at=now, author=author, changes_json=json.dumps(diff)))
+    audit.record(session, audit.PLAN_CHANGE, actor_user=author, patient_id=patient_id, detail={"fields": sorted(diff)})
     session.flush()
     return new
 

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -21,6 +22,7 @@ from msfollowup import jobs, worklist
 from msfollowup.completion import CompletionWorker
 from msfollowup.config import Config, LoggingConfig
 from msfollowup.db import Database
+from msfollowup.metrics import HttpEndpoint, Metrics, check_database, check_storage
 from msfollowup.node import Node
 from msfollowup.outbox import Outbox
 from msfollowup.pipeline import Pipeline, PipelineWorker
@@ -67,18 +69,21 @@ class Service:
         self.store = InstanceStore(cfg.storage.data_dir, self.db, cfg.storage.duplicate_policy, cfg.storage.fsync)
         self.pipeline = Pipeline(self.db, cfg, self.store)
         self.pipeline_worker = PipelineWorker(self.pipeline)
+        self.metrics = Metrics()
         self.completion = CompletionWorker(
-            self.db, cfg.completion.stable_seconds, cfg.completion.poll_seconds, on_complete=self.pipeline_worker.wake
+            self.db, cfg.completion.stable_seconds, cfg.completion.poll_seconds, on_complete=self._on_complete
         )
         self.node = Node(
             cfg, self.store,
             extra_handlers=worklist.event_handlers(self.db, cfg),
             extra_contexts=list(worklist.SUPPORTED_CONTEXTS),
             on_instance=None,
+            metrics=self.metrics,
         )
         self.outbox = Outbox(self.db, cfg)
         self.scheduler: BackgroundScheduler | None = None
         self.address: tuple[str, int] | None = None
+        self.http: HttpEndpoint | None = None
 
     def start(self) -> tuple[str, int]:
         counts = self.store.recover()
@@ -91,9 +96,30 @@ class Service:
             self.scheduler = jobs.start_scheduler(self)
         self.address = self.node.start()
         log.info("listening ae_title=%s host=%s port=%d", self.cfg.node.ae_title, *self.address)
+        if self.cfg.http.port is not None:
+            self.http = HttpEndpoint(self.cfg.http.host, self.cfg.http.port, self.health_checks, self.metrics, self.db)
+            log.info("http metrics and health host=%s port=%d", *self.http.start())
         return self.address
 
+    def _on_complete(self, study_uid: str, version: int) -> None:
+        self.metrics.inc("studies_completed_total")
+        self.pipeline_worker.wake()
+
+    def health_checks(self) -> dict[str, Callable[[], None]]:
+        """What /healthz verifies: the index answers and takes writes, tmp/ takes files, the node
+        listens and (when enabled) the scheduler runs."""
+        checks: dict[str, Callable[[], None]] = {
+            "database": lambda: check_database(self.db),
+            "storage": lambda: check_storage(self.store.tmp),
+            "node": lambda: _require(self.node.server is not None, "not listening"),
+        }
+        if self.cfg.scheduler.enabled:
+            checks["scheduler"] = lambda: _require(self.scheduler is not None and self.scheduler.running, "not running")
+        return checks
+
     def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
         aborted = self.node.stop(self.cfg.node.shutdown_grace_seconds)
         if aborted:
             log.warning("shutdown aborted %d association(s) after the grace period", aborted)
@@ -105,6 +131,11 @@ class Service:
         self.pipeline_worker.stop()
         self.db.dispose()
         log.info("stopped")
+
+
+def _require(condition: bool, failure: str) -> None:
+    if not condition:
+        raise RuntimeError(failure)
 
 
 def run_service(cfg: Config) -> int:
