@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -330,21 +330,38 @@ def test_name_outside_query_charset_answers_in_record_charset(
     assert str(found[0].PatientName) == "Dvořák^Antonín"
 
 
-def test_findscu_cancel(tmp_path: Path, db: Database, cfg: Config, mwl_port: int) -> None:
-    with db.session() as s:
-        for i in range(300):
-            d = due(f"C{i:03d}", dt.date(2026, 11, 20))
-            worklist.schedule_due(s, d, demo(d.patient_id, "A^B"), cfg, profile=profile(d.profile_id), today=TODAY)
+def test_findscu_cancel(tmp_path: Path, db: Database, cfg: Config, populated: dict[str, ScheduledStep]) -> None:
+    """findscu --cancel 1 after the first match: the SCP stops and answers Cancel (0xFE00)."""
+    scp = worklist.WorklistSCP(db, cfg)
+
+    def wait_for_cancel(event: Any) -> Iterator[Any]:
+        # Hold the real handler after its first match until the C-CANCEL is in, so the test does
+        # not race pynetdicom sending all five matches first.
+        answers = scp.on_find(event)
+        yield next(answers)
+        deadline = time.monotonic() + 10
+        # peek: event.is_cancelled is one-shot (it consumes the C-CANCEL); the handler must see it
+        while event.request.MessageID not in event.assoc.dimse.cancel_req and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield from answers
+
+    ae = AE(ae_title="MSFOLLOWUP")
+    ae.add_supported_context(ModalityWorklistInformationFind, ALL_TRANSFER_SYNTAXES)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, wait_for_cancel)])
+    assert server is not None
     out = tmp_path / "out"
     out.mkdir()
-    proc = subprocess.run(
-        [FINDSCU, "-W", "-v", "-aec", "MSFOLLOWUP", "--cancel", "1", "-X", "-od", str(out), "127.0.0.1",
-         str(mwl_port), str(_q(tmp_path, "q"))],
-        capture_output=True, text=True, timeout=60,
-    )
+    try:
+        proc = subprocess.run(
+            [FINDSCU, "-W", "-v", "-aec", "MSFOLLOWUP", "--cancel", "1", "-X", "-od", str(out), "127.0.0.1",
+             str(server.server_address[1]), str(_q(tmp_path, "q"))],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        server.shutdown()
     assert proc.returncode == 0, proc.stderr
-    assert "Cancel" in proc.stdout + proc.stderr
-    assert 1 <= len(list(out.glob("rsp*.dcm"))) < 300  # the SCP stopped early
+    assert len(list(out.glob("rsp*.dcm"))) == 1  # five match; one was sent before the cancel
+    assert "Received Final Find Response (Cancel: MatchingTerminatedDueToCancelRequest)" in proc.stderr
 
 
 def _scu_find(port: int, query: Dataset) -> list[tuple[int, Dataset | None]]:
