@@ -4,6 +4,7 @@ and the .wl export served by DCMTK wlmscpfs."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import socket
 import subprocess
 import sys
@@ -475,3 +476,34 @@ def test_export_waits_for_a_reader_holding_the_dcmtk_lockfile(tmp_path: Path) ->
         reader.wait(timeout=10)
     writer.join(timeout=10)
     assert (folder / "MSFU-X.wl").read_bytes() == b"data"
+
+
+def test_cli_lists_exports_and_expires(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from msfollowup.cli import main
+
+    export = tmp_path / "wl"
+    conf = tmp_path / "msfollowup.toml"
+    conf.write_text(f'[storage]\ndata_dir = "{tmp_path / "var"}"\n[worklist]\nstation_ae_title = "MRSCANNER1"\n'
+                    f'export_dir = "{export}"\nexpire_days = 30\n')
+    cfg = Config.model_validate({"storage": {"data_dir": str(tmp_path / "var")},
+                                 "worklist": {"station_ae_title": "MRSCANNER1", "export_dir": str(export)}})
+    (tmp_path / "var").mkdir()
+    database = Database(cfg.storage.database_url)
+    try:
+        step = schedule(database, cfg, due("P1", dt.date(2020, 1, 10)), demo("P1", "Müller^Zoë"))
+    finally:
+        database.dispose()
+    (export / "MRSCANNER1" / f"MSFU-{step.accession_number}.wl").unlink()
+
+    assert main(["worklist", "--json", "--config", str(conf)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["accession_number"] == step.accession_number and row["patient_id"] == "P1"
+    assert "Müller" not in json.dumps(row, ensure_ascii=False)  # no names on the operator listing
+    assert main(["worklist", "export", "--config", str(conf)]) == 0
+    assert "1 file(s) written" in capsys.readouterr().out
+    assert (export / "MRSCANNER1" / f"MSFU-{step.accession_number}.wl").exists()
+    assert main(["worklist", "expire", "--config", str(conf)]) == 0  # window ended in 2020
+    assert "1 item(s) expired" in capsys.readouterr().out
+    assert not list(export.glob("*/*.wl"))
+    assert main(["worklist", "--json", "--config", str(conf)]) == 0
+    assert json.loads(capsys.readouterr().out) == []

@@ -240,6 +240,23 @@ class ScheduledStep(Base):
     def dataset(self) -> Dataset:
         return decode_identifier(self.identifier)
 
+    def to_json(self) -> dict[str, Any]:
+        """Operator view (CLI): identifiers and dates, no patient name."""
+        return {
+            "accession_number": self.accession_number,
+            "patient_id": self.patient_id,
+            "purpose": self.purpose,
+            "profile_id": self.profile_id,
+            "recall": self.recall,
+            "station_ae": self.station_ae,
+            "start_date": self.start_date,
+            "window": [self.earliest.isoformat(), self.target.isoformat(), self.latest.isoformat()],
+            "sps_status": self.sps_status,
+            "study_uid": self.study_uid,
+            "open": self.is_open,
+            "close_reason": self.close_reason,
+        }
+
 
 class PerformedStep(Base):
     """One MPPS instance as created (N-CREATE) and updated (N-SET) by a modality."""
