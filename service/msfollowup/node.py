@@ -30,6 +30,7 @@ from msfollowup import audit
 from msfollowup.config import Config
 from msfollowup.metrics import Metrics
 from msfollowup.store import IngestError, InstanceStore, IngestResult, Outcome
+from msfollowup.tls import AssociationServer, server_context
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,8 @@ class Node:
             *(self._instrument(h) for h in extra_handlers or []),
         ]
         self.server: ThreadedAssociationServer | None = None
+        self._serving: threading.Thread | None = None
+        self.ssl_context = self._ssl_context()  # now: a bad [node.tls] file stops start-up with a clear error
 
     # -- setup
 
@@ -227,24 +230,25 @@ class Node:
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self.cfg.node.tls
-        if tls is None:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(certfile=str(tls.certificate), keyfile=str(tls.key))
-        if tls.ca is not None:
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.load_verify_locations(cafile=str(tls.ca))
-        return ctx
+        return None if tls is None else server_context(tls)
 
     def start(self) -> tuple[str, int]:
         node = self.cfg.node
-        self.server = self.ae.start_server(
-            (node.host, node.port), block=False, evt_handlers=self.handlers, ssl_context=self._ssl_context()
+        # What ae.start_server(block=False) does, with our server class (TLS handshake off the accept loop).
+        server = self.ae.make_server(
+            (node.host, node.port), evt_handlers=self.handlers, ssl_context=self.ssl_context,
+            server_class=AssociationServer, handshake_timeout=node.acse_timeout,
         )
-        assert self.server is not None
-        host, port = self.server.server_address[:2]
+        self.ae._servers.append(server)  # where AE.shutdown() and server.shutdown() expect it
+        self._serving = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
+        self._serving.start()
+        self.server = server
+        host, port = server.server_address[:2]
         return str(host), int(port)
+
+    def is_serving(self) -> bool:
+        """The accept loop is running (for the systemd watchdog)."""
+        return self.server is not None and self._serving is not None and self._serving.is_alive()
 
     def stop(self, grace_seconds: float) -> int:
         """Stop accepting, let running associations finish for up to `grace_seconds`, abort the rest."""
