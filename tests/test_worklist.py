@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
@@ -507,3 +509,46 @@ def test_cli_lists_exports_and_expires(tmp_path: Path, capsys: pytest.CaptureFix
     assert not list(export.glob("*/*.wl"))
     assert main(["worklist", "--json", "--config", str(conf)]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+# --- the SQL prefilter never loses a match the exact matcher would return --------------------------
+
+NAMES = ["Müller^Zoë", "MUELLER^HANS", "Ößter^Jürgen", "Lee_Ann^Mary", "Pct%Name^Z", "O'Brien^Ann",
+         "İstanbul^Ali", "Dvořák^Antonín", "Żółć^Ą", "Nguyễn^Văn", "Smith", "Smith^John^^Dr", "smithers^Waylon"]
+
+
+@pytest.fixture(scope="module")
+def name_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path_factory.mktemp('names') / 'index.sqlite3'}")
+    cfg = Config(worklist=WorklistConfig(station_ae_title="MRSCANNER1"))
+    for i, name in enumerate(NAMES):
+        schedule(database, cfg, due(f"N{i}", dt.date(2026, 11, 1) + dt.timedelta(days=i)), demo(f"N{i}", name))
+    yield database
+    database.dispose()
+
+
+@st.composite
+def name_patterns(draw: st.DrawFn) -> str:
+    """Patterns a modality might type: prefixes, '?' for a letter, case changes, stray wildcards."""
+    name = draw(st.sampled_from(NAMES))
+    chars = list(draw(st.sampled_from([name, name.upper(), name.lower(), name.casefold()])))
+    for i in draw(st.lists(st.integers(0, max(len(chars) - 1, 0)), max_size=3)):
+        chars[i] = draw(st.sampled_from(["?", "*", "%", "_", chars[i]]))
+    cut = draw(st.integers(0, len(chars)))
+    return "".join(chars[:cut]) + draw(st.sampled_from(["*", "", "?*", "*^*"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pattern=name_patterns(), day=st.integers(0, 15))
+def test_sql_prefilter_agrees_with_the_matcher(name_db: Database, pattern: str, day: int) -> None:
+    sps = _query(ScheduledStationAETitle="MRSCANNER1", ScheduledProcedureStepStartDate=f"-202611{day + 1:02d}")
+    query = _query(SpecificCharacterSet="ISO_IR 192", PatientName=pattern, AccessionNumber="",
+                   ScheduledProcedureStepSequence=[sps])
+    compiled = worklist.compile_query(query)
+    with name_db.session() as s:
+        via_sql = sorted(str(p.dataset.AccessionNumber) for p in worklist.find(s, query))
+        brute = sorted(
+            step.accession_number for step in worklist.open_items(s) if compiled.apply(step.dataset()) is not None
+        )
+    event("matches" if brute else "no match")
+    assert via_sql == brute
