@@ -9,9 +9,11 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -552,3 +559,30 @@ def test_sql_prefilter_agrees_with_the_matcher(name_db: Database, pattern: str, 
         )
     event("matches" if brute else "no match")
     assert via_sql == brute
+
+
+def _find_event(identifier: bytes) -> Event:
+    """A real pynetdicom C-FIND event carrying `identifier` as received bytes (no SCU re-encoding)."""
+    req = C_FIND()
+    req.MessageID = 1
+    req.AffectedSOPClassUID = ModalityWorklistInformationFind
+    req.Identifier = BytesIO(identifier)
+    cx = PresentationContext()
+    cx.context_id = 1
+    cx.abstract_syntax = ModalityWorklistInformationFind
+    cx.transfer_syntax = [ExplicitVRLittleEndian]
+    attrs = {"request": req, "context": cx.as_tuple, "_is_cancelled": lambda msg_id: False}
+    return Event(Association(AE(), "acceptor"), evt.EVT_C_FIND, attrs)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(max_size=64), prefix=st.sampled_from([b"", b"\x10\x00\x10\x00PN", b"\x40\x00\x00\x01SQ\x00\x00"]))
+def test_any_identifier_bytes_get_a_final_status(db: Database, cfg: Config, garbage: bytes, prefix: bytes) -> None:
+    """Whatever arrives, the handler answers with statuses and ends with a final one; it never raises."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the values it tolerates
+        answers = list(worklist.WorklistSCP(db, cfg).on_find(_find_event(prefix + garbage)))
+    codes = [int(s.Status) if isinstance(s, Dataset) else s for s, _ in answers]
+    assert codes and all(c in (0xFF00, 0xFF01) for c in codes[:-1])
+    event(f"final 0x{codes[-1]:04X}")
+    assert codes[-1] in (0x0000, worklist.ST_IDENTIFIER_MISMATCH, worklist.ST_UNABLE_TO_PROCESS)
