@@ -230,3 +230,27 @@ def test_registry_refuses_labels_outside_the_declared_sets() -> None:
     with pytest.raises(ValueError, match="not a declared"):
         metrics.observe("instances_total", 1.0)
     assert metrics.value("instances_total", {"outcome": "stored"}) == 1
+
+
+def test_associations_beyond_the_limit_are_counted_and_audited(tmp_path: Path) -> None:
+    """pynetdicom rejects these itself (max_associations), not our allow-list: still counted."""
+    from msfollowup import audit
+
+    http_port = free_port()
+    node = RunningNode(tmp_path / "node", sections={"node": {"max_associations": 1}, "http": {"port": http_port}}).start()
+    try:
+        ae = AE(ae_title="ECHOSCU")
+        ae.add_requested_context(Verification)
+        held = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+        assert held.is_established
+        second = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+        assert second.is_rejected
+        held.release()
+        _, _, text = _get(f"http://127.0.0.1:{http_port}/metrics")
+        m = _parse(text)
+        assert m["msfollowup_associations_rejected_total"][(("reason", "limit"),)] == 1
+        assert m["msfollowup_associations_rejected_total"][(("reason", "not_allowed"),)] == 0
+        rows = [r for r in audit.events(node.db) if r["action"] == audit.ASSOCIATION_REJECTED]
+        assert [(r["actor_ae"], r["detail"]["reason"]) for r in rows] == [("ECHOSCU", "too many associations")]
+    finally:
+        assert node.stop() == 0

@@ -54,7 +54,7 @@ def _labels(**allowed: Iterable[str]) -> Mapping[str, frozenset[str]]:
 DEFINITIONS: Mapping[str, MetricDef] = {
     "associations_total": MetricDef("counter", "Associations requested, by result.", _labels(result=("accepted", "rejected"))),
     "associations_rejected_total": MetricDef(
-        "counter", "Rejected associations, by reason.", _labels(reason=("called_ae", "not_allowed"))
+        "counter", "Rejected associations, by reason.", _labels(reason=("called_ae", "not_allowed", "limit"))
     ),
     "associations_ended_total": MetricDef(
         "counter", "Accepted associations that ended, by how.", _labels(outcome=("released", "aborted"))

@@ -197,6 +197,7 @@ class Node:
         self.handlers: ExtraHandlers = [
             (evt.EVT_CONN_OPEN, _disable_nagle),
             (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_REJECTED, self._on_limit),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, self._on_finished),
             (evt.EVT_ABORTED, self._on_finished),
@@ -294,6 +295,16 @@ class Node:
         assoc.acse.send_reject(0x01, 0x01, diag)
         assoc.is_rejected = True
         assoc.kill()
+
+    def _on_limit(self, event: Event) -> None:
+        """pynetdicom's own rejection: `max_associations` reached (ours happen in _on_requested)."""
+        calling, host = str(event.assoc.requestor.ae_title).strip(), str(event.assoc.requestor.address)
+        log.warning("association rejected calling_ae=%s host=%s reason=too many associations", calling, host)
+        self.metrics.inc("associations_total", {"result": "rejected"})
+        self.metrics.inc("associations_rejected_total", {"reason": "limit"})
+        audit.write_safely(self.store.db, [audit.Entry(
+            audit.ASSOCIATION_REJECTED, actor_ae=calling, actor_host=host, detail={"reason": "too many associations"}
+        )])
 
     def _on_established(self, event: Event) -> None:
         assoc = event.assoc
