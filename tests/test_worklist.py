@@ -209,7 +209,7 @@ def _query(**keys: Any) -> Dataset:
 )
 def test_single_wildcard_range_and_list_matching(keyword: str, query: Any, stored: str, expected: bool) -> None:
     record = _query(**{keyword: stored})
-    assert (worklist.match_and_project(_query(**{keyword: query}), record) is not None) is expected
+    assert (worklist.compile_query(_query(**{keyword: query})).apply(record) is not None) is expected
 
 
 def test_malformed_values_are_query_errors() -> None:
@@ -227,15 +227,15 @@ def test_sequence_matching_and_return_keys(db: Database, cfg: Config) -> None:
     record = step.dataset()
     item = _query(ScheduledStationAETitle="MRSCANNER1", Modality="")
     q = _query(PatientID="", ScheduledProcedureStepSequence=[item])
-    got = worklist.match_and_project(q, record)
+    got = worklist.compile_query(q).apply(record)
     assert got is not None
     assert set(got.dataset.dir()) == {"PatientID", "ScheduledProcedureStepSequence"}
     assert set(got.dataset.ScheduledProcedureStepSequence[0].dir()) == {"ScheduledStationAETitle", "Modality"}
-    assert worklist.match_and_project(_query(ScheduledProcedureStepSequence=[_query(Modality="CT")]), record) is None
-    whole = worklist.match_and_project(_query(ScheduledProcedureStepSequence=[]), record)
+    assert worklist.compile_query(_query(ScheduledProcedureStepSequence=[_query(Modality="CT")])).apply(record) is None
+    whole = worklist.compile_query(_query(ScheduledProcedureStepSequence=[])).apply(record)
     assert whole is not None and "ScheduledProcedureStepID" in whole.dataset.ScheduledProcedureStepSequence[0]
     with pytest.raises(QueryError):
-        worklist.match_and_project(_query(ScheduledProcedureStepSequence=[item, item]), record)
+        worklist.compile_query(_query(ScheduledProcedureStepSequence=[item, item]))
 
 
 # --- C-FIND over the network with DCMTK findscu ----------------------------------------------

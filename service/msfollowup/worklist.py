@@ -749,6 +749,8 @@ _SPS_COLUMNS: dict[BaseTag, InstrumentedAttribute[Any]] = {
     Tag("ScheduledProcedureStepID"): ScheduledStep.sps_id,
     Tag("ScheduledProcedureStepStatus"): ScheduledStep.sps_status,
 }
+
+
 def _name_prefix_clause(cond: Condition) -> ColumnElement[bool] | None:
     """Index range on patient_name_key for the literal prefixes of PN patterns (None: no prefix)."""
     ranges = []
@@ -761,26 +763,23 @@ def _name_prefix_clause(cond: Condition) -> ColumnElement[bool] | None:
     return or_(*ranges)
 
 
-def sql_filter(query: Dataset) -> list[ColumnElement[bool]]:
-    """WHERE clauses for the column-backed keys of `query` (a superset of the real matches)."""
+def sql_filter(compiled: CompiledQuery) -> list[ColumnElement[bool]]:
+    """WHERE clauses for the column-backed keys of a query (a superset of the real matches)."""
     clauses: list[ColumnElement[bool]] = []
 
-    def add(ds: Dataset, columns: dict[BaseTag, InstrumentedAttribute[Any]]) -> None:
-        for tag, column in columns.items():
-            elem = ds.get(tag)
-            if elem is None or elem.VR == "SQ":
+    def add(keys: Iterable[_Key], columns: dict[BaseTag, InstrumentedAttribute[Any]]) -> None:
+        for key in keys:
+            column = columns.get(key.tag)
+            if column is None or key.cond is None:
                 continue
-            cond = parse_condition(elem)
-            if cond is None:
-                continue
-            if cond.vr == "PN" and (prefix := _name_prefix_clause(cond)) is not None:
+            if key.vr == "PN" and (prefix := _name_prefix_clause(key.cond)) is not None:
                 clauses.append(prefix)
-            clauses.append(_sql_for(column, cond))
+            clauses.append(_sql_for(column, key.cond))
 
-    add(query, _TOP_COLUMNS)
-    seq = query.get(_SPS_SEQ)
-    if seq is not None and seq.VR == "SQ" and seq.value and len(seq.value) == 1:
-        add(seq.value[0], _SPS_COLUMNS)
+    add(compiled.keys, _TOP_COLUMNS)
+    for key in compiled.keys:
+        if key.tag == _SPS_SEQ and key.sub is not None:
+            add(key.sub.keys, _SPS_COLUMNS)
     return clauses
 
 
@@ -868,11 +867,6 @@ def compile_query(query: Dataset) -> CompiledQuery:
     return CompiledQuery(tuple(keys))
 
 
-def match_and_project(query: Dataset, record: Dataset) -> Projection | None:
-    """Match one record against one identifier (compile_query + apply)."""
-    return compile_query(query).apply(record)
-
-
 def _texts(ds: Dataset) -> Iterator[str]:
     for elem in ds:
         if elem.VR == "SQ":
@@ -911,7 +905,7 @@ def response_charset(query_cs: list[str], record_cs: str | None, ds: Dataset) ->
 def find(session: Session, query: Dataset) -> Iterator[Projection]:
     """Open items matching an MWL identifier, projected to its keys."""
     compiled = compile_query(query)  # first: a malformed identifier fails before any SQL
-    clauses = sql_filter(query)
+    clauses = sql_filter(compiled)
     query_cs = [str(v) for v in _values(query.get(_CHARSET))]
     rows = session.execute(
         select(ScheduledStep.identifier, ScheduledStep.specific_character_set)
