@@ -553,7 +553,7 @@ def test_sql_prefilter_agrees_with_the_matcher(name_db: Database, pattern: str, 
                    ScheduledProcedureStepSequence=[sps])
     compiled = worklist.compile_query(query)
     with name_db.session() as s:
-        via_sql = sorted(str(p.dataset.AccessionNumber) for p in worklist.find(s, query))
+        via_sql = sorted(str(p.dataset.AccessionNumber) for p in worklist.find(s, compiled))
         brute = sorted(
             step.accession_number for step in worklist.open_items(s) if compiled.apply(step.dataset()) is not None
         )

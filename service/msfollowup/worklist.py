@@ -805,6 +805,8 @@ class CompiledQuery:
     """An MWL identifier parsed once per C-FIND, applied to every candidate record."""
 
     keys: tuple[_Key, ...]
+    charset: tuple[str, ...] = ()  # the query's SpecificCharacterSet; () when it sent none
+    asks_charset: bool = False  # SpecificCharacterSet present (possibly empty): return it
 
     def apply(self, record: Dataset) -> Projection | None:
         """PS3.4 C.2.2.2 matching of `record`; the requested keys of a match, else None."""
@@ -864,7 +866,8 @@ def compile_query(query: Dataset) -> CompiledQuery:
         sub = compile_query(items[0])
         has_keys = any(k.cond is not None for k in sub.keys)
         keys.append(_Key(tag, "SQ", sub=sub, sub_has_keys=has_keys))
-    return CompiledQuery(tuple(keys))
+    charset = tuple(_values(query.get(_CHARSET)))
+    return CompiledQuery(tuple(keys), charset, _CHARSET in query)
 
 
 def _texts(ds: Dataset) -> Iterator[str]:
@@ -902,22 +905,19 @@ def response_charset(query_cs: list[str], record_cs: str | None, ds: Dataset) ->
     return ["ISO_IR 192"]
 
 
-def find(session: Session, query: Dataset) -> Iterator[Projection]:
-    """Open items matching an MWL identifier, projected to its keys."""
-    compiled = compile_query(query)  # first: a malformed identifier fails before any SQL
-    clauses = sql_filter(compiled)
-    query_cs = [str(v) for v in _values(query.get(_CHARSET))]
+def find(session: Session, query: CompiledQuery) -> Iterator[Projection]:
+    """Open items matching a compiled MWL identifier, projected to its keys."""
     rows = session.execute(
         select(ScheduledStep.identifier, ScheduledStep.specific_character_set)
-        .where(ScheduledStep.open_key.is_not(None), *clauses)
+        .where(ScheduledStep.open_key.is_not(None), *sql_filter(query))
         .order_by(ScheduledStep.start_date, ScheduledStep.id)
     )
     for identifier, record_cs in rows:
-        result = compiled.apply(decode_identifier(identifier))
+        result = query.apply(decode_identifier(identifier))
         if result is None:
             continue
-        charset = response_charset(query_cs, record_cs, result.dataset)
-        if charset is not None or _CHARSET in query:
+        charset = response_charset(list(query.charset), record_cs, result.dataset)
+        if charset is not None or query.asks_charset:
             result.dataset.SpecificCharacterSet = charset or ""
         yield result
 
@@ -949,16 +949,16 @@ class WorklistSCP:
             yield _status(ST_SOP_CLASS_NOT_SUPPORTED, "only Modality Worklist FIND is served"), None
             return
         try:
-            query = event.identifier
-            with self.db.session() as session:
-                matches = list(find(session, query))
+            query = compile_query(event.identifier)  # decodes and checks every key
         except QueryError as exc:
             yield _status(ST_IDENTIFIER_MISMATCH, str(exc)), None
             return
-        except Exception as exc:  # undecodable identifier or values: a failure, never a crash
-            log.warning("worklist C-FIND failed: %s", type(exc).__name__)
-            yield _status(ST_UNABLE_TO_PROCESS, f"cannot process identifier: {type(exc).__name__}"), None
+        except Exception as exc:  # bytes pydicom cannot decode: a failure status, never a crash
+            log.warning("worklist C-FIND: undecodable identifier: %s", type(exc).__name__)
+            yield _status(ST_UNABLE_TO_PROCESS, f"cannot decode identifier: {type(exc).__name__}"), None
             return
+        with self.db.session() as session:  # a database failure is pynetdicom's 0xC311, logged there
+            matches = list(find(session, query))
         for match in matches:
             if event.is_cancelled:
                 yield ST_CANCEL, None
