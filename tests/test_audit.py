@@ -135,8 +135,11 @@ def test_audit_trail_of_stores_rejection_query_mpps_delivery_and_plan_change(nod
     mpps_uid = _mpps(node, study.study_uid)
     changed = _cli(node, "patient", "set", PATIENT_ID, "--dmt", "natalizumab", "--jcv", "positive", "--author", "dr.house")
     assert changed.returncode == 0, changed.stderr
-    rows = _wait("no report.delivered audit row", lambda: (r := _audit(node)) and any(
-        e["action"] == audit.REPORT_DELIVERED for e in r) and r, node)
+    def with_delivery() -> list[dict[str, Any]] | None:
+        r = _audit(node)
+        return r if any(e["action"] == audit.REPORT_DELIVERED for e in r) else None
+
+    rows = _wait("no report.delivered audit row", with_delivery, node)
 
     # C-STORE: one row per study per association, counts instead of one row per instance
     store = _one(rows, audit.STORE, object_uid=study.study_uid)
@@ -198,8 +201,8 @@ def test_audit_rows_cannot_be_changed_or_deleted(tmp_path: Path) -> None:
             s.execute(delete(AuditEvent))
     with pytest.raises(AuditError, match="unknown audit action"):
         audit.record(db, "made.up")
-    (row,) = list(audit.events(db))
-    assert row["actor_user"] == "someone" and row["detail"] == {"fields": ["dmt"]}
+    (kept,) = list(audit.events(db))
+    assert kept["actor_user"] == "someone" and kept["detail"] == {"fields": ["dmt"]}
     db.dispose()
 
 

@@ -181,10 +181,11 @@ def _find(node: RunningNode, queries: list[Dataset]) -> list[list[Dataset]]:
     assert assoc.is_established
     results = []
     for q in queries:
-        matches = []
+        matches: list[Dataset] = []
         for status, identifier in assoc.send_c_find(q, ModalityWorklistInformationFind):
             assert status and status.Status in (0xFF00, 0xFF01, 0x0000), status
             if status.Status in (0xFF00, 0xFF01):
+                assert identifier is not None
                 matches.append(identifier)
         results.append(matches)
     assoc.release()
@@ -228,13 +229,13 @@ def test_every_documented_indexed_key_matches_its_own_value_and_not_another(node
             q.StudyInstanceUID = ""
             sps = Dataset()
             (sps if in_sps else q).add_new(tag, source[tag].VR, v)
-            q.ScheduledProcedureStepSequence = [sps]
+            q.add_new(0x00400100, "SQ", [sps])
             queries.append(q)
     results = _find(node, queries)
     for i, row in enumerate(TABLES["mwl-indexed-keys"]):
-        own, other = results[2 * i], results[2 * i + 1]
+        own, another = results[2 * i], results[2 * i + 1]
         assert [m.StudyInstanceUID for m in own] == [item.StudyInstanceUID], f"{row['attribute']}: own value"
-        assert other == [], f"{row['attribute']}: another value matched"
+        assert another == [], f"{row['attribute']}: another value matched"
 
 
 # --- the SR the node sends ----------------------------------------------------------------------
