@@ -111,7 +111,7 @@ class Service:
         checks: dict[str, Callable[[], None]] = {
             "database": lambda: check_database(self.db),
             "storage": lambda: check_storage(self.store.tmp),
-            "node": lambda: _require(self.node.server is not None, "not listening"),
+            "node": lambda: _require(self.node.is_serving(), "not accepting associations"),
         }
         if self.cfg.scheduler.enabled:
             checks["scheduler"] = lambda: _require(self.scheduler is not None and self.scheduler.running, "not running")
