@@ -254,3 +254,16 @@ def test_associations_beyond_the_limit_are_counted_and_audited(tmp_path: Path) -
         assert [(r["actor_ae"], r["detail"]["reason"]) for r in rows] == [("ECHOSCU", "too many associations")]
     finally:
         assert node.stop() == 0
+
+
+def test_an_http_port_in_use_stops_start_up_with_a_message_naming_it(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = RunningNode(tmp_path / "node", sections={"http": {"port": port}})
+        with pytest.raises(RuntimeError, match=rf"http\.port: cannot listen on 127\.0\.0\.1:{port}: Address already in use"):
+            node.start()
+    assert node.proc is not None and node.proc.wait(10) == 2

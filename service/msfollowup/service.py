@@ -20,7 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from msfollowup import jobs, worklist
 from msfollowup.completion import CompletionWorker
-from msfollowup.config import Config, LoggingConfig
+from msfollowup.config import Config, ConfigError, LoggingConfig
 from msfollowup.db import Database
 from msfollowup.metrics import HttpEndpoint, Metrics, check_database, check_storage
 from msfollowup.node import Node
@@ -96,8 +96,12 @@ class Service:
             self.scheduler = jobs.start_scheduler(self)
         self.address = self.node.start()
         log.info("listening ae_title=%s host=%s port=%d", self.cfg.node.ae_title, *self.address)
-        if self.cfg.http.port is not None:
-            self.http = HttpEndpoint(self.cfg.http.host, self.cfg.http.port, self.health_checks, self.metrics, self.db)
+        http = self.cfg.http
+        if http.port is not None:
+            try:
+                self.http = HttpEndpoint(http.host, http.port, self.health_checks, self.metrics, self.db)
+            except OSError as exc:
+                raise ConfigError(f"http.port: cannot listen on {http.host}:{http.port}: {exc.strerror}") from None
             log.info("http metrics and health host=%s port=%d", *self.http.start())
         return self.address
 
