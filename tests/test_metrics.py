@@ -267,3 +267,22 @@ def test_an_http_port_in_use_stops_start_up_with_a_message_naming_it(tmp_path: P
         with pytest.raises(RuntimeError, match=rf"http\.port: cannot listen on 127\.0\.0\.1:{port}: Address already in use"):
             node.start()
     assert node.proc is not None and node.proc.wait(10) == 2
+
+
+def test_healthz_503_when_the_index_is_locked_longer_than_a_probe_may_wait(node: _Node) -> None:
+    """Another writer holds the SQLite write lock: the probe's write waits, /healthz answers in time."""
+    import sqlite3
+
+    from msfollowup.metrics import CHECK_TIMEOUT
+
+    locker = sqlite3.connect(node.data_dir / "index.sqlite3", timeout=5, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        status, _, body = _get(node.url("/healthz"))
+        report = json.loads(body)
+        assert status == 503 and report["checks"]["database"] == f"no answer within {CHECK_TIMEOUT:g} s", body
+        assert report["checks"]["storage"] == "ok" and report["checks"]["node"] == "ok"
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    _wait("healthz not back to 200", lambda: _get(node.url("/healthz"))[0] == 200, node)

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 PREFIX = "msfollowup_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # C-FIND latency buckets (seconds): a worklist answer should take milliseconds; >1 s is a problem.
+CHECK_TIMEOUT = 5.0  # seconds /healthz waits for each check (they run in parallel)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
 
@@ -286,16 +287,28 @@ def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(orig if orig is not None else exc)[:200]}"
 
 
-def run_checks(checks: Mapping[str, Callable[[], None]]) -> tuple[bool, dict[str, str]]:
-    """Every check runs (one failure does not hide another); "ok" or what failed, by name."""
+def run_checks(checks: Mapping[str, Callable[[], None]], timeout: float = CHECK_TIMEOUT) -> tuple[bool, dict[str, str]]:
+    """Every check runs, in parallel (one failure or hang does not hide another); "ok" or what failed.
+
+    A check still running after `timeout` fails as such: a probe must answer in time, and a database
+    locked that long is stalling C-STORE answers too. Its thread finishes on its own (daemon)."""
     results: dict[str, str] = {}
-    for name, check in checks.items():
+
+    def run(name: str, check: Callable[[], None]) -> None:
         try:
             check()
             results[name] = "ok"
         except Exception as exc:  # noqa: BLE001 - a failing check is the answer, not an error
             results[name] = _failure(exc)
-    return all(v == "ok" for v in results.values()), results
+
+    threads = [threading.Thread(target=run, args=item, name=f"healthz-{item[0]}", daemon=True) for item in checks.items()]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    out = {name: results.get(name, f"no answer within {timeout:g} s") for name in checks}
+    return all(v == "ok" for v in out.values()), out
 
 
 # --- HTTP ---------------------------------------------------------------------------------------
