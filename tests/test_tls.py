@@ -118,7 +118,8 @@ class TlsNode(RunningNode):
 
 @pytest.fixture
 def tls_node(tmp_path: Path, pki: Pki) -> Iterator[TlsNode]:
-    node = TlsNode(tmp_path / "node", pki).start()
+    node = TlsNode(tmp_path / "node", pki)
+    node.start()
     yield node
     node.stop()
 
@@ -219,7 +220,8 @@ def test_only_tls_1_2_and_later_with_aead_ciphers(tls_node: TlsNode, pki: Pki) -
 
 
 def test_server_only_tls_admits_clients_without_certificate(tmp_path: Path, pki: Pki) -> None:
-    node = TlsNode(tmp_path / "node", pki, mutual=False).start()
+    node = TlsNode(tmp_path / "node", pki, mutual=False)
+    node.start()
     try:
         res = node.dcmtk("echoscu", "-aet", "ECHOSCU", tls=("+tla", "+cf", str(pki.ca)))
         assert res.returncode == 0, res.stderr
@@ -231,7 +233,8 @@ def test_server_only_tls_admits_clients_without_certificate(tmp_path: Path, pki:
 def test_silent_peer_neither_blocks_others_nor_stays_forever(tmp_path: Path, pki: Pki) -> None:
     """A TCP connection that never says hello: other peers associate meanwhile; it is dropped after
     the ACSE timeout; shutdown does not wait for it."""
-    node = TlsNode(tmp_path / "node", pki, sections={"node": {"acse_timeout": 3}}).start()
+    node = TlsNode(tmp_path / "node", pki, sections={"node": {"acse_timeout": 3}})
+    node.start()
     try:
         with socket.create_connection(("127.0.0.1", node.port), timeout=30) as silent:
             res = node.dcmtk("echoscu", "-aet", "ECHOSCU")

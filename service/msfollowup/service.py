@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,7 +19,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from msfollowup import jobs, worklist
+from msfollowup import jobs, sdnotify, worklist
 from msfollowup.completion import CompletionWorker
 from msfollowup.config import Config, ConfigError, LoggingConfig
 from msfollowup.db import Database
@@ -44,10 +45,35 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+class _JournalFormatter(logging.Formatter):
+    """For stderr read by journald: it stamps the time itself and takes the priority from a "<N>"
+    prefix (sd-daemon(3)), so `journalctl -u msfollowup -p warning` filters by level."""
+
+    _PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self._PRIORITY.get(record.levelname, 6)}>{super().format(record)}"
+
+
+def _stderr_is_journal() -> bool:
+    """systemd sets JOURNAL_STREAM=<dev>:<inode> of the stream it connected to journald."""
+    try:
+        dev, ino = (int(v) for v in os.environ.get("JOURNAL_STREAM", "").split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
 def setup_logging(cfg: LoggingConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if cfg.format == "json":
         handler.setFormatter(_JsonFormatter())
+    elif _stderr_is_journal():
+        handler.setFormatter(_JournalFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -121,6 +147,19 @@ class Service:
             checks["scheduler"] = lambda: _require(self.scheduler is not None and self.scheduler.running, "not running")
         return checks
 
+    def dead_parts(self) -> list[str]:
+        """Parts that stopped working: the accept loop or a worker thread ended. Liveness only: a slow
+        database or a long pipeline pass is no reason for systemd to restart the node."""
+        alive = {
+            "node": self.node.is_serving(),
+            "pipeline": _alive(self.pipeline_worker._thread),
+            "completion": _alive(self.completion._thread),
+            "outbox": _alive(self.outbox._thread),
+        }
+        if self.cfg.scheduler.enabled:
+            alive["scheduler"] = self.scheduler is not None and self.scheduler.running
+        return [name for name, ok in alive.items() if not ok]
+
     def stop(self) -> None:
         if self.http is not None:
             self.http.stop()
@@ -152,13 +191,44 @@ def run_service(cfg: Config) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    notifier = sdnotify.Notifier.from_environ()
     service = Service(cfg)
     try:
-        service.start()
+        host, port = service.start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", cfg.node.host, cfg.node.port, exc.strerror)
         return 2
-    while not stop.wait(1.0):
-        pass
+    status = f"listening on {host}:{port}{' (TLS)' if cfg.node.tls else ''}"
+    notifier.ready(status)
+    supervise(service, notifier, stop, status)
+    notifier.stopping()
     service.stop()
     return 0
+
+
+def supervise(service: Service, notifier: sdnotify.Notifier, stop: threading.Event, status: str) -> None:
+    """Until `stop`: check the parts are alive and, only while they all are, ping the systemd watchdog.
+
+    A dead part cannot restart itself; withholding the ping lets systemd kill and restart the node
+    (WatchdogSec= in systemd/msfollowup.service). Outside systemd the failure is still logged.
+    """
+    interval = notifier.watchdog_interval or 1.0
+    dead: list[str] = []
+    while True:
+        now_dead = service.dead_parts()
+        if now_dead != dead:
+            if now_dead:
+                log.error("not healthy: %s stopped; withholding watchdog pings", ", ".join(now_dead))
+                notifier.status(f"not healthy: {', '.join(now_dead)} stopped")
+            else:
+                log.info("healthy again")
+                notifier.status(status)
+            dead = now_dead
+        if not dead:
+            notifier.watchdog()
+        if stop.wait(interval):
+            return
+
+
+def _alive(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()
