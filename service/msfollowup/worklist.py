@@ -29,15 +29,16 @@ from typing import Any, Protocol, cast
 
 from pydicom import dcmwrite
 from pydicom.charset import python_encoding
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
+from pydicom.filereader import data_element_generator, read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import N_CREATE, N_SET
 from pynetdicom.events import Event, EventHandlerType
@@ -847,12 +848,39 @@ class CompiledQuery:
         return DataElement(key.tag, "SQ", DicomSequence(matched)), unsupported
 
 
+def _check_vr(elem: DataElement) -> None:
+    """A key in a VR its tag does not have (a sequence for a name, text for a date) cannot be matched."""
+    if elem.tag.is_private or elem.VR == "UN":
+        return
+    try:
+        allowed = {vr.strip() for vr in dictionary_VR(elem.tag).split(" or ")}
+    except KeyError:
+        return
+    if elem.VR not in allowed:
+        raise QueryError(f"{elem.keyword or elem.tag}: VR {elem.VR}, the dictionary says {'/'.join(sorted(allowed))}")
+
+
+def check_lengths(data: bytes, transfer_syntax: str) -> None:
+    """pydicom silently shortens a value whose declared length runs past the end of the identifier;
+    such an identifier was cut off or lies about its lengths: refuse it (top-level elements; a cut
+    inside an undefined-length sequence makes the sequence itself unreadable)."""
+    ts = UID(transfer_syntax)
+    if ts.is_deflated:
+        return
+    for raw in data_element_generator(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian):
+        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF and len(raw.value or b"") < raw.length:
+            raise QueryError(f"{Tag(raw.tag)}: value length runs past the end of the identifier")
+
+
 def compile_query(query: Dataset) -> CompiledQuery:
     """Parse every matching key once; raises QueryError for what cannot be matched."""
     keys = []
     for qelem in query:
         tag = qelem.tag
-        if tag.group in (0x0000, 0x0002) or tag == _CHARSET:
+        if tag.group in (0x0000, 0x0002):
+            continue
+        _check_vr(qelem)
+        if tag == _CHARSET:
             continue
         if qelem.VR != "SQ":
             keys.append(_Key(tag, str(qelem.VR), cond=parse_condition(qelem)))
@@ -867,6 +895,9 @@ def compile_query(query: Dataset) -> CompiledQuery:
         has_keys = any(k.cond is not None for k in sub.keys)
         keys.append(_Key(tag, "SQ", sub=sub, sub_has_keys=has_keys))
     charset = tuple(_values(query.get(_CHARSET)))
+    unknown = [term for term in charset if term.strip() and term.strip() not in python_encoding]
+    if unknown:
+        raise QueryError(f"SpecificCharacterSet: unknown term {unknown[0][:16]!r}")
     return CompiledQuery(tuple(keys), charset, _CHARSET in query)
 
 
@@ -949,6 +980,7 @@ class WorklistSCP:
             yield _status(ST_SOP_CLASS_NOT_SUPPORTED, "only Modality Worklist FIND is served"), None
             return
         try:
+            check_lengths(event.request.Identifier.getvalue(), event.context.transfer_syntax)  # type: ignore[union-attr]
             query = compile_query(event.identifier)  # decodes and checks every key
         except QueryError as exc:
             yield _status(ST_IDENTIFIER_MISMATCH, str(exc)), None
