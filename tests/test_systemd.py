@@ -237,6 +237,19 @@ def test_service_notifies_ready_watchdog_and_stopping(tmp_path: Path, notify_soc
     assert lines[-1] == "<6>INFO msfollowup: stopped"
 
 
+def test_watchdog_abort_leaves_every_threads_stack_in_the_log(tmp_path: Path) -> None:
+    """What systemd does when the pings stop (SIGABRT): the journal must show where each thread was."""
+    node = RunningNode(tmp_path / "node")
+    node.start()
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGABRT)
+    assert node.proc.wait(30) == -signal.SIGABRT
+    log = node.log()
+    assert "Fatal Python error: Aborted" in log
+    assert re.search(r'File ".*service\.py", line \d+ in supervise', log), log[-3000:]
+    assert re.search(r"^Thread 0x[0-9a-f]+ \(most recent call first\):", log, re.M), log[-3000:]
+
+
 def test_watchdog_pings_stop_when_a_part_dies(tmp_path: Path, notify_socket: tuple[str, NotifySocket],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A dead worker thread cannot restart itself: the pings stop so that systemd restarts the node."""

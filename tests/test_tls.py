@@ -134,6 +134,12 @@ def _wait_for(what: str, probe: Any, node: RunningNode, timeout: float = 60) -> 
     raise AssertionError(f"{what} within {timeout} s; node log:\n{node.log()[-4000:]}")
 
 
+def _wait_log(node: RunningNode, *texts: str) -> str:
+    """The log once it holds every text (a refused peer can see the socket close before the log line)."""
+    return str(_wait_for(f"log lines {texts}", lambda: all(t in node.log() for t in texts) and node.log(), node,
+                         timeout=10))
+
+
 def _store_over_tls(node: TlsNode, files: list[Path]) -> subprocess.CompletedProcess[str]:
     cmd = [str(DCMTK / "storescu"), "-aet", "STORESCU", "-aec", node.ae_title, "+tls", str(node.pki.client_key),
            str(node.pki.client_cert), "+cf", str(node.pki.ca), "127.0.0.1", str(node.port), *map(str, files)]
@@ -176,10 +182,9 @@ def test_mutual_tls_refuses_clients_without_a_certificate_from_the_ca(tls_node: 
     server_cert = tls_node.dcmtk("echoscu", "-aet", "ECHOSCU",
                                  tls=("+tls", str(pki.server_key), str(pki.server_cert), "+cf", str(pki.ca)))
     assert no_cert.returncode != 0 and stranger.returncode != 0 and server_cert.returncode != 0
-    log = tls_node.log()
-    assert "reason=PEER_DID_NOT_RETURN_A_CERTIFICATE" in log
-    assert "reason=certificate rejected (unable to get local issuer certificate)" in log
-    assert "reason=certificate rejected (unsuitable certificate purpose)" in log
+    log = _wait_log(tls_node, "reason=PEER_DID_NOT_RETURN_A_CERTIFICATE",
+                    "reason=certificate rejected (unable to get local issuer certificate)",
+                    "reason=certificate rejected (unsuitable certificate purpose)")
     assert log.count("association released") == associations  # none of them got as far as DICOM
     assert tls_node.dcmtk("echoscu", "-aet", "ECHOSCU").returncode == 0  # the right one still does
 
@@ -188,7 +193,7 @@ def test_plain_dicom_cannot_associate_with_a_tls_node(tls_node: TlsNode) -> None
     res = tls_node.dcmtk("echoscu", "-aet", "ECHOSCU", tls=())
     assert res.returncode != 0
     assert RunningNode.echo(tls_node) is False  # pynetdicom without TLS
-    assert "(the peer does not speak TLS: a plain DICOM client?)" in tls_node.log()
+    _wait_log(tls_node, "(the peer does not speak TLS: a plain DICOM client?)")
 
 
 def _handshake(port: int, ctx: ssl.SSLContext) -> str:
@@ -215,8 +220,7 @@ def test_only_tls_1_2_and_later_with_aead_ciphers(tls_node: TlsNode, pki: Pki) -
     cbc.set_ciphers("ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES256-SHA384")
     with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):
         _handshake(tls_node.port, cbc)
-    log = tls_node.log()
-    assert "reason=UNSUPPORTED_PROTOCOL" in log and "reason=NO_SHARED_CIPHER" in log
+    _wait_log(tls_node, "reason=UNSUPPORTED_PROTOCOL", "reason=NO_SHARED_CIPHER")
 
 
 def test_server_only_tls_admits_clients_without_certificate(tmp_path: Path, pki: Pki) -> None:
@@ -240,8 +244,7 @@ def test_silent_peer_neither_blocks_others_nor_stays_forever(tmp_path: Path, pki
             res = node.dcmtk("echoscu", "-aet", "ECHOSCU")
             assert res.returncode == 0, res.stderr
             assert silent.recv(1) == b"", "the node should close a connection that never handshakes"
-        _wait_for("no log line for the dropped connection",
-                  lambda: "reason=timed out waiting for the peer's handshake" in node.log(), node, timeout=10)
+        _wait_log(node, "reason=timed out waiting for the peer's handshake")
         silent2 = socket.create_connection(("127.0.0.1", node.port), timeout=30)
         try:
             assert node.stop(timeout=20) == 0

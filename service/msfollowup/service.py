@@ -6,6 +6,7 @@ is the reverse: the node stops accepting first, running associations get a bound
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -183,6 +184,9 @@ def _require(condition: bool, failure: str) -> None:
 
 def run_service(cfg: Config) -> int:
     setup_logging(cfg.logging)
+    # The systemd watchdog kills a stalled node with SIGABRT: leave every thread's stack in the journal
+    # (code locations only, no data) so the hang can be found.
+    faulthandler.enable(all_threads=True)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
