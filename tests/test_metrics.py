@@ -92,7 +92,7 @@ def node(tmp_path: Path) -> Iterator[_Node]:
         assert n.stop() == 0
 
 
-def _mwl_find(node: RunningNode, patient_id: str) -> tuple[int, int]:
+def _mwl_find(node: RunningNode, patient_id: str, sps_items: int = 1) -> tuple[int, int]:
     """(pending responses, final status) of one MWL C-FIND by patient ID."""
     ae = AE(ae_title="FINDSCU")
     ae.add_requested_context(ModalityWorklistInformationFind)
@@ -104,7 +104,7 @@ def _mwl_find(node: RunningNode, patient_id: str) -> tuple[int, int]:
     sps = Dataset()
     sps.Modality = "MR"
     sps.ScheduledProcedureStepStartDate = ""
-    query.ScheduledProcedureStepSequence = [sps]
+    query.ScheduledProcedureStepSequence = [sps] * sps_items
     pending, final = 0, -1
     try:
         for status, _identifier in assoc.send_c_find(query, ModalityWorklistInformationFind):
@@ -143,6 +143,7 @@ def test_metrics_move_with_traffic_and_carry_no_patient_data(node: _Node, tmp_pa
     open_items = _wait("no worklist item", lambda: _open_items(node), node)
     pending, final = _mwl_find(node, PATIENT_ID)
     assert final == 0 and pending == 1
+    assert _mwl_find(node, PATIENT_ID, sps_items=2) == (0, 0xA900)  # a query sequence holds one item
 
     text, m = node.scrape()
     assert m["msfollowup_instances_total"][(("outcome", "stored"),)] == len(study.files)
@@ -164,12 +165,13 @@ def test_metrics_move_with_traffic_and_carry_no_patient_data(node: _Node, tmp_pa
     assert m["msfollowup_outbox_backlog"][()] == 0
     # C-FIND: one request, matches as the client saw them, a consistent histogram
     assert m["msfollowup_cfind_requests_total"][(("status", "success"),)] == 1
+    assert m["msfollowup_cfind_requests_total"][(("status", "failure"),)] == 1
     assert m["msfollowup_cfind_matches_total"][()] == pending
-    assert m["msfollowup_cfind_duration_seconds_count"][()] == 1
+    assert m["msfollowup_cfind_duration_seconds_count"][()] == 2
     assert m["msfollowup_cfind_duration_seconds_sum"][()] > 0
     buckets = m["msfollowup_cfind_duration_seconds_bucket"]
     counts = [buckets[(("le", b),)] for b in [*(repr(x) for x in LATENCY_BUCKETS), "+Inf"]]
-    assert counts == sorted(counts) and counts[-1] == 1
+    assert counts == sorted(counts) and counts[-1] == 2
     assert m["msfollowup_uptime_seconds"][()] > 0
     assert m["msfollowup_database_up"][()] == 1
     # no patient data, no UIDs, no AE titles or hosts anywhere in a scrape

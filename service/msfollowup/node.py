@@ -444,10 +444,9 @@ class Node:
                         finished = True
                         self._found(event, time.monotonic() - started, matches, code)
                     yield status, identifier
-            except Exception:
+            finally:  # an exception, or pynetdicom dropping the generator (abort): still one failed query
                 if not finished:
                     self._found(event, time.monotonic() - started, matches, STATUS_PROCESSING_FAILURE)
-                raise
 
         return on_find
 
