@@ -258,12 +258,20 @@ def test_twenty_random_kill9_points_lose_nothing_and_check_each_study_version_on
         port = node.port
         todo = [p for p in files if _sop(p) not in acknowledged]
         rng.shuffle(todo)
-        batch = todo[: rng.randint(3, 15)]
+        batch = todo[: rng.randint(4, 15)]
         had = len(acknowledged)
         t = threading.Thread(target=sender, args=(node, batch))
         t.start()
-        # Kill while receiving, completing, checking or reporting: anywhere in the first 1.5 s.
-        time.sleep(rng.uniform(0.0, 1.5))
+        if len(batch) >= 4 and rng.random() < 0.6:
+            # Inside the transfer: after k acknowledgements, while the next instance travels.
+            k = rng.randint(1, len(batch) - 3)
+            deadline = time.monotonic() + 20
+            while len(acknowledged) - had < k and t.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(rng.uniform(0.0, 0.01))
+        else:
+            # Anywhere in the first 1.5 s: receiving, completing, checking or reporting.
+            time.sleep(rng.uniform(0.0, 1.5))
         node.kill9()
         t.join(20)
         assert not t.is_alive()
