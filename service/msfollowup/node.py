@@ -189,7 +189,7 @@ class Node:
         # tmp/ so the finished file can be hard-linked into place (same filesystem, no copy).
         tempfile.tempdir = str(store.tmp)
         # ... and write into a SpoolFile there (pynetdicom only offers this as a module global).
-        dimse_messages.NamedTemporaryFile = _spool_factory(store.tmp)  # type: ignore[attr-defined]
+        dimse_messages.NamedTemporaryFile = _spool_factory(store.tmp)  # type: ignore[assignment]
         self.on_instance = on_instance
         self._stats: dict[int, _AssocStats] = {}
         self._lock = threading.Lock()
