@@ -33,6 +33,15 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _database(cfg: Config) -> Database:
+    """The index database; a fresh data folder is created so a first `studies` answers "none"."""
+    from msfollowup.db import Database
+
+    if cfg.storage.database is None:
+        cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    return Database(cfg.storage.database_url)
+
+
 def _add_config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML configuration file (default: $MSFOLLOWUP_CONFIG, else built-in defaults)")
 
@@ -47,11 +56,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
-    from msfollowup.db import Database
     from msfollowup.store import study_summaries
 
     cfg = _config(args)
-    rows = study_summaries(Database(cfg.storage.database_url))
+    rows = study_summaries(_database(cfg))
     if args.json:
         _print_json(rows)
         return 0
@@ -76,13 +84,10 @@ def _add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _plan_context(args: argparse.Namespace) -> tuple[Database, IntervalRules]:
-    from msfollowup.db import Database
     from msfollowup.plans import load_interval_rules
 
     cfg = _config(args)
-    if cfg.storage.database is None:
-        cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    return Database(cfg.storage.database_url), load_interval_rules(cfg.validation.protocols_dir)
+    return _database(cfg), load_interval_rules(cfg.validation.protocols_dir)
 
 
 def _reschedule(session: Session, args: argparse.Namespace, patient_ids: list[str]) -> None:
@@ -259,7 +264,6 @@ def _add_plan_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def _cmd_report(args: argparse.Namespace) -> int:
     import shutil
 
-    from msfollowup.db import Database
     from msfollowup.report import ReportError, latest_report
 
     cfg = _config(args)
@@ -271,7 +275,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"msfollowup: no report for study {args.study_uid} (no index database at {db_file})", file=sys.stderr)
         return 2
     try:
-        rec = latest_report(Database(cfg.storage.database_url), cfg, args.study_uid)
+        rec = latest_report(_database(cfg), cfg, args.study_uid)
     except ReportError as exc:
         print(f"msfollowup: {exc}", file=sys.stderr)
         return 2
@@ -288,13 +292,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_outbox(args: argparse.Namespace) -> int:
-    from msfollowup.db import Database
     from msfollowup.outbox import list_deliveries
 
     cfg = _config(args)
     if cfg.storage.database is None:
         cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    jobs = list_deliveries(Database(cfg.storage.database_url), args.study)
+    jobs = list_deliveries(_database(cfg), args.study)
     if args.json:
         _print_json([j.to_json() for j in jobs])
         return 0
@@ -435,7 +438,6 @@ def _add_check_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from msfollowup import audit
-    from msfollowup.db import Database
 
     cfg = _config(args)
     try:
@@ -443,7 +445,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     except audit.AuditError as exc:
         print(f"msfollowup: {exc}", file=sys.stderr)
         return 2
-    rows = audit.events(Database(cfg.storage.database_url), since=since, action=args.action)
+    rows = audit.events(_database(cfg), since=since, action=args.action)
     if args.json:
         _print_json(list(rows))
         return 0
@@ -467,7 +469,7 @@ def _add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _cmd_worklist(args: argparse.Namespace) -> int:
     from msfollowup import worklist
-    from msfollowup.db import Database, utcnow
+    from msfollowup.db import utcnow
 
     cfg = _config(args)
     if args.action == "export" and cfg.worklist.export_dir is None:
@@ -475,7 +477,7 @@ def _cmd_worklist(args: argparse.Namespace) -> int:
         return 2
     if cfg.storage.database is None:
         cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    with Database(cfg.storage.database_url).session() as s:
+    with _database(cfg).session() as s:
         if args.action == "export":
             written, removed = worklist.sync_export(s, cfg)
             print(f"{cfg.worklist.export_dir}: {written} file(s) written, {removed} removed")
