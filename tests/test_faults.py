@@ -4,6 +4,7 @@ store/ byte-identical AND indexed; nothing partial is left in store/ or tmp/; th
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -22,6 +23,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from dicom_fixtures import generate_study
+from msfollowup.config import load_config
 from nodeutil import DCMTK, RunningNode, dataset_bytes
 
 pytestmark = pytest.mark.slow
@@ -66,9 +68,15 @@ def _tmp_files(node: RunningNode) -> list[Path]:
     return sorted(tmp.iterdir()) if tmp.exists() else []
 
 
+def _index_file(node: RunningNode) -> Path:
+    url = load_config(node.config_path).storage.database_url
+    assert url.startswith("sqlite:///")
+    return Path(url.removeprefix("sqlite:///"))
+
+
 def _indexed(node: RunningNode) -> dict[str, str]:
     """sop -> relative path, straight from the index file."""
-    con = sqlite3.connect(node.data_dir / "index.sqlite3", timeout=30)
+    con = sqlite3.connect(_index_file(node), timeout=30)
     try:
         return dict(con.execute("SELECT sop_instance_uid, path FROM instances").fetchall())
     finally:
@@ -91,18 +99,25 @@ def _assert_consistent(node: RunningNode, sources: dict[str, Path], acknowledged
 # --- disk full -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MB tmpfs mounted where RunningNode puts its data_dir (needs root / CAP_SYS_ADMIN)."""
-    mnt = tmp_path / "var"
+@contextlib.contextmanager
+def _tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A small tmpfs at `mnt` (needs root / CAP_SYS_ADMIN; skips the test otherwise)."""
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                         text=True)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {res.stderr.strip()}")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MB tmpfs where RunningNode puts its data_dir: store, tmp/ and the index on one full disk."""
+    with _tmpfs(tmp_path / "var", "8m") as mnt:
+        yield mnt
 
 
 def _fill(folder: Path) -> list[Path]:
@@ -163,6 +178,34 @@ def test_disk_full_answers_out_of_resources_leaves_nothing_and_recovers(small_fs
         assert _tmp_files(node) == []
     finally:
         node.stop()
+
+
+def test_index_disk_full_answers_out_of_resources_and_takes_the_file_back(tmp_path: Path) -> None:
+    """The index on its own small disk fills up while the store has room: the instance was received
+    and linked, indexing fails -> Out of Resources, and its file leaves store/ again."""
+    study = generate_study(tmp_path / "gen", slices=2, seed=23)
+    sources = {_sop(p): p for p in study.files}
+    with _tmpfs(tmp_path / "db", "2m") as db_fs:
+        node = RunningNode(tmp_path, stable_seconds=30,
+                           sections={"storage": {"database": f"sqlite:///{db_fs / 'index.sqlite3'}"}}).start()
+        try:
+            first, blocked, later = study.files[:2], study.files[2:5], study.files[5:8]
+            assert _send(node, first) == [0, 0]
+            (db_fs / "fill").mkdir()
+            _fill(db_fs / "fill")
+            statuses = _send(node, blocked)
+            assert all(s is not None and 0xA700 <= s <= 0xA7FF for s in statuses), [hex(s or 0) for s in statuses]
+            assert "C-STORE index unavailable" in node.log()
+            assert node.echo()
+            assert not {_sop(p) for p in blocked} & set(_store_files(node)), "an unindexed file stayed in store/"
+            assert _tmp_files(node) == []
+            _assert_consistent(node, sources, {_sop(p) for p in first})
+
+            shutil.rmtree(db_fs / "fill")
+            assert _send(node, blocked + later) == [0] * (len(blocked) + len(later))
+            _assert_consistent(node, sources, {_sop(p) for p in first + blocked + later})
+        finally:
+            node.stop()
 
 
 # --- index locked ------------------------------------------------------------------------------
