@@ -8,9 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pynetdicom import AE
 
@@ -18,6 +18,7 @@ from msfollowup.config import load_config
 from msfollowup.db import Database
 from msfollowup.store import Instance, Study
 
+T = TypeVar("T")
 DCMTK = Path("/usr/bin")
 DEFAULT_ALLOW = ("STORESCU", "ECHOSCU", "FINDSCU", "PYNETDICOM", "TESTSCU", "MPPSSCU")
 
@@ -106,6 +107,16 @@ class RunningNode:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for(self, what: str, probe: Callable[[], T | None], timeout: float = 60) -> T:
+        """Poll `probe` until it returns something truthy; fail with `what` and the node's log tail."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = probe()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"{what} within {timeout} s; node log:\n{self.log()[-4000:]}")
 
     # -- DICOM helpers
 

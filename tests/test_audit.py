@@ -7,10 +7,9 @@ import datetime as dt
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -35,17 +34,6 @@ pytestmark = pytest.mark.skipif(not (DCMTK / "storescp").exists(), reason="DCMTK
 PATIENT_ID = "PIDAUDIT7"
 PATIENT_NAME = "SECRETNAME^AUDIT"
 QUERY_VALUE = "QUERYVALUE"
-T = TypeVar("T")
-
-
-def _wait(what: str, probe: Callable[[], T | None], node: RunningNode, timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout} s; node log:\n{node.log()[-4000:]}")
 
 
 def _cli(node: RunningNode, *args: str) -> subprocess.CompletedProcess[str]:
@@ -139,7 +127,7 @@ def test_audit_trail_of_stores_rejection_query_mpps_delivery_and_plan_change(nod
         r = _audit(node)
         return r if any(e["action"] == audit.REPORT_DELIVERED for e in r) else None
 
-    rows = _wait("no report.delivered audit row", with_delivery, node)
+    rows = node.wait_for("no report.delivered audit row", with_delivery)
 
     # C-STORE: one row per study per association, counts instead of one row per instance
     store = _one(rows, audit.STORE, object_uid=study.study_uid)

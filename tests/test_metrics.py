@@ -9,9 +9,9 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -28,7 +28,6 @@ pytestmark = pytest.mark.skipif(not (DCMTK / "storescu").exists(), reason="DCMTK
 
 PATIENT_ID = "PIDSECRET42"
 PATIENT_NAME = "SECRETNAME^ZOE"
-T = TypeVar("T")
 _SAMPLE = re.compile(r'^([a-z_][a-z0-9_]*)(\{([a-z_]+="[^"\\]*"(,[a-z_]+="[^"\\]*")*)\})? (\S+)$')
 
 
@@ -57,16 +56,6 @@ def _parse(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
         assert name in typed or base in typed, f"{name} sampled before its # TYPE line"
         samples.setdefault(name, {})[labels] = float(m.group(5))
     return samples
-
-
-def _wait(what: str, probe: Callable[[], T | None], node: RunningNode, timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout} s; node log:\n{node.log()[-4000:]}")
 
 
 class _Node(RunningNode):
@@ -139,8 +128,8 @@ def test_metrics_move_with_traffic_and_carry_no_patient_data(node: _Node, tmp_pa
     _rejected_association(node)
     node.wait_complete(study.study_uid)
     # the pipeline checks the study and puts the patient's next exam on the worklist
-    _wait("no verdict in /metrics", lambda: node.scrape()[1].get("msfollowup_study_checks"), node)
-    open_items = _wait("no worklist item", lambda: _open_items(node), node)
+    node.wait_for("no verdict in /metrics", lambda: node.scrape()[1].get("msfollowup_study_checks"))
+    open_items = node.wait_for("no worklist item", lambda: _open_items(node))
     pending, final = _mwl_find(node, PATIENT_ID)
     assert final == 0 and pending == 1
     assert _mwl_find(node, PATIENT_ID, sps_items=2) == (0, 0xA900)  # a query sequence holds one item
@@ -287,4 +276,4 @@ def test_healthz_503_when_the_index_is_locked_longer_than_a_probe_may_wait(node:
     finally:
         locker.execute("ROLLBACK")
         locker.close()
-    _wait("healthz not back to 200", lambda: _get(node.url("/healthz"))[0] == 200, node)
+    node.wait_for("healthz not back to 200", lambda: _get(node.url("/healthz"))[0] == 200)

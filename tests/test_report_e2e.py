@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,6 @@ from dicom_fixtures import generate_study  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def _wait_for(predicate: Any, timeout: float, what: str, node: RunningNode) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout} s; node log:\n{node.log()[-4000:]}")
 
 
 def _srs(scp: StoreSCP) -> list[Any]:
@@ -75,13 +66,14 @@ def test_sr_reaches_a_destination_that_comes_up_late(tmp_path: Path, destination
         assert sent.returncode == 0, sent.stderr
         node.wait_complete(gen.study_uid, timeout=60)
         report = node.data_dir / "reports" / gen.study_uid / "v1.dcm"
-        _wait_for(report.exists, 60, "no report written", node)
+        node.wait_for("no report written", report.exists, 60)
         # The destination was down so far: the job waits with an error, then goes once it is up.
-        jobs = _wait_for(lambda: [j for j in json.loads(_cli(node, "outbox", "--json").stdout) if j["attempts"]],
-                         30, "no delivery attempt", node)
+        jobs = node.wait_for(
+            "no delivery attempt",
+            lambda: [j for j in json.loads(_cli(node, "outbox", "--json").stdout) if j["attempts"]], 30)
         assert jobs[0]["state"] == "pending" and jobs[0]["last_error"]
         destination.start()
-        (got,) = _wait_for(lambda: _srs(destination), 60, "SR not delivered", node)
+        (got,) = node.wait_for("SR not delivered", lambda: _srs(destination), 60)
         path, _ = got
         _check_dicom_tools(path)
         sr = hd.sr.srread(path)
@@ -112,11 +104,11 @@ def test_late_images_give_a_second_sr_with_predecessor(tmp_path: Path, destinati
     try:
         assert node.storescu(first.files).returncode == 0
         node.wait_complete(first.study_uid, timeout=60)
-        (v1,) = _wait_for(lambda: _srs(destination), 60, "first SR not delivered", node)
+        (v1,) = node.wait_for("first SR not delivered", lambda: _srs(destination), 60)
         assert node.storescu([f for s in flair for f in s.files]).returncode == 0
         node.wait_complete(first.study_uid, version=2, timeout=60)
-        both = _wait_for(lambda: len(_srs(destination)) == 2 and _srs(destination), 60, "second SR not delivered",
-                         node)
+        both = node.wait_for("second SR not delivered",
+                             lambda: _srs(destination) if len(_srs(destination)) == 2 else None, 60)
     finally:
         assert node.stop() == 0
     v1_uid = v1[1].SOPInstanceUID

@@ -9,7 +9,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,20 +123,11 @@ def tls_node(tmp_path: Path, pki: Pki) -> Iterator[TlsNode]:
     node.stop()
 
 
-def _wait_for(what: str, probe: Any, node: RunningNode, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"{what} within {timeout} s; node log:\n{node.log()[-4000:]}")
 
 
 def _wait_log(node: RunningNode, *texts: str) -> str:
     """The log once it holds every text (a refused peer can see the socket close before the log line)."""
-    return str(_wait_for(f"log lines {texts}", lambda: all(t in node.log() for t in texts) and node.log(), node,
-                         timeout=10))
+    return str(node.wait_for(f"log lines {texts}", lambda: all(t in node.log() for t in texts) and node.log(), 10))
 
 
 def _store_over_tls(node: TlsNode, files: list[Path]) -> subprocess.CompletedProcess[str]:
@@ -166,9 +156,7 @@ def test_dcmtk_echo_store_and_worklist_find_over_mutual_tls(tls_node: TlsNode, t
     tls_node.wait_complete(study.study_uid)
 
     # The pipeline schedules the patient's next exam; a modality finds it over TLS.
-    items = _wait_for("no worklist item for the stored patient",
-                      lambda: [i for i in _find_worklist(tls_node, tmp_path / "wl") if i.PatientID == "MSTLS01"],
-                      tls_node)
+    items = tls_node.wait_for("no worklist item for the stored patient", lambda: [i for i in _find_worklist(tls_node, tmp_path / "wl") if i.PatientID == "MSTLS01"])
     assert items[0].ScheduledProcedureStepSequence[0].Modality == "MR"
     assert "TLS handshake failed" not in tls_node.log()
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from pydicom import dcmread
@@ -25,18 +23,7 @@ from dicom_fixtures import generate_study  # noqa: E402
 from msfollowup.worklist import ScheduledStep  # noqa: E402
 
 pytestmark = pytest.mark.slow
-T = TypeVar("T")
 NAME = "MÜLLER^ZOË"
-
-
-def _wait(what: str, probe: Callable[[], T | None], node: RunningNode, timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout} s; node log:\n{node.log()[-4000:]}")
 
 
 def _findscu(node: RunningNode, tmp: Path, name: str, pn: str) -> list[Dataset]:
@@ -121,7 +108,7 @@ def test_scheduled_found_performed_and_completed_without_waiting(tmp_path: Path)
         done = node.wait_complete(first.study_uid, timeout=60)
         assert done.version == 1 and len(node.instances(first.study_uid)) == len(first.files)
         # 2. the pipeline put the next exam on the worklist; a modality finds it by name wildcard
-        found = _wait("no worklist item", lambda: _findscu(node, tmp_path, f"q{time.monotonic_ns()}", "MÜLL*"), node)
+        found = node.wait_for("no worklist item", lambda: _findscu(node, tmp_path, f"q{time.monotonic_ns()}", "MÜLL*"))
         (item,) = found
         assert str(item.PatientName) == NAME and item.PatientID == "MSW0001"
         assert item.SpecificCharacterSet == "ISO_IR 100"
@@ -139,7 +126,7 @@ def test_scheduled_found_performed_and_completed_without_waiting(tmp_path: Path)
         with node.db.session() as s:
             step = s.query(ScheduledStep).filter(ScheduledStep.study_uid == item.StudyInstanceUID).one()
             assert not step.is_open and step.close_reason == "mpps-completed"
-        _wait("export file not removed", lambda: not wl.exists(), node)
+        node.wait_for("export file not removed", lambda: not wl.exists())
     finally:
         assert node.stop() == 0
     log = node.log()
