@@ -16,7 +16,7 @@ import logging
 import os
 import string
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,6 +31,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ComprehensiveSRStorage, generate_uid
+from pydicom.valuerep import DA, TM
 from sqlalchemy import Integer, String, Text, UniqueConstraint, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
@@ -282,8 +283,35 @@ def _identity(cfg: Config, study_uid: str, refs: Sequence[_InstanceRef],
         for kw in _IDENTITY_TYPE2:
             if kw not in ds:
                 setattr(ds, kw, None)
+        _drop_unparseable(ds, study_uid)
         return ds
     raise ReportError(f"study {study_uid}: no readable stored instance to copy patient/study identity from")
+
+
+def _parses(kind: Callable[[str], object], value: str) -> bool:
+    try:
+        kind(value)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+_PARSED_BY_HIGHDICOM: dict[str, Callable[[str], bool]] = {
+    "PatientBirthDate": lambda v: _parses(DA, v),
+    "StudyDate": lambda v: _parses(DA, v),
+    "StudyTime": lambda v: _parses(TM, v),
+    "PatientSex": lambda v: v in ("M", "F", "O"),
+}
+
+
+def _drop_unparseable(ds: Dataset, study_uid: str) -> None:
+    """highdicom parses these; a malformed value in the images would fail every SR of the study (with
+    an error quoting the value). The SR leaves it empty (type 2); the log names the attribute only."""
+    for kw, ok in _PARSED_BY_HIGHDICOM.items():
+        value = ds.get(kw)
+        if value not in (None, "") and not ok(str(value)):
+            log.warning("study %s: %s in the images is not a valid value; left empty in the SR", study_uid, kw)
+            setattr(ds, kw, None)
 
 
 def _evidence_datasets(identity: Dataset, study_uid: str, refs: Sequence[_InstanceRef]) -> list[Dataset]:
