@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from msfollowup.classify import SeriesClassification, classify_study, read_headers
@@ -183,12 +184,24 @@ class Pipeline:
     def run_pending(self) -> int:
         n = 0
         for study_uid, version in self.unchecked():
-            self.check(study_uid, version)
-            n += 1
+            n += self._isolated(f"study={study_uid} version={version} check", self.check, study_uid, version)
         for check_id in self.pending_followups():
-            self.followup(check_id)
-            n += 1
+            n += self._isolated(f"check_id={check_id} follow-up", self.followup, check_id)
         return n
+
+    @staticmethod
+    def _isolated(what: str, stage: Callable[..., object], *args: Any) -> int:
+        """Run one study's stage; a failure caused by that study's data must not hold up every later
+        study (it is retried next pass). The database being down still ends the pass. Logged without
+        the exception's message: parsers quote element values (a birth date, a name) in it."""
+        try:
+            stage(*args)
+        except OperationalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - logged, retried at the next pass
+            log.error("%s failed: %s\n%s", what, type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+            return 0
+        return 1
 
 
 def schedule_patient(session: Session, cfg: Config, patient_id: str, today: dt.date) -> list[Any]:
