@@ -83,7 +83,13 @@ def setup_logging(cfg: LoggingConfig) -> None:
     # pynetdicom logs data set contents (patient names in identifiers) at INFO/DEBUG: keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    # Library warnings quote element values (highdicom: "The string <patient name> is unlikely to
+    # represent ...", 'value of argument "patient_name" is potentially invalid: <name>'; pydicom:
+    # "Invalid value for VR ..."): PHI, and raw lines that break JSON logs. Errors only.
+    logging.getLogger("highdicom").setLevel(logging.ERROR)
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
 class Service:
