@@ -179,7 +179,6 @@ class Node:
         store: InstanceStore,
         extra_handlers: ExtraHandlers | None = None,
         extra_contexts: list[str] | None = None,
-        on_instance: Callable[[str], None] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
@@ -190,7 +189,6 @@ class Node:
         tempfile.tempdir = str(store.tmp)
         # ... and write into a SpoolFile there (pynetdicom only offers this as a module global).
         dimse_messages.NamedTemporaryFile = _spool_factory(store.tmp)  # type: ignore[assignment]
-        self.on_instance = on_instance
         self._stats: dict[int, _AssocStats] = {}
         self._lock = threading.Lock()
         self.ae = self._build_ae(extra_contexts or [])
@@ -377,8 +375,6 @@ class Node:
             log.exception("C-STORE processing failure calling_ae=%s", calling)
             return _status(STATUS_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")
         self._received(event, temp, result)
-        if self.on_instance is not None:
-            self.on_instance(result.study_uid)
         if result.outcome is Outcome.DUPLICATE_KEPT_FIRST:
             self._count(event, "duplicates")
             log.warning("duplicate SOP instance with different content, first copy kept study=%s", result.study_uid)

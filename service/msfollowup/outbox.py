@@ -262,6 +262,9 @@ class Outbox:
         self._thread = threading.Thread(target=self._loop, name="msfollowup-outbox", daemon=True)
         self._thread.start()
 
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop quickly: abort a send in progress (its job goes back to pending) and join."""
         self._stop.set()

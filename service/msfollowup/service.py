@@ -110,7 +110,6 @@ class Service:
             cfg, self.store,
             extra_handlers=worklist.event_handlers(self.db, cfg),
             extra_contexts=list(worklist.SUPPORTED_CONTEXTS),
-            on_instance=None,
             metrics=self.metrics,
         )
         self.outbox = Outbox(self.db, cfg)
@@ -159,9 +158,9 @@ class Service:
         database or a long pipeline pass is no reason for systemd to restart the node."""
         alive = {
             "node": self.node.is_serving(),
-            "pipeline": _alive(self.pipeline_worker._thread),
-            "completion": _alive(self.completion._thread),
-            "outbox": _alive(self.outbox._thread),
+            "pipeline": self.pipeline_worker.is_alive(),
+            "completion": self.completion.is_alive(),
+            "outbox": self.outbox.is_alive(),
         }
         if self.cfg.scheduler.enabled:
             alive["scheduler"] = self.scheduler is not None and self.scheduler.running
@@ -239,6 +238,3 @@ def supervise(service: Service, notifier: sdnotify.Notifier, stop: threading.Eve
         if stop.wait(interval):
             return
 
-
-def _alive(thread: threading.Thread | None) -> bool:
-    return thread is not None and thread.is_alive()

@@ -25,6 +25,9 @@ class PollingWorker:
     def start(self) -> None:
         self._thread.start()
 
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def wake(self, *_: object) -> None:
         self._wake.set()
 
