@@ -120,6 +120,9 @@ class SpoolFile:
     def __init__(self, folder: Path) -> None:
         self.error: OSError | None = None
         self._fd: int | None = None
+        # pynetdicom writes from the network thread, an abort discards from the association thread:
+        # the lock keeps a write from landing on a descriptor number already closed and reused.
+        self._lock = threading.Lock()
         self.name = str(folder / "unavailable.part")
         try:
             self._fd, self.name = tempfile.mkstemp(dir=folder, suffix=".part")
@@ -129,12 +132,12 @@ class SpoolFile:
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
-        while self.error is None and view:
-            try:
-                assert self._fd is not None
-                view = view[os.write(self._fd, view):]
-            except OSError as exc:
-                self._fail(exc)
+        with self._lock:
+            while self.error is None and self._fd is not None and view:
+                try:
+                    view = view[os.write(self._fd, view):]
+                except OSError as exc:
+                    self._fail(exc)
         return len(data)
 
     def flush(self) -> None:
@@ -149,9 +152,10 @@ class SpoolFile:
                 pass
 
     def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        with self._lock:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
 
     def discard(self) -> None:
         """Close and remove: the data set never arrived completely."""
