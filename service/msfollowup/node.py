@@ -352,6 +352,10 @@ class Node:
 
     def _on_store(self, event: Event) -> Dataset | int:
         calling = str(event.assoc.requestor.ae_title).strip()
+        if getattr(event.request, "_dataset_path", None) is None:  # Command Data Set Type 0x0101
+            self._count(event, "failed")
+            log.warning("C-STORE without a data set calling_ae=%s", calling)
+            return _status(STATUS_PROCESSING_FAILURE, "C-STORE request without a data set")
         spool = getattr(event.request, "_dataset_file", None)
         if isinstance(spool, SpoolFile) and spool.error is not None:
             self._count(event, "failed")
