@@ -161,6 +161,8 @@ class ProfileLike(Protocol):
     @property
     def id(self) -> str: ...
     @property
+    def worklist_code(self) -> str: ...
+    @property
     def version(self) -> str: ...
     @property
     def title(self) -> str: ...
@@ -411,7 +413,7 @@ def build_identifier(
     sps.ScheduledPerformingPhysicianName = ""
     sps.ScheduledProcedureStepDescription = (("RECALL " if recall else "") + profile.title)[:64]
     sps.ScheduledProtocolCodeSequence = DicomSequence(
-        [_code_item(Code(profile.id, LOCAL_SCHEME, profile.title))]
+        [_code_item(Code(profile.worklist_code, LOCAL_SCHEME, profile.title))]
     )
     sps.ScheduledProcedureStepID = sps_id
     sps.ScheduledProcedureStepStatus = SCHEDULED
@@ -979,8 +981,12 @@ class WorklistSCP:
         if event.context.abstract_syntax != ModalityWorklistInformationFind:
             yield _status(ST_SOP_CLASS_NOT_SUPPORTED, "only Modality Worklist FIND is served"), None
             return
+        raw = event.request.Identifier.getvalue() if event.request.Identifier is not None else b""  # type: ignore[union-attr]
+        if not raw:  # Command Data Set Type 0x0101: pynetdicom hands over an empty data set
+            yield _status(ST_IDENTIFIER_MISMATCH, "C-FIND request without an identifier"), None
+            return
         try:
-            check_lengths(event.request.Identifier.getvalue(), event.context.transfer_syntax)  # type: ignore[union-attr]
+            check_lengths(raw, event.context.transfer_syntax)
             query = compile_query(event.identifier)  # decodes and checks every key
         except QueryError as exc:
             yield _status(ST_IDENTIFIER_MISMATCH, str(exc)), None
