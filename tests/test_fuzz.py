@@ -413,8 +413,10 @@ def _report_written(node: RunningNode, study_uid: str) -> bool:
 # --- malformed MWL C-FIND identifiers ----------------------------------------------------------
 
 
-def _raw_find(node: RunningNode, identifier: bytes, transfer_syntax: str = ExplicitVRLittleEndian) -> list[Dataset]:
-    """A C-FIND with an identifier sent exactly as given (pynetdicom would refuse to encode garbage)."""
+def _raw_find(node: RunningNode, identifier: bytes | None,
+              transfer_syntax: str = ExplicitVRLittleEndian) -> list[Dataset]:
+    """A C-FIND with an identifier sent exactly as given (pynetdicom would refuse to encode garbage);
+    None: no identifier at all (Command Data Set Type 0x0101)."""
     ae = _scu((ModalityWorklistInformationFind, [transfer_syntax]))
     assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
     assert assoc.is_established
@@ -423,7 +425,7 @@ def _raw_find(node: RunningNode, identifier: bytes, transfer_syntax: str = Expli
     req.MessageID = 1
     req.AffectedSOPClassUID = ModalityWorklistInformationFind
     req.Priority = 2
-    req.Identifier = io.BytesIO(identifier)
+    req.Identifier = None if identifier is None else io.BytesIO(identifier)
     statuses: list[Dataset] = []
     # Pause the association's reactor as pynetdicom's own send_c_find does, or it takes the response.
     assoc._reactor_checkpoint.clear()
@@ -559,4 +561,39 @@ def test_pdata_cut_mid_data_set_leaves_no_partial_file(fuzz_node: RunningNode, b
     assert _tmp_left(fuzz_node) == [], "the partial temporary file stayed in tmp/"
     assert not list((fuzz_node.data_dir / "store").rglob(f"{sop}.dcm"))
     assert _indexed_row(fuzz_node, sop) is None
+    assert fuzz_node.echo()
+
+
+def test_c_find_without_identifier_gets_a_failure_not_silence(fuzz_node: RunningNode) -> None:
+    """pynetdicom drops a request it finds incomplete; the node answers it so the peer does not wait."""
+    with _time_limit(30):
+        statuses = _raw_find(fuzz_node, None)
+    final = int(statuses[-1].Status)
+    assert final == 0xA900 or 0xC000 <= final <= 0xCFFF, f"final status 0x{final:04X}"
+    assert fuzz_node.echo()
+
+
+def test_c_store_without_data_set_gets_a_failure_not_silence(fuzz_node: RunningNode, base: Dataset) -> None:
+    ae = _scu((MRImageStorage, [ExplicitVRLittleEndian]))
+    assoc = ae.associate("127.0.0.1", fuzz_node.port, ae_title=fuzz_node.ae_title)
+    assert assoc.is_established
+    sop = f"1.2.826.0.1.3680043.10.999.{RUN}.{next(_serial)}"
+    req = C_STORE()
+    req.MessageID, req.Priority = 1, 2
+    req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = base.SOPClassUID, sop
+    assoc._reactor_checkpoint.clear()  # as in _raw_find: the response is ours to read
+    while not assoc._is_paused:
+        time.sleep(0.001)
+    try:
+        with _time_limit(30):
+            assoc.dimse.send_msg(req, assoc.accepted_contexts[0].context_id)
+            _, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+        if assoc.is_established:
+            assoc.release()
+    assert rsp is not None, "no C-STORE response (the request was dropped)"
+    assert 0xA900 <= rsp.Status <= 0xA9FF or 0xC000 <= rsp.Status <= 0xCFFF, f"status 0x{rsp.Status:04X}"
+    assert rsp.ErrorComment
+    assert _indexed_row(fuzz_node, sop) is None and _tmp_left(fuzz_node) == []
     assert fuzz_node.echo()
