@@ -115,6 +115,8 @@ def test_other_data_files_are_ignored(tmp_path: Path) -> None:
         (SITE_PROFILE + "[limits]\nslice_thicknes_2d_max_mm = 4\n", "limits.slice_thicknes_2d_max_mm", "unknown key"),
         (SITE_PROFILE.replace('any_of = ["T2_FLAIR"]', 'any_of = ["T2_FLAIR"]\ncontrast = "post"'), "(top level)",
          "needs_contrast is false"),
+        (SITE_PROFILE.replace("needs_contrast", 'protocol_code = "SITE-BRAIN-QUICK1"\nneeds_contrast'),
+         "protocol_code", "at most 16 characters"),
     ],
 )
 def test_broken_site_file_names_file_and_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
@@ -126,6 +128,17 @@ def test_broken_site_file_names_file_and_key(tmp_path: Path, text: str, key: str
     line = next((l for l in message.splitlines() if l.strip().startswith(f"{key}:")), None)
     assert line is not None, message
     assert problem in line
+
+
+def test_long_id_needs_a_short_worklist_protocol_code(tmp_path: Path) -> None:
+    long_id = "site-brain-quick-extended"
+    write(tmp_path, f"{long_id}.toml", SITE_PROFILE.replace("site-brain-quick", long_id))
+    with pytest.raises(ProfileError, match="protocol_code"):
+        load_profiles(tmp_path)
+    write(tmp_path, f"{long_id}.toml", SITE_PROFILE.replace("site-brain-quick", long_id)
+          .replace("needs_contrast", 'protocol_code = "SITE-QUICK-EXT"\nneeds_contrast'))
+    assert load_profiles(tmp_path)[long_id].worklist_code == "SITE-QUICK-EXT"
+    assert load_profiles(tmp_path)["ms-brain-pml-screening"].worklist_code == "MSBR-PMLSCREEN"
 
 
 def test_not_toml_is_named(tmp_path: Path) -> None:

@@ -116,16 +116,17 @@ def test_schedule_builds_a_complete_worklist_item(db: Database, cfg: Config) -> 
     assert sps.ScheduledProcedureStepStartDate == "20261120"
     protocol = sps.ScheduledProtocolCodeSequence[0]
     assert protocol.CodingSchemeDesignator == "99MSFU"
-    assert protocol.CodeValue == "ms-brain-routine"
+    assert protocol.CodeValue == "MSBR-ROUTINE"
     assert "RequestedContrastAgent" in sps  # routine needs gadolinium
 
 
-def test_no_contrast_profile_and_long_protocol_code(db: Database, cfg: Config) -> None:
+def test_no_contrast_profile_and_short_protocol_code(db: Database, cfg: Config) -> None:
     step = schedule(db, cfg, due("P1", dt.date(2026, 11, 20), profile_id="ms-brain-pml-screening"), demo("P1", "A^B"))
     sps = step.dataset().ScheduledProcedureStepSequence[0]
     assert "RequestedContrastAgent" not in sps
     code = sps.ScheduledProtocolCodeSequence[0]
-    assert "CodeValue" not in code and code.LongCodeValue == "ms-brain-pml-screening"  # SH is 16 chars
+    # The id is 22 characters; Code Value (SH, what modalities read) gets the profile's protocol_code.
+    assert code.CodeValue == "MSBR-PMLSCREEN" and "LongCodeValue" not in code
 
 
 def test_overdue_target_is_scheduled_today(db: Database, cfg: Config) -> None:

@@ -127,6 +127,9 @@ class Profile(_Model):
     title: str = Field(min_length=1)
     applies_to: str = ""
     source: tuple[str, ...] = Field(min_length=1)
+    # Code Value of the worklist's Scheduled Protocol Code (DICOM SH: at most 16 characters, and the
+    # attribute modalities read; Long Code Value is newer and often ignored). Default: the id.
+    protocol_code: str = Field(default="", max_length=16, pattern=r"^[A-Za-z0-9._-]*$")
     needs_contrast: bool
     region: str | None = None  # body region of the exam: series clearly of another region do not count
     loinc: tuple[Loinc, ...] = Field(min_length=1)
@@ -151,7 +154,14 @@ class Profile(_Model):
                 raise ValueError(f"sequence {s.id!r} names undefined region(s) {', '.join(unknown)}")
             if s.contrast == "post" and not self.needs_contrast:
                 raise ValueError(f"sequence {s.id!r} is post-contrast but needs_contrast is false")
+        if not self.protocol_code and len(self.id) > 16:
+            raise ValueError("protocol_code (at most 16 characters) is required when the id is longer than 16")
         return self
+
+    @property
+    def worklist_code(self) -> str:
+        """Code Value of the profile on the worklist (ScheduledProtocolCodeSequence)."""
+        return self.protocol_code or self.id
 
     def get_region(self, name: str) -> Region:
         return next(r for r in self.regions if r.name == name)
