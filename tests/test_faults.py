@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pydicom
@@ -36,7 +36,7 @@ def _scu(calling: str = "PYNETDICOM", timeout: float = 20) -> AE:
     return ae
 
 
-def _send(node: RunningNode, items: list[Path | Dataset], timeout: float = 20) -> list[int | None]:
+def _send(node: RunningNode, items: Sequence[Path | Dataset], timeout: float = 20) -> list[int | None]:
     """C-STORE each item on one association; the status per item (None: no answer)."""
     assoc = _scu(timeout=timeout).associate("127.0.0.1", node.port, ae_title=node.ae_title)
     assert assoc.is_established, "association not established"

@@ -27,7 +27,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 import pytest
@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
@@ -169,8 +169,8 @@ def _mutate(elements: list[tuple[int, bytes, bytes]], mutations: list[tuple[Any,
 def _part10(path: Path, sop_class: str, sop: str, data: bytes) -> Path:
     """A Part 10 file: valid file meta (so a sender can send it), then `data` as it is."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buf = DicomBytesIO()
     buf.is_little_endian, buf.is_implicit_VR = True, False
@@ -432,7 +432,7 @@ def _raw_find(node: RunningNode, identifier: bytes | None,
     while not assoc._is_paused:
         time.sleep(0.001)
     try:
-        assoc.dimse.send_msg(req, cx.context_id)
+        assoc.dimse.send_msg(req, cast(int, cx.context_id))
         while True:
             _, rsp = assoc.dimse.get_msg(block=True)
             assert rsp is not None, "no C-FIND response (association aborted or timed out)"
@@ -540,12 +540,13 @@ def test_pdata_cut_mid_data_set_leaves_no_partial_file(fuzz_node: RunningNode, b
     msg = C_STORE_RQ()
     msg.primitive_to_message(req)
     pdus = []
-    for primitive in msg.encode_msg(assoc.accepted_contexts[0].context_id, 4096):
+    for primitive in msg.encode_msg(cast(int, assoc.accepted_contexts[0].context_id), 4096):
         pdu = P_DATA_TF()
         pdu.from_primitive(primitive)
         pdus.append(pdu.encode())
     assert len(pdus) >= 4
     sent = b"".join(pdus[:3]) + (pdus[3][: len(pdus[3]) // 2] if cut == "inside a PDU" else b"")
+    assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
     sock = assoc.dul.socket.socket  # the association's own socket, behind pynetdicom's back
     sock.sendall(sent)
     deadline = time.monotonic() + 5
@@ -586,14 +587,15 @@ def test_c_store_without_data_set_gets_a_failure_not_silence(fuzz_node: RunningN
         time.sleep(0.001)
     try:
         with _time_limit(30):
-            assoc.dimse.send_msg(req, assoc.accepted_contexts[0].context_id)
+            assoc.dimse.send_msg(req, cast(int, assoc.accepted_contexts[0].context_id))
             _, rsp = assoc.dimse.get_msg(block=True)
     finally:
         assoc._reactor_checkpoint.set()
         if assoc.is_established:
             assoc.release()
-    assert rsp is not None, "no C-STORE response (the request was dropped)"
-    assert 0xA900 <= rsp.Status <= 0xA9FF or 0xC000 <= rsp.Status <= 0xCFFF, f"status 0x{rsp.Status:04X}"
+    assert rsp is not None and rsp.Status is not None, "no C-STORE response (the request was dropped)"
+    code = int(rsp.Status)
+    assert 0xA900 <= code <= 0xA9FF or 0xC000 <= code <= 0xCFFF, f"status 0x{code:04X}"
     assert rsp.ErrorComment
     assert _indexed_row(fuzz_node, sop) is None and _tmp_left(fuzz_node) == []
     assert fuzz_node.echo()
