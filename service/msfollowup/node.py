@@ -188,10 +188,9 @@ class Node:
         self.cfg = cfg
         self.store = store
         self.metrics = metrics or Metrics()
-        # pynetdicom names its chunk file with tempfile's default folder; point that at the store's
-        # tmp/ so the finished file can be hard-linked into place (same filesystem, no copy).
-        tempfile.tempdir = str(store.tmp)
-        # ... and write into a SpoolFile there (pynetdicom only offers this as a module global).
+        # pynetdicom streams a received data set into a NamedTemporaryFile (a module global is its only
+        # hook): make that a SpoolFile in the store's tmp/, so the finished file can be hard-linked into
+        # place (same filesystem, no copy) and a full disk is answered instead of aborting.
         dimse_messages.NamedTemporaryFile = _spool_factory(store.tmp)  # type: ignore[assignment]
         self._stats: dict[int, _AssocStats] = {}
         self._lock = threading.Lock()
