@@ -282,12 +282,16 @@ def test_twenty_random_kill9_points_lose_nothing_and_check_each_study_version_on
     port: int | None = None
     cut_short = 0  # kills that fell inside a transfer
 
-    def sender(node: RunningNode, todo: list[Path]) -> None:
+    def sender(node: RunningNode, todo: list[Path], pause_after: int | None,
+               reached: threading.Event, killed: threading.Event) -> None:
         try:
             assoc = _scu(timeout=10).associate("127.0.0.1", node.port, ae_title=node.ae_title)
             if not assoc.is_established:
                 return
-            for path in todo:
+            for n, path in enumerate(todo):
+                if n == pause_after:  # k instances acknowledged, more to send: the kill comes now
+                    reached.set()
+                    killed.wait(20)
                 rsp = assoc.send_c_store(path)
                 if not rsp or rsp.get("Status") != 0:
                     break
@@ -296,33 +300,33 @@ def test_twenty_random_kill9_points_lose_nothing_and_check_each_study_version_on
         except Exception:  # noqa: BLE001 - the node was killed under us
             return
 
-    for _ in range(20):
+    for round_no in range(20):
         node = RunningNode(tmp_path, stable_seconds=0.5, port=port).start()
         port = node.port
         todo = [p for p in files if _sop(p) not in acknowledged]
         rng.shuffle(todo)
         batch = todo[: rng.randint(4, 15)]
         had = len(acknowledged)
-        t = threading.Thread(target=sender, args=(node, batch))
+        reached, killed = threading.Event(), threading.Event()
+        # Even rounds kill inside the transfer: the association is up, k instances are acknowledged
+        # and the rest still to send (the sender waits for the kill, so it cannot finish first).
+        # Odd rounds kill at a random time: receiving, completing, checking or reporting.
+        pause_after = rng.randint(1, len(batch) - 1) if round_no % 2 == 0 and len(batch) >= 2 else None
+        t = threading.Thread(target=sender, args=(node, batch, pause_after, reached, killed))
         t.start()
-        if len(batch) >= 4 and rng.random() < 0.6:
-            # Inside the transfer: after k acknowledgements, while the next instance travels.
-            k = rng.randint(1, len(batch) - 3)
-            deadline = time.monotonic() + 20
-            while len(acknowledged) - had < k and t.is_alive() and time.monotonic() < deadline:
-                time.sleep(0.001)
-            time.sleep(rng.uniform(0.0, 0.01))
+        if pause_after is not None:
+            assert reached.wait(30), "the sender never reached its kill point"
         else:
-            # Anywhere in the first 1.5 s: receiving, completing, checking or reporting.
             time.sleep(rng.uniform(0.0, 1.5))
         node.kill9()
+        killed.set()
         t.join(20)
         assert not t.is_alive()
         cut_short += len(acknowledged) - had < len(batch)
         assert node.log().count("Traceback") == 0, node.log()[-3000:]
 
     print(f"kills inside a transfer: {cut_short} of 20; acknowledged before the last start: {len(acknowledged)}")
-    assert cut_short >= 5, "too few kills landed inside a transfer to mean anything"
+    assert cut_short >= 10, "the kills of the even rounds must each cut a transfer short"
     node = RunningNode(tmp_path, stable_seconds=0.5, port=port).start()
     try:
         _assert_consistent(node, sources, acknowledged)

@@ -73,20 +73,15 @@ class Pipeline:
         return [(uid, v) for uid, v in rows]
 
     def profile_for(self, patient_id: str | None) -> str:
-        if patient_id:
-            from msfollowup import plans
-
-            try:
-                with self.db.session() as s:
-                    return plans.profile_for_patient(s, patient_id, dt.date.today(), self._interval_rules())
-            except (AttributeError, NotImplementedError):  # plans not available in this build
-                pass
-        return self.cfg.validation.default_profile
-
-    def _interval_rules(self) -> Any:
+        """The patient's plan decides (the interval rules' site default when there is no plan); a study
+        without a PatientID gets the configured default profile."""
+        if not patient_id:
+            return self.cfg.validation.default_profile
         from msfollowup import plans
 
-        return plans.load_interval_rules(self.cfg.validation.protocols_dir)
+        rules = plans.load_interval_rules(self.cfg.validation.protocols_dir)
+        with self.db.session() as s:
+            return plans.profile_for_patient(s, patient_id, dt.date.today(), rules)
 
     def _reference_for(self, study_uid: str, patient_id: str | None) -> list[SeriesClassification] | None:
         """The patient's baseline: the earliest compliant study before this one, if its files remain."""
