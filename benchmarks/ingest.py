@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from dicom_fixtures import generate_study, write_large_multiframe  # noqa: E402
 from nodeutil import RunningNode, free_port  # noqa: E402
+from test_report_fixtures import StoreSCP  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"
-STORESCP = "/usr/bin/storescp"
 
 
 def make_set(root: Path, count: int, size: int, seed: int) -> list[Path]:
@@ -59,29 +58,6 @@ def timed_send(port: int, aec: str, batches: list[list[Path]]) -> float:
             for f in [pool.submit(send, port, aec, b) for b in batches]:
                 f.result()
     return time.perf_counter() - start
-
-
-class StoreSCP:
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.port = free_port()
-        out.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [STORESCP, "-aet", "STORESCP", "--output-directory", str(out), str(self.port)],
-            env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        time.sleep(0.5)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(10)
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def report(label: str, files: list[Path], t_ms: float, t_ref: float) -> None:
@@ -117,8 +93,9 @@ def main() -> int:
                            sections={"scheduler": {"enabled": False}, "logging": {"level": "WARNING"}}).start()
         t_ms = timed_send(node.port, node.ae_title, batches)
         node.stop()
-        scp = StoreSCP(root / f"storescp-{tag}")
-        t_ref = timed_send(scp.port, "STORESCP", batches)
+        scp = StoreSCP(root / f"storescp-{tag}", free_port())
+        scp.start()
+        t_ref = timed_send(scp.port, scp.ae_title, batches)
         scp.stop()
         report(label, [f for b in batches for f in b], t_ms, t_ref)
         shutil.rmtree(root / f"storescp-{tag}", ignore_errors=True)
@@ -127,9 +104,8 @@ def main() -> int:
     big = write_large_multiframe(root / "big.dcm", args.multiframe_mb * 1024 * 1024)
     node = RunningNode(root / "node-big", stable_seconds=3600,
                        sections={"scheduler": {"enabled": False}, "logging": {"level": "WARNING"}}).start()
-    assert node.proc is not None
     t = timed_send(node.port, node.ae_title, [[big]])
-    rss = peak_rss_mb(node.proc.pid)
+    rss = node.peak_rss_mb()
     node.stop()
     print(f"(d) one {big.stat().st_size / 2**20:.0f} MiB enhanced multi-frame object: {t:.1f} s, "
           f"peak RSS of msfollowup {rss:.0f} MB (target < 300 MB)")

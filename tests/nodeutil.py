@@ -105,6 +105,14 @@ class RunningNode:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory of the node process so far (VmHWM)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmHWM in /proc status")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -298,22 +298,14 @@ def test_bad_config_names_file_and_key(tmp_path: Path) -> None:
     assert res.returncode == 2 and "missing.toml" in res.stderr
 
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc status")
-
-
 def test_large_multiframe_object_streams_to_disk_with_bounded_memory(node: RunningNode, tmp_path: Path) -> None:
     from dicom_fixtures import write_large_multiframe
 
     big = write_large_multiframe(tmp_path / "big.dcm", 300 * 1024 * 1024)
-    assert node.proc is not None
-    before = _peak_rss_mb(node.proc.pid)
+    before = node.peak_rss_mb()
     res = node.storescu([big], "-xe")
     assert res.returncode == 0, res.stderr
-    grown = _peak_rss_mb(node.proc.pid) - before
+    grown = node.peak_rss_mb() - before
     assert grown < 100, f"receiving a 300 MiB object raised peak RSS by {grown:.0f} MB"
     sop = pydicom.dcmread(big, stop_before_pixels=True).SOPInstanceUID
     (stored,) = [p for p in _stored_files(node) if p.stem == sop]

@@ -27,6 +27,7 @@ from typing import IO, Any, Literal
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -149,10 +150,11 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
 
 
 def _text(ds: Dataset, keyword: str, limit: int | None = None) -> str | None:
+    """An attribute as stored text; a multi-valued one in DICOM's backslash form ("ISO 2022 IR 6\\...")."""
     value = ds.get(keyword)
     if value is None or value == "":
         return None
-    text = str(value).strip()
+    text = "\\".join(str(v) for v in value).strip() if isinstance(value, MultiValue) else str(value).strip()
     return text[:limit] if limit else text
 
 
@@ -320,7 +322,7 @@ class InstanceStore:
                 study_uid=study_uid, state=StudyState.RECEIVING.value, version=0,
                 patient_id=_text(ds, "PatientID", 64), patient_name=_text(ds, "PatientName", 324),
                 patient_birth_date=_text(ds, "PatientBirthDate", 8), patient_sex=_text(ds, "PatientSex", 16),
-                specific_character_set=("\\".join(ds.SpecificCharacterSet) if ds.get("SpecificCharacterSet") and not isinstance(ds.SpecificCharacterSet, str) else _text(ds, "SpecificCharacterSet", 128)),
+                specific_character_set=_text(ds, "SpecificCharacterSet", 128),
                 accession_number=_text(ds, "AccessionNumber", 16), study_date=_text(ds, "StudyDate", 8),
                 study_time=_text(ds, "StudyTime", 16), study_description=_text(ds, "StudyDescription", 64),
                 station_name=_text(ds, "StationName", 16), first_received=now, last_received=now,
