@@ -242,6 +242,17 @@ def test_watchdog_abort_leaves_every_threads_stack_in_the_log(tmp_path: Path) ->
     node = RunningNode(tmp_path / "node")
     node.start()
     assert node.proc is not None
+    # faulthandler walks other threads' frames without the GIL: a thread exiting at that moment (start()'s
+    # C-ECHO association winding down) can crash the dump itself (SIGSEGV, seen in CI). A watchdog abort
+    # hits a stuck, settled process, so abort once the set of threads has stopped changing.
+    tasks = Path(f"/proc/{node.proc.pid}/task")
+    seen: list[set[str]] = []
+
+    def settled() -> bool:  # the same threads for 2 s (wait_for polls every 0.2 s)
+        seen.append({t.name for t in tasks.iterdir()})
+        return len(seen) >= 10 and all(s == seen[-1] for s in seen[-10:])
+
+    node.wait_for("a settled set of threads", settled)
     node.proc.send_signal(signal.SIGABRT)
     assert node.proc.wait(30) == -signal.SIGABRT
     log = node.log()
