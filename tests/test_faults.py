@@ -274,8 +274,10 @@ def _reports(node: RunningNode) -> list[tuple[str, int, str | None]]:
 
 def test_twenty_random_kill9_points_lose_nothing_and_check_each_study_version_once(tmp_path: Path) -> None:
     rng = random.Random(20261121)
-    studies = [generate_study(tmp_path / f"gen{i}", slices=2, seed=30 + i, patient_id=f"KILL{i}",
-                              vendor=("siemens", "ge", "philips")[i % 3]) for i in range(5)]
+    # Enough instances that the 20 rounds (at most 15 each) never run out: an even round needs at
+    # least 2 left to stop inside a transfer. (70 instances ran out once in CI.)
+    studies = [generate_study(tmp_path / f"gen{i}", slices=4, seed=30 + i, patient_id=f"KILL{i}",
+                              vendor=("siemens", "ge", "philips")[i % 3]) for i in range(8)]
     files = [p for st in studies for p in st.files]
     sources = {_sop(p): p for p in files}
     acknowledged: set[str] = set()
@@ -311,7 +313,8 @@ def test_twenty_random_kill9_points_lose_nothing_and_check_each_study_version_on
         # Even rounds kill inside the transfer: the association is up, k instances are acknowledged
         # and the rest still to send (the sender waits for the kill, so it cannot finish first).
         # Odd rounds kill at a random time: receiving, completing, checking or reporting.
-        pause_after = rng.randint(1, len(batch) - 1) if round_no % 2 == 0 and len(batch) >= 2 else None
+        assert len(batch) >= 4, "the test ran out of instances"
+        pause_after = rng.randint(1, len(batch) - 1) if round_no % 2 == 0 else None
         t = threading.Thread(target=sender, args=(node, batch, pause_after, reached, killed))
         t.start()
         if pause_after is not None:
@@ -336,10 +339,10 @@ def test_twenty_random_kill9_points_lose_nothing_and_check_each_study_version_on
         _assert_consistent(node, sources, set(sources))
         versions = {st.study_uid: node.wait_complete(st.study_uid, timeout=60).version for st in studies}
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # until the latest version of every study is checked and reported
             reports = _reports(node)
-            if len(_checks(node)) >= len(studies) and (not reports or all(r[2] for r in reports)) \
-                    and len(reports) >= len(studies):
+            if set(versions.items()) <= set(_checks(node)) and all(r[2] for r in reports) \
+                    and {r[0] for r in reports} >= set(versions):
                 break
             time.sleep(0.5)
         checks = _checks(node)

@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import pydicom
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -320,6 +320,7 @@ def test_pipeline_survives_the_stored_fuzz_instances(fuzz_node: RunningNode) -> 
 @settings(max_examples=40, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(mutations=st.lists(MUTATIONS, min_size=1, max_size=3))
+@example(mutations=[("vr", Tag("StudyInstanceUID"), b"ZZ")])  # found by this test: the CLI crashed grouping studies
 def test_malformed_files_through_check_give_a_clear_result_never_a_crash(
     base: Dataset, tmp_path_factory: pytest.TempPathFactory, mutations: list[tuple[Any, ...]]
 ) -> None:

@@ -7,10 +7,13 @@ import importlib.util
 import json
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from dicom_fixtures import generate_study
@@ -18,7 +21,7 @@ from msfollowup.completion import complete_due
 from msfollowup.config import Config
 from msfollowup.db import Database
 from msfollowup.service import Service
-from msfollowup.store import study_summaries
+from msfollowup.store import InstanceStore, Outcome, study_summaries
 from nodeutil import DCMTK, RunningNode
 from pgutil import PostgresServer, server_binaries
 
@@ -91,3 +94,34 @@ def test_two_nodes_sharing_one_database_complete_each_study_once(tmp_path: Path,
     finally:
         for svc in services:
             svc.db.dispose()
+
+
+def test_concurrent_first_instances_of_a_new_study_are_all_stored(tmp_path: Path, pg_url: str) -> None:
+    """Senders (or nodes) that deliver the first instances of one new study at the same moment all find
+    the study and series rows missing; every instance must still be stored and indexed, under one study
+    row and one row per series (SQLite serialises writers; PostgreSQL does not)."""
+    db = Database(pg_url)
+    store = InstanceStore(tmp_path / "var", db)
+    try:
+        for round_ in range(4):
+            study = generate_study(tmp_path / f"gen{round_}", slices=4, seed=300 + round_, patient_id=f"PR{round_}")
+            files = study.files[:8]
+            temps = []
+            for i, f in enumerate(files):
+                temps.append(store.tmp / f"r{round_}-{i}.part")
+                temps[-1].write_bytes(f.read_bytes())
+            barrier = threading.Barrier(len(temps))
+
+            def ingest(temp: Path) -> Outcome:
+                barrier.wait()
+                return store.ingest_file(temp).outcome
+
+            with ThreadPoolExecutor(len(temps)) as pool:
+                outcomes = list(pool.map(ingest, temps))
+            assert outcomes == [Outcome.STORED] * len(temps)
+            [summary] = [r for r in study_summaries(db) if r["study_instance_uid"] == study.study_uid]
+            assert summary["instances"] == len(files)
+            assert summary["series"] == len({pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID
+                                             for f in files})
+    finally:
+        db.dispose()

@@ -601,6 +601,11 @@ def _value(ds: Dataset | None, keyword: str) -> Any:
         return None
 
 
+def study_uid(ds: Dataset) -> str:
+    """The StudyInstanceUID of a header read by `read_header`, "" when absent or undecodable (bad VR)."""
+    return _str(ds, "StudyInstanceUID") or ""
+
+
 def _str(ds: Dataset | None, keyword: str) -> str | None:
     v = _value(ds, keyword)
     if v is None:
@@ -919,7 +924,7 @@ def summarize(datasets: Sequence[Dataset]) -> SeriesFacts:
     field_t, freq, from_freq = _field_strength(first)
     number = _float(first, "SeriesNumber")
     return SeriesFacts(
-        study_instance_uid=_str(first, "StudyInstanceUID") or "",
+        study_instance_uid=study_uid(first),
         series_instance_uid=_str(first, "SeriesInstanceUID") or "",
         series_number=int(number) if number is not None else None,
         description=_str(first, "SeriesDescription"),

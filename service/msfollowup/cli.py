@@ -347,7 +347,7 @@ def _files_under(paths: Sequence[str]) -> list[Path]:
 
 def _read_studies(paths: Sequence[str]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
     """Classified series grouped by study, plus what was read, skipped and unreadable."""
-    from msfollowup.classify import classify_study, read_headers
+    from msfollowup.classify import classify_study, read_headers, study_uid
 
     files = _files_under(paths)
     by_series, unreadable, skipped = read_headers(files)
@@ -359,7 +359,7 @@ def _read_studies(paths: Sequence[str]) -> tuple[dict[str, list[Any]], dict[str,
                           f"skipped, {len(unreadable)} unreadable)")
     grouped: dict[str, list[Any]] = {}
     for datasets in by_series.values():
-        grouped.setdefault(str(datasets[0].get("StudyInstanceUID", "")), []).append(datasets)
+        grouped.setdefault(study_uid(datasets[0]), []).append(datasets)
     return {uid: classify_study(series) for uid, series in grouped.items()}, info
 
 

@@ -18,18 +18,21 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, func, select, update
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import (BigInteger, Connection, ForeignKey, Index, Integer, String, Table, Text, bindparam, func,
+                        select)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.expression import Executable
+from sqlalchemy.orm import Mapped, mapped_column
 
 from msfollowup.db import Base, Database, UTCDateTime, utcnow
 
@@ -94,6 +97,20 @@ class Instance(Base):
     calling_ae: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (Index("ix_instances_study_series", "study_uid", "series_uid"),)
+
+
+class _SQL:
+    """The per-instance index statements on the plain tables, built once (compiled forms are cached)."""
+
+    _i, _se, _st = (cast(Table, m.__table__) for m in (Instance, Series, Study))
+    instance_exists = select(_i.c.sop_instance_uid).where(_i.c.sop_instance_uid == bindparam("b_uid"))
+    new_instance = _i.insert()
+    update_instance = _i.update().where(_i.c.sop_instance_uid == bindparam("b_uid"))
+    series_exists = select(_se.c.series_uid).where(_se.c.series_uid == bindparam("b_uid"))
+    new_series = _se.insert()
+    study_state = select(_st.c.state, _st.c.version).where(_st.c.study_uid == bindparam("b_uid")).with_for_update()
+    new_study = _st.insert()
+    reopen_study = _st.update().where(_st.c.study_uid == bindparam("b_uid"))
 
 
 # --- ingest ------------------------------------------------------------------------------------
@@ -164,6 +181,23 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+def _insert_if_missing(c: Connection, probe: Executable, key: dict[str, str], insert_row: Executable,
+                       values: Callable[[], dict[str, Any]]) -> bool:
+    """Insert a row unless `probe` finds it; True if this transaction created it.
+
+    Two senders (or two nodes on one PostgreSQL) may both find a new study missing: the insert runs in
+    a savepoint, so the loser's unique violation undoes only that insert and it goes on as an update.
+    """
+    if c.execute(probe, key).first() is not None:
+        return False
+    try:
+        with c.begin_nested():
+            c.execute(insert_row, values())
+    except IntegrityError:
+        return False
+    return True
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
@@ -287,52 +321,53 @@ class InstanceStore:
         return Outcome.STORED
 
     def _index(self, ds: Dataset, rel: str, size: int, calling_ae: str | None, only_if_missing: bool) -> None:
+        """Upsert the study, series and instance rows in one transaction.
+
+        Constant Core statements with parameters rather than ORM loads: this runs once per received
+        instance, and the ORM cost about 1 ms of a 3 ms ingest (benchmarks/ingest.py).
+        """
         now = utcnow()
         study_uid = ds.StudyInstanceUID.strip("\x00 ")
         series_uid = ds.SeriesInstanceUID.strip("\x00 ")
         sop_uid = str(ds.get("SOPInstanceUID") or ds.file_meta.MediaStorageSOPInstanceUID).strip("\x00 ")
-        with self.db.session() as s:
-            existing = s.get(Instance, sop_uid)
-            if existing is not None and only_if_missing:
+        row = dict(
+            sop_instance_uid=sop_uid, series_uid=series_uid, study_uid=study_uid,
+            sop_class_uid=str(ds.get("SOPClassUID") or ds.file_meta.MediaStorageSOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), instance_number=_int(ds, "InstanceNumber"),
+            path=rel, size=size, received_at=now, calling_ae=calling_ae,
+        )
+        with self.db.engine.begin() as c:
+            exists = c.execute(_SQL.instance_exists, {"b_uid": sop_uid}).first() is not None
+            if exists and only_if_missing:
                 return
-            self._touch_study(s, ds, study_uid, now)
-            if s.get(Series, series_uid) is None:
-                s.add(Series(
-                    series_uid=series_uid, study_uid=study_uid, series_number=_int(ds, "SeriesNumber"),
-                    modality=_text(ds, "Modality", 16), description=_text(ds, "SeriesDescription", 64),
-                    first_received=now,
-                ))
-                s.flush()
-            fields = dict(
-                series_uid=series_uid, study_uid=study_uid, sop_class_uid=str(ds.get("SOPClassUID") or ds.file_meta.MediaStorageSOPClassUID),
-                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), instance_number=_int(ds, "InstanceNumber"),
-                path=rel, size=size, received_at=now, calling_ae=calling_ae,
-            )
-            if existing is None:
-                s.add(Instance(sop_instance_uid=sop_uid, **fields))
-            else:
-                for key, value in fields.items():
-                    setattr(existing, key, value)
-
-    def _touch_study(self, s: Session, ds: Dataset, study_uid: str, now: dt.datetime) -> None:
-        """Create the study row, or record the arrival (reopening a completed study)."""
-        study = s.get(Study, study_uid, with_for_update=True)
-        if study is None:
-            s.add(Study(
-                study_uid=study_uid, state=StudyState.RECEIVING.value, version=0,
-                patient_id=_text(ds, "PatientID", 64), patient_name=_text(ds, "PatientName", 324),
-                patient_birth_date=_text(ds, "PatientBirthDate", 8), patient_sex=_text(ds, "PatientSex", 16),
-                specific_character_set=_text(ds, "SpecificCharacterSet", 128),
-                accession_number=_text(ds, "AccessionNumber", 16), study_date=_text(ds, "StudyDate", 8),
-                study_time=_text(ds, "StudyTime", 16), study_description=_text(ds, "StudyDescription", 64),
-                station_name=_text(ds, "StationName", 16), first_received=now, last_received=now,
+            self._touch_study(c, ds, study_uid, now)
+            _insert_if_missing(c, _SQL.series_exists, {"b_uid": series_uid}, _SQL.new_series, lambda: dict(
+                series_uid=series_uid, study_uid=study_uid, series_number=_int(ds, "SeriesNumber"),
+                modality=_text(ds, "Modality", 16), description=_text(ds, "SeriesDescription", 64),
+                first_received=now,
             ))
-            s.flush()
+            if exists:
+                c.execute(_SQL.update_instance, {"b_uid": sop_uid, **row})
+            else:
+                c.execute(_SQL.new_instance, row)
+
+    def _touch_study(self, c: Connection, ds: Dataset, study_uid: str, now: dt.datetime) -> None:
+        """Create the study row, or record the arrival (reopening a completed study)."""
+        key = {"b_uid": study_uid}
+        if _insert_if_missing(c, _SQL.study_state, key, _SQL.new_study, lambda: dict(
+            study_uid=study_uid, state=StudyState.RECEIVING.value, version=0, complete_requested=False,
+            patient_id=_text(ds, "PatientID", 64), patient_name=_text(ds, "PatientName", 324),
+            patient_birth_date=_text(ds, "PatientBirthDate", 8), patient_sex=_text(ds, "PatientSex", 16),
+            specific_character_set=_text(ds, "SpecificCharacterSet", 128),
+            accession_number=_text(ds, "AccessionNumber", 16), study_date=_text(ds, "StudyDate", 8),
+            study_time=_text(ds, "StudyTime", 16), study_description=_text(ds, "StudyDescription", 64),
+            station_name=_text(ds, "StationName", 16), first_received=now, last_received=now,
+        )):
             return
-        if study.state == StudyState.COMPLETE.value:
-            log.info("study reopened by a late instance study=%s version=%d", study_uid, study.version)
-        study.state = StudyState.RECEIVING.value
-        study.last_received = now
+        state, version = c.execute(_SQL.study_state, key).one()
+        if state == StudyState.COMPLETE.value:
+            log.info("study reopened by a late instance study=%s version=%d", study_uid, version)
+        c.execute(_SQL.reopen_study, {**key, "state": StudyState.RECEIVING.value, "last_received": now})
 
     # -- crash recovery
 
