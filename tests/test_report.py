@@ -404,3 +404,31 @@ def test_build_html_marks_informational_items() -> None:
     page = build_html(doc)
     assert "CANNOT BE VERIFIED" in page and 'class="st-info"' in page and "0 of 0 requirements" in page
     assert "minutes: 41<" in page and "expected min minutes: 20" in page and "&lt;b&gt;: T2_FLAIR, PD" in page
+
+
+@pytest.mark.parametrize("vr, value", [("SQ", b""), ("ZZ", b"20260115"), ("US", b"2026"), ("DA", b"2026-11 "),
+                                       ("UN", b"20261399")])
+def test_identity_attributes_with_a_wrong_vr_or_value_are_left_empty(vr: str, value: bytes, tmp_path: Path) -> None:
+    """What the fuzz run stored: a StudyDate (and other copied attributes) with a foreign or unknown VR
+    or an invalid value. highdicom must get a fresh empty element, never the bad one."""
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import Tag
+
+    from msfollowup.report import _drop_unparseable
+
+    ds = Dataset()
+    ds.StudyInstanceUID = "1.2.3"
+    for kw in ("StudyDate", "PatientBirthDate", "StudyTime"):
+        ds[Tag(kw)] = RawDataElement(Tag(kw), vr, len(value), value, 0, False, True)
+    ds.PatientName = "GOOD^NAME"
+    ds[Tag("PatientID")] = RawDataElement(Tag("PatientID"), vr, len(value), value, 0, False, True)
+    _drop_unparseable(ds, "1.2.3")
+    for kw in ("StudyDate", "PatientBirthDate", "StudyTime", "PatientID"):
+        if vr == "UN" and kw == "PatientID":
+            assert ds.PatientID == value.decode()  # UN read as the dictionary VR (LO): a valid ID, kept
+            continue
+        assert ds[kw].VR == dictionary_VR(kw) and ds[kw].value in (None, ""), kw
+    assert ds.PatientName == "GOOD^NAME"
+    assert ds.AccessionNumber is None  # missing type 2 attributes are added empty

@@ -523,7 +523,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_value_warnings() -> None:
+    """pydicom's read-time validation warns quoting the value ("Invalid value for VR IS: <patient ID>"):
+    patient data on stderr and in logs. Every command reads scanner data; the values that matter are
+    checked by our own code (UIDs, dates, numbers), which names the attribute, never the value."""
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_value_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -24,6 +24,7 @@ from typing import Any
 
 import highdicom as hd
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -278,11 +279,8 @@ def _identity(cfg: Config, study_uid: str, refs: Sequence[_InstanceRef],
             log.warning("study %s: cannot read stored instance %s: %s", study_uid, ref.sop_instance_uid,
                         type(exc).__name__)
             continue
-        if ds.get("StudyInstanceUID") != study_uid:
+        if _value_or_none(ds, "StudyInstanceUID") != study_uid:
             raise ReportError(f"study {study_uid}: stored instance {ref.sop_instance_uid} is of another study")
-        for kw in _IDENTITY_TYPE2:
-            if kw not in ds:
-                setattr(ds, kw, None)
         _drop_unparseable(ds, study_uid)
         return ds
     raise ReportError(f"study {study_uid}: no readable stored instance to copy patient/study identity from")
@@ -304,14 +302,34 @@ _PARSED_BY_HIGHDICOM: dict[str, Callable[[str], bool]] = {
 }
 
 
+def _value_or_none(ds: Dataset, keyword: str) -> Any:
+    """The element's value, None when absent or undecodable (an unknown VR makes pydicom raise)."""
+    try:
+        return ds.get(keyword)
+    except Exception:  # noqa: BLE001 - NotImplementedError, ValueError ...: whatever the bytes provoke
+        return None
+
+
 def _drop_unparseable(ds: Dataset, study_uid: str) -> None:
-    """highdicom parses these; a malformed value in the images would fail every SR of the study (with
-    an error quoting the value). The SR leaves it empty (type 2); the log names the attribute only."""
-    for kw, ok in _PARSED_BY_HIGHDICOM.items():
-        value = ds.get(kw)
-        if value not in (None, "") and not ok(str(value)):
-            log.warning("study %s: %s in the images is not a valid value; left empty in the SR", study_uid, kw)
+    """Make the patient/study attributes highdicom copies safe to copy: present (type 2), with their
+    dictionary VR and a value highdicom parses. A malformed one in the images (wrong VR, bad date ...)
+    would fail every SR of the study with an error quoting the value; the SR leaves it empty instead
+    and the log names the attribute only."""
+    for kw in _IDENTITY_TYPE2:
+        if kw not in ds:
             setattr(ds, kw, None)
+            continue
+        parses = _PARSED_BY_HIGHDICOM.get(kw, lambda v: True)
+        try:
+            elem = ds[kw]  # converting a raw element with an unknown VR raises
+            good = elem.VR == dictionary_VR(kw) and (elem.value in (None, "") or parses(str(elem.value)))
+        except Exception:  # noqa: BLE001 - NotImplementedError, ValueError ...: whatever the bytes provoke
+            good = False
+        if good:
+            continue
+        log.warning("study %s: %s in the images is not a valid value; left empty in the SR", study_uid, kw)
+        del ds[kw]
+        setattr(ds, kw, None)  # a fresh element: the dictionary VR, empty
 
 
 def _evidence_datasets(identity: Dataset, study_uid: str, refs: Sequence[_InstanceRef]) -> list[Dataset]:

@@ -255,13 +255,14 @@ class InstanceStore:
         """
         try:
             ds = dcmread(temp_path, stop_before_pixels=True, specific_tags=_INDEX_TAGS)
-        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
+            meta = ds.file_meta
+            # Elements are decoded lazily, here: an unknown VR raises NotImplementedError.
+            study = check_uid("StudyInstanceUID", ds.get("StudyInstanceUID"))
+            series = check_uid("SeriesInstanceUID", ds.get("SeriesInstanceUID"))
+            sop = check_uid("SOPInstanceUID", ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID"))
+            sop_class = check_uid("SOPClassUID", ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID"))
+        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
             raise IngestError(0xC000, f"cannot parse the data set: {type(exc).__name__}") from None
-        meta = ds.file_meta
-        study = check_uid("StudyInstanceUID", ds.get("StudyInstanceUID"))
-        series = check_uid("SeriesInstanceUID", ds.get("SeriesInstanceUID"))
-        sop = check_uid("SOPInstanceUID", ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID"))
-        sop_class = check_uid("SOPClassUID", ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID"))
         if expected_sop is not None and sop != expected_sop.strip("\x00 "):
             raise IngestError(0xA900, "SOPInstanceUID in the data set differs from the C-STORE request")
         if self.fsync:
