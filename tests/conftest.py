@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,37 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nodeutil import RunningNode  # noqa: E402
+from pgutil import PostgresServer, server_binaries  # noqa: E402
+
+PG_MISSING = ("PostgreSQL server binaries not installed (apt-get install postgresql)" if server_binaries() is None
+              else "psycopg missing (pip install .[postgres])" if importlib.util.find_spec("psycopg") is None
+              else None)
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole run (each test gets its own database)."""
+    if PG_MISSING:
+        pytest.skip(PG_MISSING)
+    bindir = server_binaries()
+    assert bindir is not None
+    server = PostgresServer(bindir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg: PostgresServer) -> str:
+    return pg.new_database(f"t{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The index on both backends the product supports: a SQLite file, and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite3'}"
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

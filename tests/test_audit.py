@@ -171,8 +171,8 @@ def test_audit_trail_of_stores_rejection_query_mpps_delivery_and_plan_change(nod
     assert bad.returncode == 2 and "--since" in bad.stderr
 
 
-def test_audit_rows_cannot_be_changed_or_deleted(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+def test_audit_rows_cannot_be_changed_or_deleted(db_url: str) -> None:
+    db = Database(db_url)
     audit.record(db, audit.PLAN_CHANGE, actor_user="someone", patient_id="P1", detail={"fields": ["dmt"]})
     with pytest.raises(AuditError, match="append-only"):
         with db.session() as s:

@@ -30,8 +30,8 @@ class _Due:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
     yield database
     database.dispose()
 

@@ -45,8 +45,8 @@ from msfollowup.outbox import (  # noqa: E402
 from msfollowup.report import write_reports  # noqa: E402
 
 
-def _setup(tmp_path: Path, port: int, **report: Any) -> tuple[Config, Database, str, str]:
-    cfg = make_config(tmp_path, [Destination(ae_title="PACS", host="127.0.0.1", port=port)], **report)
+def _setup(tmp_path: Path, port: int, database: str | None = None, **report: Any) -> tuple[Config, Database, str, str]:
+    cfg = make_config(tmp_path, [Destination(ae_title="PACS", host="127.0.0.1", port=port)], database, **report)
     db = make_db(cfg)
     study_uid, series = make_study(cfg, db)
     rec = write_reports(db, cfg, study_uid, 1, make_result(study_uid, series, "non-compliant",
@@ -80,8 +80,8 @@ def test_delivered_once_and_never_again(tmp_path: Path, storescp: StoreSCP) -> N
     assert _received_uids(storescp) == [sr_uid]
 
 
-def test_down_destination_then_restart_delivers_exactly_once(tmp_path: Path, storescp: StoreSCP) -> None:
-    cfg, db, _, sr_uid = _setup(tmp_path, storescp.port, retry_initial_seconds=30, retry_max_seconds=120)
+def test_down_destination_then_restart_delivers_exactly_once(tmp_path: Path, storescp: StoreSCP, db_url: str) -> None:
+    cfg, db, _, sr_uid = _setup(tmp_path, storescp.port, db_url, retry_initial_seconds=30, retry_max_seconds=120)
     t0 = utcnow()
     box = Outbox(db, cfg)
     assert box.run_once(t0) == 1  # nobody listening
@@ -119,8 +119,8 @@ def test_backoff_grows_exponentially_and_is_capped(tmp_path: Path) -> None:
     assert _jobs(db)[0].attempts == 4
 
 
-def test_claim_is_atomic_between_nodes(tmp_path: Path) -> None:
-    cfg, db, _, _ = _setup(tmp_path, free_port())
+def test_claim_is_atomic_between_nodes(tmp_path: Path, db_url: str) -> None:
+    cfg, db, _, _ = _setup(tmp_path, free_port(), db_url)
     a, b = Outbox(db, cfg), Outbox(Database(cfg.storage.database_url), cfg)
     (job,) = _jobs(db)
     now = utcnow()
@@ -130,9 +130,9 @@ def test_claim_is_atomic_between_nodes(tmp_path: Path) -> None:
     assert job.state == SENDING and job.claimed_by == a.worker_id
 
 
-def test_stale_claim_of_a_dead_node_is_given_back(tmp_path: Path, storescp: StoreSCP) -> None:
+def test_stale_claim_of_a_dead_node_is_given_back(tmp_path: Path, storescp: StoreSCP, db_url: str) -> None:
     storescp.start()
-    cfg, db, _, sr_uid = _setup(tmp_path, storescp.port)
+    cfg, db, _, sr_uid = _setup(tmp_path, storescp.port, db_url)
     dead = Outbox(db, cfg)
     (job,) = _jobs(db)
     assert dead._claim(job.id, utcnow()) is not None  # ... and the node dies here

@@ -311,8 +311,8 @@ def test_site_protocols_dir_replaces_the_packaged_intervals(tmp_path: Path) -> N
 
 
 @pytest.fixture()
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
     yield database
     database.dispose()
 

@@ -3,13 +3,10 @@ index in a real PostgreSQL server (what several nodes of one department will sha
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,28 +19,10 @@ from msfollowup.config import Config
 from msfollowup.db import Database
 from msfollowup.service import Service
 from msfollowup.store import InstanceStore, Outcome, study_summaries
+from conftest import PG_MISSING
 from nodeutil import DCMTK, RunningNode
-from pgutil import PostgresServer, server_binaries
 
-BINDIR = server_binaries()
-pytestmark = [
-    pytest.mark.skipif(BINDIR is None, reason="PostgreSQL server binaries not installed (apt-get install postgresql)"),
-    pytest.mark.skipif(importlib.util.find_spec("psycopg") is None, reason="psycopg missing (pip install .[postgres])"),
-]
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    assert BINDIR is not None
-    server = PostgresServer(BINDIR)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def pg_url(pg: PostgresServer) -> str:
-    return pg.new_database(f"t{uuid.uuid4().hex[:12]}")
+pytestmark = pytest.mark.skipif(PG_MISSING is not None, reason=str(PG_MISSING))
 
 
 def test_node_on_postgresql_end_to_end(tmp_path: Path, pg_url: str) -> None:

@@ -54,9 +54,10 @@ ROUTINE: tuple[SeriesSpec, ...] = (
 )
 
 
-def make_config(tmp: Path, destinations: Sequence[Destination] = (), **report: Any) -> Config:
+def make_config(tmp: Path, destinations: Sequence[Destination] = (), database: str | None = None,
+                **report: Any) -> Config:
     return Config(
-        storage=StorageConfig(data_dir=tmp / "data", fsync=False),
+        storage=StorageConfig(data_dir=tmp / "data", fsync=False, database=database),
         report=ReportConfig(destinations=list(destinations), **report),
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -77,8 +78,8 @@ def cfg(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
     yield database
     database.dispose()
 
@@ -525,9 +526,14 @@ NAMES = ["Müller^Zoë", "MUELLER^HANS", "Ößter^Jürgen", "Lee_Ann^Mary", "Pct
          "İstanbul^Ali", "Dvořák^Antonín", "Żółć^Ą", "Nguyễn^Văn", "Smith", "Smith^John^^Dr", "smithers^Waylon"]
 
 
-@pytest.fixture(scope="module")
-def name_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path_factory.mktemp('names') / 'index.sqlite3'}")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def name_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    """The names on both backends: LIKE and collations differ (PostgreSQL is case-sensitive, locale-sorted)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('names') / 'index.sqlite3'}"
+    else:
+        url = request.getfixturevalue("pg").new_database(f"names{os.getpid()}")
+    database = Database(url)
     cfg = Config(worklist=WorklistConfig(station_ae_title="MRSCANNER1"))
     for i, name in enumerate(NAMES):
         schedule(database, cfg, due(f"N{i}", dt.date(2026, 11, 1) + dt.timedelta(days=i)), demo(f"N{i}", name))
