@@ -1,5 +1,5 @@
 """Periodic jobs: persistent APScheduler store in the index database, retention keeps reports,
-worklist expiry. In-process Service (no network) on a real SQLite file and real files."""
+worklist expiry. In-process Service (no network) on a real SQLite file and on PostgreSQL, real files."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ def _ingest(service: Service, files: list[Path]) -> None:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
+def service(tmp_path: Path, db_url: str) -> Iterator[Service]:
     cfg = Config.model_validate({
-        "storage": {"data_dir": str(tmp_path / "var")},
+        "storage": {"data_dir": str(tmp_path / "var"), "database": db_url},
         "scheduler": {"retention_days": 30},
         "completion": {"stable_seconds": 0},
     })
