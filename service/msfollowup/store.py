@@ -28,11 +28,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from sqlalchemy import (BigInteger, Connection, ForeignKey, Index, Integer, String, Table, Text, bindparam, func,
-                        select)
+from sqlalchemy import (BigInteger, Connection, ForeignKey, Index, Integer, Row, String, Table, Text, bindparam,
+                        func, select)
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql.expression import Executable
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import Executable
 
 from msfollowup.db import Base, Database, UTCDateTime, utcnow
 
@@ -183,21 +183,22 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _insert_if_missing(c: Connection, probe: Executable, key: dict[str, str], insert_row: Executable,
-                       values: Callable[[], dict[str, Any]]) -> bool:
-    """Insert a row unless `probe` finds it; True if this transaction created it.
+def _existing_or_insert(c: Connection, probe: Executable, key: dict[str, str], insert_row: Executable,
+                        values: Callable[[], dict[str, Any]]) -> Row[Any] | None:
+    """The row `probe` finds, or None when this transaction inserted it.
 
     Two senders (or two nodes on one PostgreSQL) may both find a new study missing: the insert runs in
-    a savepoint, so the loser's unique violation undoes only that insert and it goes on as an update.
+    a savepoint, so the loser's unique violation undoes only that insert and it reads the winner's row.
     """
-    if c.execute(probe, key).first() is not None:
-        return False
+    row = c.execute(probe, key).first()
+    if row is not None:
+        return row
     try:
         with c.begin_nested():
             c.execute(insert_row, values())
     except IntegrityError:
-        return False
-    return True
+        return c.execute(probe, key).one()
+    return None
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
@@ -342,7 +343,7 @@ class InstanceStore:
             if exists and only_if_missing:
                 return
             self._touch_study(c, ds, study_uid, now)
-            _insert_if_missing(c, _SQL.series_exists, {"b_uid": series_uid}, _SQL.new_series, lambda: dict(
+            _existing_or_insert(c, _SQL.series_exists, {"b_uid": series_uid}, _SQL.new_series, lambda: dict(
                 series_uid=series_uid, study_uid=study_uid, series_number=_int(ds, "SeriesNumber"),
                 modality=_text(ds, "Modality", 16), description=_text(ds, "SeriesDescription", 64),
                 first_received=now,
@@ -355,7 +356,7 @@ class InstanceStore:
     def _touch_study(self, c: Connection, ds: Dataset, study_uid: str, now: dt.datetime) -> None:
         """Create the study row, or record the arrival (reopening a completed study)."""
         key = {"b_uid": study_uid}
-        if _insert_if_missing(c, _SQL.study_state, key, _SQL.new_study, lambda: dict(
+        row = _existing_or_insert(c, _SQL.study_state, key, _SQL.new_study, lambda: dict(
             study_uid=study_uid, state=StudyState.RECEIVING.value, version=0, complete_requested=False,
             patient_id=_text(ds, "PatientID", 64), patient_name=_text(ds, "PatientName", 324),
             patient_birth_date=_text(ds, "PatientBirthDate", 8), patient_sex=_text(ds, "PatientSex", 16),
@@ -363,9 +364,10 @@ class InstanceStore:
             accession_number=_text(ds, "AccessionNumber", 16), study_date=_text(ds, "StudyDate", 8),
             study_time=_text(ds, "StudyTime", 16), study_description=_text(ds, "StudyDescription", 64),
             station_name=_text(ds, "StationName", 16), first_received=now, last_received=now,
-        )):
+        ))
+        if row is None:
             return
-        state, version = c.execute(_SQL.study_state, key).one()
+        state, version = row.state, row.version
         if state == StudyState.COMPLETE.value:
             log.info("study reopened by a late instance study=%s version=%d", study_uid, version)
         c.execute(_SQL.reopen_study, {**key, "state": StudyState.RECEIVING.value, "last_received": now})
