@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import datetime as dt
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,6 +17,7 @@ from pynetdicom import AE
 
 from msfollowup.config import load_config
 from msfollowup.db import Database
+from msfollowup.plans import DueExam
 from msfollowup.store import Instance, Study
 
 T = TypeVar("T")
@@ -27,6 +29,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def due_exam(patient_id: str, target: dt.date, purpose: str = "brain", profile_id: str = "ms-brain-routine",
+             earliest: dt.date | None = None, latest: dt.date | None = None) -> DueExam:
+    """A next exam as plans.py computes it (window target -30/+60 days unless given), for worklist tests."""
+    return DueExam(
+        patient_id=patient_id, purpose=purpose, profile_id=profile_id,
+        earliest=earliest or target - dt.timedelta(days=30), target=target,
+        latest=latest or target + dt.timedelta(days=60), rule_ids=("stable-dmt",), reason="stable on DMT: yearly",
+        recall=False, recall_items=(), based_on_study=None,
+    )
 
 
 def _toml_value(v: Any) -> str:

@@ -22,7 +22,7 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore
 from dicom_fixtures import generate_study
 from msfollowup import worklist
 from msfollowup.config import load_config
-from nodeutil import DCMTK, RunningNode
+from nodeutil import DCMTK, RunningNode, due_exam
 
 pytestmark = pytest.mark.skipif(not (DCMTK / "storescu").exists(), reason="DCMTK not installed (apt-get install dcmtk)")
 
@@ -148,14 +148,6 @@ def test_the_documented_preference_order_is_what_the_node_picks(node: RunningNod
 # --- worklist keys ------------------------------------------------------------------------------
 
 
-class _Due:
-    def __init__(self, patient_id: str, today: dt.date) -> None:
-        self.patient_id, self.purpose, self.profile_id = patient_id, "brain", "ms-brain-routine"
-        self.target = today + dt.timedelta(days=30)
-        self.earliest, self.latest = today, today + dt.timedelta(days=90)
-        self.reason, self.recall, self.based_on_study = "yearly", False, None
-
-
 def _tag(cell: str) -> int:
     m = _TAG_RE.match(cell)
     assert m
@@ -195,10 +187,12 @@ def _find(node: RunningNode, queries: list[Dataset]) -> list[list[Dataset]]:
 @pytest.fixture(scope="module")
 def item(node: RunningNode) -> Dataset:
     cfg = load_config(node.config_path)
+    today = dt.date.today()
     with node.db.session() as s:
         step = worklist.schedule_due(
-            s, _Due("CONF0001", dt.date.today()), worklist.Demographics("CONF0001", "Conformance^Test", "19800101", "F", None),
-            cfg, today=dt.date.today(),
+            s, due_exam("CONF0001", today + dt.timedelta(days=30), earliest=today, latest=today + dt.timedelta(days=90)),
+            worklist.Demographics("CONF0001", "Conformance^Test", "19800101", "F", None),
+            cfg, today=today,
         )
         return step.dataset()
 

@@ -19,14 +19,7 @@ from msfollowup.config import Config, WorklistConfig
 from msfollowup.db import Database, utcnow
 from msfollowup.store import Instance, Series, Study
 from msfollowup.worklist import Demographics, PerformedStep, ScheduledStep
-
-
-class _Due:
-    def __init__(self, patient_id: str) -> None:
-        self.patient_id, self.purpose, self.profile_id = patient_id, "brain", "ms-brain-routine"
-        self.target = dt.date(2026, 11, 20)
-        self.earliest, self.latest = self.target - dt.timedelta(days=30), self.target + dt.timedelta(days=60)
-        self.reason, self.recall, self.based_on_study = "yearly", False, None
+from nodeutil import due_exam
 
 
 @pytest.fixture
@@ -45,7 +38,7 @@ def cfg() -> Config:
 def step(db: Database, cfg: Config) -> ScheduledStep:
     with db.session() as s:
         return worklist.schedule_due(
-            s, _Due("P1"), Demographics("P1", "Müller^Zoë", "19800101", "F", "ISO_IR 192"), cfg,
+            s, due_exam("P1", dt.date(2026, 11, 20)), Demographics("P1", "Müller^Zoë", "19800101", "F", "ISO_IR 192"), cfg,
             today=dt.date(2026, 11, 1),  # profile: the shipped ms-brain-routine
         )
 

@@ -13,7 +13,6 @@ import threading
 import warnings
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -36,36 +35,17 @@ from sqlalchemy.exc import IntegrityError
 from msfollowup import worklist
 from msfollowup.config import Config, WorklistConfig
 from msfollowup.db import Database, utcnow
+from msfollowup.plans import DueExam
 from msfollowup.profiles import Profile, get_profile
 from msfollowup.worklist import Demographics, QueryError, ScheduledStep
+from nodeutil import due_exam
 
 TODAY = dt.date(2026, 11, 1)
 FINDSCU = "/usr/bin/findscu"
 
 
-@dataclass(frozen=True)
-class Due:
-    """The shape plans.py hands over (DueExam)."""
-
-    patient_id: str
-    purpose: str
-    profile_id: str
-    earliest: dt.date
-    target: dt.date
-    latest: dt.date
-    rule_ids: tuple[str, ...] = ("stable-dmt",)
-    reason: str = "stable on DMT: yearly"
-    recall: bool = False
-    recall_items: tuple[str, ...] = ()
-    based_on_study: str | None = None
-
-
 def profile(profile_id: str) -> Profile:
     return get_profile(profile_id)  # the shipped protocol profile
-
-
-def due(patient_id: str, target: dt.date, purpose: str = "brain", profile_id: str = "ms-brain-routine") -> Due:
-    return Due(patient_id, purpose, profile_id, target - dt.timedelta(days=30), target, target + dt.timedelta(days=60))
 
 
 def demo(patient_id: str, name: str, charset: str | None = "ISO_IR 192") -> Demographics:
@@ -84,7 +64,7 @@ def db(db_url: str) -> Iterator[Database]:
     database.dispose()
 
 
-def schedule(db: Database, cfg: Config, d: Due, dem: Demographics) -> ScheduledStep:
+def schedule(db: Database, cfg: Config, d: DueExam, dem: Demographics) -> ScheduledStep:
     with db.session() as s:
         return worklist.schedule_due(s, d, dem, cfg, profile=profile(d.profile_id), today=TODAY)
 
@@ -105,7 +85,7 @@ def mwl_port(db: Database, cfg: Config) -> Iterator[int]:
 
 
 def test_schedule_builds_a_complete_worklist_item(db: Database, cfg: Config) -> None:
-    step = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "Müller^Zoë"))
+    step = schedule(db, cfg, due_exam("P1", dt.date(2026, 11, 20)), demo("P1", "Müller^Zoë"))
     assert len(step.accession_number) <= 16 and len(step.sps_id) <= 16
     ds = step.dataset()
     assert ds.PatientName == "Müller^Zoë" and ds.SpecificCharacterSet == "ISO_IR 192"
@@ -122,7 +102,7 @@ def test_schedule_builds_a_complete_worklist_item(db: Database, cfg: Config) -> 
 
 
 def test_no_contrast_profile_and_short_protocol_code(db: Database, cfg: Config) -> None:
-    step = schedule(db, cfg, due("P1", dt.date(2026, 11, 20), profile_id="ms-brain-pml-screening"), demo("P1", "A^B"))
+    step = schedule(db, cfg, due_exam("P1", dt.date(2026, 11, 20), profile_id="ms-brain-pml-screening"), demo("P1", "A^B"))
     sps = step.dataset().ScheduledProcedureStepSequence[0]
     assert "RequestedContrastAgent" not in sps
     code = sps.ScheduledProtocolCodeSequence[0]
@@ -131,16 +111,16 @@ def test_no_contrast_profile_and_short_protocol_code(db: Database, cfg: Config) 
 
 
 def test_overdue_target_is_scheduled_today(db: Database, cfg: Config) -> None:
-    step = schedule(db, cfg, due("P1", dt.date(2026, 10, 1)), demo("P1", "A^B"))
+    step = schedule(db, cfg, due_exam("P1", dt.date(2026, 10, 1)), demo("P1", "A^B"))
     assert step.start_date == "20261101" and step.target == dt.date(2026, 10, 1)
 
 
 def test_replan_replaces_and_never_two_open_items(db: Database, cfg: Config) -> None:
-    first = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
-    again = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
+    first = schedule(db, cfg, due_exam("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
+    again = schedule(db, cfg, due_exam("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
     assert again.id == first.id  # unchanged plan keeps the item and its accession number
-    moved = schedule(db, cfg, due("P1", dt.date(2026, 12, 20)), demo("P1", "A^B"))
-    spine = schedule(db, cfg, due("P1", dt.date(2026, 12, 20), purpose="spine", profile_id="ms-spine-new-deficit"), demo("P1", "A^B"))
+    moved = schedule(db, cfg, due_exam("P1", dt.date(2026, 12, 20)), demo("P1", "A^B"))
+    spine = schedule(db, cfg, due_exam("P1", dt.date(2026, 12, 20), purpose="spine", profile_id="ms-spine-new-deficit"), demo("P1", "A^B"))
     with db.session() as s:
         old = s.get(ScheduledStep, first.id)
         assert old is not None and not old.is_open and old.close_reason == "replaced"
@@ -159,11 +139,11 @@ def test_replan_replaces_and_never_two_open_items(db: Database, cfg: Config) -> 
 
 
 def test_close_for_study_by_uid_accession_and_window(db: Database, cfg: Config) -> None:
-    a = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
-    b = schedule(db, cfg, due("P2", dt.date(2026, 11, 20)), demo("P2", "C^D"))
-    c = schedule(db, cfg, due("P3", dt.date(2026, 11, 20)), demo("P3", "E^F"))
-    d1 = schedule(db, cfg, due("P4", dt.date(2026, 11, 20)), demo("P4", "G^H"))
-    d2 = schedule(db, cfg, due("P4", dt.date(2026, 11, 20), "spine", "ms-spine-new-deficit"), demo("P4", "G^H"))
+    a = schedule(db, cfg, due_exam("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
+    b = schedule(db, cfg, due_exam("P2", dt.date(2026, 11, 20)), demo("P2", "C^D"))
+    c = schedule(db, cfg, due_exam("P3", dt.date(2026, 11, 20)), demo("P3", "E^F"))
+    d1 = schedule(db, cfg, due_exam("P4", dt.date(2026, 11, 20)), demo("P4", "G^H"))
+    d2 = schedule(db, cfg, due_exam("P4", dt.date(2026, 11, 20), "spine", "ms-spine-new-deficit"), demo("P4", "G^H"))
     with db.session() as s:
         assert worklist.close_for_study(s, a.study_uid, None, "P1", "20261120").id == a.id  # type: ignore[union-attr]
         assert worklist.close_for_study(s, "9.9", b.accession_number, None, None).id == b.id  # type: ignore[union-attr]
@@ -174,8 +154,8 @@ def test_close_for_study_by_uid_accession_and_window(db: Database, cfg: Config) 
 
 
 def test_expire_closes_items_long_past_their_window(db: Database, cfg: Config) -> None:
-    old = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))  # latest 2027-01-19
-    new = schedule(db, cfg, due("P2", dt.date(2027, 1, 20)), demo("P2", "C^D"))
+    old = schedule(db, cfg, due_exam("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))  # latest 2027-01-19
+    new = schedule(db, cfg, due_exam("P2", dt.date(2027, 1, 20)), demo("P2", "C^D"))
     with db.session() as s:
         now = dt.datetime(2027, 2, 19, 12, tzinfo=dt.timezone.utc)  # 31 days after old's window
         assert [x.id for x in worklist.expire(s, now, cfg)] == [old.id]
@@ -225,7 +205,7 @@ def test_malformed_values_are_query_errors() -> None:
 
 
 def test_sequence_matching_and_return_keys(db: Database, cfg: Config) -> None:
-    step = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
+    step = schedule(db, cfg, due_exam("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
     record = step.dataset()
     item = _query(ScheduledStationAETitle="MRSCANNER1", Modality="")
     q = _query(PatientID="", ScheduledProcedureStepSequence=[item])
@@ -289,13 +269,13 @@ def _q(tmp: Path, name: str, *, charset: str = "ISO_IR 192", accession: str = ""
 @pytest.fixture
 def populated(db: Database, cfg: Config) -> dict[str, ScheduledStep]:
     steps = {
-        "zoe": schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "Müller^Zoë")),
-        "latin": schedule(db, cfg, due("P2", dt.date(2026, 11, 25)), demo("P2", "Dvořák^Antonín")),
-        "later": schedule(db, cfg, due("P3", dt.date(2027, 3, 1)), demo("P3", "Mueller^Hans", None)),
-        "iso100": schedule(db, cfg, due("P4", dt.date(2026, 11, 21)), demo("P4", "Gérard^Noël", "ISO_IR 100")),
+        "zoe": schedule(db, cfg, due_exam("P1", dt.date(2026, 11, 20)), demo("P1", "Müller^Zoë")),
+        "latin": schedule(db, cfg, due_exam("P2", dt.date(2026, 11, 25)), demo("P2", "Dvořák^Antonín")),
+        "later": schedule(db, cfg, due_exam("P3", dt.date(2027, 3, 1)), demo("P3", "Mueller^Hans", None)),
+        "iso100": schedule(db, cfg, due_exam("P4", dt.date(2026, 11, 21)), demo("P4", "Gérard^Noël", "ISO_IR 100")),
     }
     other = cfg.model_copy(update={"worklist": WorklistConfig(station_ae_title="MRSCANNER2")})
-    steps["other"] = schedule(db, other, due("P5", dt.date(2026, 11, 20)), demo("P5", "Müller^Anna"))
+    steps["other"] = schedule(db, other, due_exam("P5", dt.date(2026, 11, 20)), demo("P5", "Müller^Anna"))
     return steps
 
 
@@ -416,14 +396,14 @@ def _free_port() -> int:
 def test_export_follows_commits_and_wlmscpfs_serves_it(tmp_path: Path, db: Database) -> None:
     export = tmp_path / "wlist"
     cfg = Config(worklist=WorklistConfig(station_ae_title="MRSCANNER1", export_dir=export))
-    a = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "Müller^Zoë"))
-    b = schedule(db, cfg, due("P2", dt.date(2026, 11, 22)), demo("P2", "Gérard^Noël", "ISO_IR 100"))
+    a = schedule(db, cfg, due_exam("P1", dt.date(2026, 11, 20)), demo("P1", "Müller^Zoë"))
+    b = schedule(db, cfg, due_exam("P2", dt.date(2026, 11, 22)), demo("P2", "Gérard^Noël", "ISO_IR 100"))
     folder = export / "MRSCANNER1"
     assert (folder / "lockfile").exists()
     assert sorted(p.name for p in folder.glob("*.wl")) == sorted(f"MSFU-{s.accession_number}.wl" for s in (a, b))
     with pytest.raises(RuntimeError):  # rolled back: nothing written
         with db.session() as s:
-            worklist.schedule_due(s, due("P9", TODAY), demo("P9", "X^Y"), cfg, profile=profile("ms-brain-routine"), today=TODAY)
+            worklist.schedule_due(s, due_exam("P9", TODAY), demo("P9", "X^Y"), cfg, profile=profile("ms-brain-routine"), today=TODAY)
             raise RuntimeError("abort")
     assert len(list(folder.glob("*.wl"))) == 2
     with db.session() as s:
@@ -451,7 +431,7 @@ def test_export_follows_commits_and_wlmscpfs_serves_it(tmp_path: Path, db: Datab
 def test_sync_export_repairs_the_folder(tmp_path: Path, db: Database) -> None:
     export = tmp_path / "wlist"
     cfg = Config(worklist=WorklistConfig(station_ae_title="MRSCANNER1", export_dir=export))
-    a = schedule(db, cfg, due("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
+    a = schedule(db, cfg, due_exam("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
     folder = export / "MRSCANNER1"
     (folder / f"MSFU-{a.accession_number}.wl").unlink()
     (folder / "MSFU-STALE.wl").write_bytes(b"old")
@@ -501,7 +481,7 @@ def test_cli_lists_exports_and_expires(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "var").mkdir()
     database = Database(cfg.storage.database_url)
     try:
-        step = schedule(database, cfg, due("P1", dt.date(2020, 1, 10)), demo("P1", "Müller^Zoë"))
+        step = schedule(database, cfg, due_exam("P1", dt.date(2020, 1, 10)), demo("P1", "Müller^Zoë"))
     finally:
         database.dispose()
     (export / "MRSCANNER1" / f"MSFU-{step.accession_number}.wl").unlink()
@@ -536,7 +516,7 @@ def name_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     database = Database(url)
     cfg = Config(worklist=WorklistConfig(station_ae_title="MRSCANNER1"))
     for i, name in enumerate(NAMES):
-        schedule(database, cfg, due(f"N{i}", dt.date(2026, 11, 1) + dt.timedelta(days=i)), demo(f"N{i}", name))
+        schedule(database, cfg, due_exam(f"N{i}", dt.date(2026, 11, 1) + dt.timedelta(days=i)), demo(f"N{i}", name))
     yield database
     database.dispose()
 

@@ -68,7 +68,8 @@ from sqlalchemy.orm import InstrumentedAttribute, Mapped, Session, mapped_column
 
 from msfollowup.config import Config
 from msfollowup.db import Base, Database, UTCDateTime, utcnow
-from msfollowup.profiles import get_profile
+from msfollowup.plans import DueExam
+from msfollowup.profiles import Profile, get_profile
 from msfollowup.store import Instance, Study
 
 log = logging.getLogger(__name__)
@@ -107,32 +108,11 @@ ST_MISSING_ATTRIBUTE = 0x0120
 ERROR_ID_NO_LONGER_UPDATABLE = 0xA710  # PS3.4 Table F.7.2-2
 
 
-# --- contracts of the neighbours (duck-typed until their modules land) -----------------------
-
-
-class DueExamLike(Protocol):
-    """What plans.py computes (DueExam); read-only so frozen dataclasses qualify."""
-
-    @property
-    def patient_id(self) -> str: ...
-    @property
-    def purpose(self) -> str: ...
-    @property
-    def profile_id(self) -> str: ...
-    @property
-    def earliest(self) -> dt.date: ...
-    @property
-    def target(self) -> dt.date: ...
-    @property
-    def latest(self) -> dt.date: ...
-    @property
-    def reason(self) -> str: ...
-    @property
-    def recall(self) -> bool: ...
+# --- what the neighbours hand over -----------------------------------------------------------
 
 
 class DemographicsLike(Protocol):
-    """Patient attributes of the last study (store.Study has these)."""
+    """Patient attributes of the last study: store.Study and Demographics both have these."""
 
     @property
     def patient_id(self) -> str | None: ...
@@ -144,30 +124,6 @@ class DemographicsLike(Protocol):
     def patient_sex(self) -> str | None: ...
     @property
     def specific_character_set(self) -> str | None: ...
-
-
-class LoincLike(Protocol):
-    @property
-    def code(self) -> str: ...
-    @property
-    def meaning(self) -> str: ...
-
-
-class ProfileLike(Protocol):
-    """What schedule_due reads of a profiles.Profile."""
-
-    @property
-    def loinc(self) -> Sequence[LoincLike]: ...
-    @property
-    def id(self) -> str: ...
-    @property
-    def worklist_code(self) -> str: ...
-    @property
-    def version(self) -> str: ...
-    @property
-    def title(self) -> str: ...
-    @property
-    def needs_contrast(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -345,7 +301,7 @@ def name_key(folded: str) -> str:
     return folded[:NAME_KEY_CHARS].encode("utf-8").hex()
 
 
-def _loinc_codes(profile: ProfileLike) -> list[Code]:
+def _loinc_codes(profile: Profile) -> list[Code]:
     return [Code(item.code, LOINC_SCHEME, item.meaning) for item in profile.loinc]
 
 
@@ -374,7 +330,7 @@ def _code_item(code: Code) -> Dataset:
 def build_identifier(
     *,
     demographics: DemographicsLike,
-    profile: ProfileLike,
+    profile: Profile,
     study_uid: str,
     accession: str,
     requested_procedure_id: str,
@@ -423,7 +379,7 @@ def build_identifier(
     return ds
 
 
-def _same_request(step: ScheduledStep, due: DueExamLike, profile: ProfileLike, demo: DemographicsLike) -> bool:
+def _same_request(step: ScheduledStep, due: DueExam, profile: Profile, demo: DemographicsLike) -> bool:
     """Re-running the plan with nothing changed must keep the item (and its accession number)."""
     stored = step.dataset()
     return (
@@ -440,11 +396,11 @@ def _same_request(step: ScheduledStep, due: DueExamLike, profile: ProfileLike, d
 
 def schedule_due(
     session: Session,
-    due: DueExamLike,
+    due: DueExam,
     demographics: DemographicsLike,
     cfg: Config,
     *,
-    profile: ProfileLike | None = None,
+    profile: Profile | None = None,
     today: dt.date | None = None,
 ) -> ScheduledStep:
     """Make `due` the patient's open item for its purpose, replacing an outdated one.
@@ -487,7 +443,7 @@ def schedule_due(
         profile_id=profile.id,
         profile_version=profile.version,
         recall=bool(due.recall),
-        based_on_study=getattr(due, "based_on_study", None),
+        based_on_study=due.based_on_study,
         earliest=due.earliest,
         target=due.target,
         latest=due.latest,
