@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import datetime as dt
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pynetdicom import AE
 
 from msfollowup.config import load_config
-from msfollowup.db import Database
+from msfollowup.db import Database, utcnow
+from msfollowup.pipeline import StudyCheck
 from msfollowup.plans import DueExam
 from msfollowup.store import Instance, Study
 
@@ -40,6 +42,22 @@ def due_exam(patient_id: str, target: dt.date, purpose: str = "brain", profile_i
         latest=latest or target + dt.timedelta(days=60), rule_ids=("stable-dmt",), reason="stable on DMT: yearly",
         recall=False, recall_items=(), based_on_study=None,
     )
+
+
+def add_study_check(db: Database, patient_id: str, uid: str, version: int, date: str, verdict: str,
+                    failed: Sequence[str] = ()) -> None:
+    """A checked study version as the pipeline writes it: a passing T2 and a failure per id in `failed`."""
+    reqs = [{"id": "sequence.t2", "status": "pass", "message": "T2 present"}]
+    reqs += [{"id": f, "status": "fail", "message": f"{f} missing"} for f in failed]
+    with db.session() as s:
+        if s.get(Study, uid) is None:
+            now = utcnow()
+            s.add(Study(study_uid=uid, patient_id=patient_id, study_date=date, first_received=now, last_received=now))
+            s.flush()
+        s.add(StudyCheck(
+            study_uid=uid, version=version, patient_id=patient_id, study_date=date, profile_id="ms-brain-routine",
+            profile_version="1", verdict=verdict, result_json=json.dumps({"requirements": reqs}), created_at=utcnow(),
+        ))
 
 
 def _toml_value(v: Any) -> str:

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from msfollowup.config import load_config
-from msfollowup.db import Database, utcnow
-from msfollowup.pipeline import StudyCheck
-from msfollowup.store import Study
+from msfollowup.db import Database
+from nodeutil import add_study_check
 
 TODAY = "2026-06-15"
 
@@ -37,26 +36,8 @@ def run_json(config: Path, *args: str) -> Any:
 
 
 def add_check(config: Path, patient_id: str, uid: str, date: str, verdict: str) -> None:
-    """A checked study, as the pipeline would have written it."""
     db = Database(load_config(config).storage.database_url)
-    failed = [] if verdict == "compliant" else [{"id": "sequence.t2_flair", "status": "fail", "message": "no FLAIR"}]
-    with db.session() as s:
-        now = utcnow()
-        s.add(Study(study_uid=uid, patient_id=patient_id, study_date=date, first_received=now, last_received=now))
-        s.flush()
-        s.add(
-            StudyCheck(
-                study_uid=uid,
-                version=1,
-                patient_id=patient_id,
-                study_date=date,
-                profile_id="ms-brain-routine",
-                profile_version="1",
-                verdict=verdict,
-                result_json=json.dumps({"requirements": failed}),
-                created_at=now,
-            )
-        )
+    add_study_check(db, patient_id, uid, 1, date, verdict, [] if verdict == "compliant" else ["sequence.t2_flair"])
     db.dispose()
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from msfollowup.db import Database, utcnow
-from msfollowup.pipeline import StudyCheck
+from msfollowup.db import Database
 from msfollowup.plans import (
     DueExam,
     ExamRecord,
@@ -32,7 +30,7 @@ from msfollowup.plans import (
     refresh_patient,
     set_plan,
 )
-from msfollowup.store import Study
+from nodeutil import add_study_check
 
 D = dt.date
 PID = "PAT-0001"
@@ -317,29 +315,6 @@ def db(db_url: str) -> Iterator[Database]:
     database.dispose()
 
 
-def _add_check(db: Database, patient_id: str, uid: str, version: int, date: str, verdict: str, failed: list[str]) -> None:
-    reqs = [{"id": "sequence.t2", "status": "pass", "message": "T2 present"}]
-    reqs += [{"id": f, "status": "fail", "message": f"{f} missing"} for f in failed]
-    with db.session() as s:
-        if s.get(Study, uid) is None:
-            now = utcnow()
-            s.add(Study(study_uid=uid, patient_id=patient_id, study_date=date, first_received=now, last_received=now))
-            s.flush()
-        s.add(
-            StudyCheck(
-                study_uid=uid,
-                version=version,
-                patient_id=patient_id,
-                study_date=date,
-                profile_id="ms-brain-routine",
-                profile_version="1",
-                verdict=verdict,
-                result_json=json.dumps({"requirements": reqs}),
-                created_at=utcnow(),
-            )
-        )
-
-
 def test_set_show_and_history_on_a_real_sqlite_file(db: Database, rules: IntervalRules) -> None:
     with db.session() as s:
         set_plan(s, PID, {"dmt": "Natalizumab", "dmt_start": "2024-01-01", "jcv": "positive"}, "dr.a", rules=rules)
@@ -367,9 +342,9 @@ def test_set_show_and_history_on_a_real_sqlite_file(db: Database, rules: Interva
 
 
 def test_exam_history_uses_the_latest_check_version_and_feeds_the_due_list(db: Database, rules: IntervalRules) -> None:
-    _add_check(db, "PAT-CHECKED", "1.2.3.1", 1, "20260110", "non-compliant", ["sequence.t1_post"])
-    _add_check(db, "PAT-CHECKED", "1.2.3.1", 2, "20260110", "compliant", [])
-    _add_check(db, "PAT-CHECKED", "1.2.3.2", 1, "20260601", "non-compliant", ["sequence.t2_flair"])
+    add_study_check(db, "PAT-CHECKED", "1.2.3.1", 1, "20260110", "non-compliant", ["sequence.t1_post"])
+    add_study_check(db, "PAT-CHECKED", "1.2.3.1", 2, "20260110", "compliant", [])
+    add_study_check(db, "PAT-CHECKED", "1.2.3.2", 1, "20260601", "non-compliant", ["sequence.t2_flair"])
     with db.session() as s:
         set_plan(s, PID, {"dmt": "natalizumab", "dmt_start": "2023-01-01", "jcv": "positive"}, "dr.a", rules=rules)
         history = exam_history(s, "PAT-CHECKED", rules)
