@@ -15,6 +15,7 @@ from dicom_fixtures.common import (
     SliceGeometry,
     StudyContext,
     add_contrast_plain,
+    add_image_pixel,
     add_patient_study_series,
     da,
     new_file_dataset,
@@ -110,15 +111,8 @@ def _series_header(ctx: StudyContext, p: PlannedSeries, series_uid: str, series_
         ds.DerivationDescription = {"ADC": "ADC map", "TRACE": "isotropic trace-weighted image"}.get(
             p.kind, "multiplanar reformat")
     add_contrast_plain(ds, p)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ctx.rows
-    ds.Columns = ctx.columns
+    add_image_pixel(ds, ctx)
     ds.PixelSpacing = [f"{p.pixel_spacing:g}", f"{p.pixel_spacing:g}"]
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
     ds.WindowCenter = "800"
     ds.WindowWidth = "1600"
     ds.LossyImageCompression = "00"

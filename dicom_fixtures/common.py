@@ -140,6 +140,18 @@ def add_patient_study_series(ds: Dataset, ctx: StudyContext, p: PlannedSeries, s
     ds.PerformedProcedureStepDescription = STUDY_DESCRIPTIONS[ctx.profile]
 
 
+def add_image_pixel(ds: Dataset, ctx: StudyContext) -> None:
+    """Image Pixel module of every generated MR image, classic or enhanced: 12 bits stored in 16."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ctx.rows
+    ds.Columns = ctx.columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+
+
 def add_contrast_plain(ds: Dataset, p: PlannedSeries) -> None:
     """Contrast/Bolus module: what the console writes once the operator registered the injection."""
     if not p.contrast_given:

@@ -15,6 +15,7 @@ from dicom_fixtures.classic import Frame, frames_of
 from dicom_fixtures.common import (
     ENHANCED_MR_IMAGE,
     StudyContext,
+    add_image_pixel,
     add_patient_study_series,
     da,
     new_file_dataset,
@@ -269,14 +270,7 @@ def build_enhanced(ctx: StudyContext, p: PlannedSeries, series_uid: str, series_
     if field is not None:
         ds.MagneticFieldStrength = field
     ds.ApplicableSafetyStandardAgency = "IEC"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ctx.rows
-    ds.Columns = ctx.columns
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
+    add_image_pixel(ds, ctx)
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
     ds.PresentationLUTShape = "IDENTITY"
