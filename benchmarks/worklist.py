@@ -44,6 +44,9 @@ from msfollowup.db import Database, utcnow
 from msfollowup.profiles import get_profile
 from msfollowup.worklist import Demographics, ScheduledStep
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from nodeutil import worklist_scp  # noqa: E402
+
 STATIONS = 10
 DAYS = 730
 FIRST_DAY = dt.date(2026, 1, 1)
@@ -242,28 +245,22 @@ def main() -> int:
         t0 = time.perf_counter()
         populate(db, args.items)
         print(f"inserted {args.items} open items in {time.perf_counter() - t0:.1f} s")
-        scp = AE(ae_title="MSFOLLOWUP")
-        for uid in worklist.SUPPORTED_CONTEXTS:
-            scp.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
-        handlers = worklist.event_handlers(db, Config())
-        clock = ServiceClock(next(h[1] for h in handlers if h[0] is evt.EVT_C_FIND))
-        handlers.append((evt.EVT_C_FIND, clock))  # pynetdicom keeps one C-FIND handler: the last bound
-        handlers.append((evt.EVT_CONN_OPEN, _on_open))
-        server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-        assert server is not None
-        scu = AE(ae_title="MRSCANNER0")
-        scu.add_requested_context(ModalityWorklistInformationFind)
-        assoc = scu.associate("127.0.0.1", int(server.server_address[1]), ae_title="MSFOLLOWUP")
-        _nodelay(assoc)
-        try:
-            timed(assoc, clock, lambda: station_query(rng), 5)  # warm-up: caches, first connection
-            ok = report("station", *timed(assoc, clock, lambda: station_query(rng), args.queries))
-            ok &= report("name", *timed(assoc, clock, lambda: name_query(rng, args.items), args.queries))
-            print(f"baseline e2e p50 {baseline(min(args.queries, 50)):6.1f} ms: pynetdicom SCU+SCP with an empty handler")
-        finally:
-            assoc.release()
-            server.shutdown()
-            db.dispose()
+        # The real C-FIND handler wrapped in a clock, bound after the originals (the last bound is kept).
+        clock = ServiceClock(next(h[1] for h in worklist.event_handlers(db, Config()) if h[0] is evt.EVT_C_FIND))
+        with worklist_scp(db, Config(), [(evt.EVT_C_FIND, clock), (evt.EVT_CONN_OPEN, _on_open)]) as port:
+            scu = AE(ae_title="MRSCANNER0")
+            scu.add_requested_context(ModalityWorklistInformationFind)
+            assoc = scu.associate("127.0.0.1", port, ae_title="MSFOLLOWUP")
+            _nodelay(assoc)
+            try:
+                timed(assoc, clock, lambda: station_query(rng), 5)  # warm-up: caches, first connection
+                ok = report("station", *timed(assoc, clock, lambda: station_query(rng), args.queries))
+                ok &= report("name", *timed(assoc, clock, lambda: name_query(rng, args.items), args.queries))
+                print(f"baseline e2e p50 {baseline(min(args.queries, 50)):6.1f} ms: pynetdicom SCU+SCP with an empty "
+                      "handler")
+            finally:
+                assoc.release()
+        db.dispose()
     return 0 if ok else 1
 
 

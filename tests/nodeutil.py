@@ -10,13 +10,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pynetdicom import AE
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
 
-from msfollowup.config import load_config
+from msfollowup import worklist
+from msfollowup.config import Config, load_config
 from msfollowup.db import Database, utcnow
 from msfollowup.pipeline import StudyCheck
 from msfollowup.plans import DueExam
@@ -58,6 +60,22 @@ def add_study_check(db: Database, patient_id: str, uid: str, version: int, date:
             study_uid=uid, version=version, patient_id=patient_id, study_date=date, profile_id="ms-brain-routine",
             profile_version="1", verdict=verdict, result_json=json.dumps({"requirements": reqs}), created_at=utcnow(),
         ))
+
+
+@contextmanager
+def worklist_scp(db: Database, cfg: Config, extra_handlers: Sequence[tuple[Any, Any]] = ()) -> Iterator[int]:
+    """The worklist and MPPS handlers on a plain pynetdicom AE on a free loopback port (no whole node).
+    `extra_handlers` are bound after them (pynetdicom keeps the last handler bound to a notification event)."""
+    ae = AE(ae_title="MSFOLLOWUP")
+    for uid in worklist.SUPPORTED_CONTEXTS:
+        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[*worklist.event_handlers(db, cfg), *extra_handlers])
+    assert server is not None
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
 
 
 def _toml_value(v: Any) -> str:

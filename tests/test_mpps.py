@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
+from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 from sqlalchemy import select
@@ -19,7 +19,7 @@ from msfollowup.config import Config, WorklistConfig
 from msfollowup.db import Database, utcnow
 from msfollowup.store import Instance, Series, Study
 from msfollowup.worklist import Demographics, PerformedStep, ScheduledStep
-from nodeutil import due_exam
+from nodeutil import due_exam, worklist_scp
 
 
 @pytest.fixture
@@ -45,18 +45,13 @@ def step(db: Database, cfg: Config) -> ScheduledStep:
 
 @pytest.fixture
 def assoc(db: Database, cfg: Config) -> Iterator[Association]:
-    scp = AE(ae_title="MSFOLLOWUP")
-    for uid in worklist.SUPPORTED_CONTEXTS:
-        scp.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
-    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=worklist.event_handlers(db, cfg))
-    assert server is not None
-    scu = AE(ae_title="MRSCANNER1")
-    scu.add_requested_context(ModalityPerformedProcedureStep)
-    association = scu.associate("127.0.0.1", int(server.server_address[1]), ae_title="MSFOLLOWUP")
-    assert association.is_established
-    yield association
-    association.release()
-    server.shutdown()
+    with worklist_scp(db, cfg) as port:
+        scu = AE(ae_title="MRSCANNER1")
+        scu.add_requested_context(ModalityPerformedProcedureStep)
+        association = scu.associate("127.0.0.1", port, ae_title="MSFOLLOWUP")
+        assert association.is_established
+        yield association
+        association.release()
 
 
 def in_progress(step: ScheduledStep | None, study_uid: str | None = None) -> Dataset:

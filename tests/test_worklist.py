@@ -38,7 +38,7 @@ from msfollowup.db import Database, utcnow
 from msfollowup.plans import DueExam
 from msfollowup.profiles import Profile, get_profile
 from msfollowup.worklist import Demographics, QueryError, ScheduledStep
-from nodeutil import due_exam
+from nodeutil import due_exam, worklist_scp
 
 TODAY = dt.date(2026, 11, 1)
 FINDSCU = "/usr/bin/findscu"
@@ -72,13 +72,8 @@ def schedule(db: Database, cfg: Config, d: DueExam, dem: Demographics) -> Schedu
 @pytest.fixture
 def mwl_port(db: Database, cfg: Config) -> Iterator[int]:
     """A real pynetdicom AE with the worklist handlers on a free loopback port."""
-    ae = AE(ae_title="MSFOLLOWUP")
-    for uid in worklist.SUPPORTED_CONTEXTS:
-        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=worklist.event_handlers(db, cfg))
-    assert server is not None
-    yield int(server.server_address[1])
-    server.shutdown()
+    with worklist_scp(db, cfg) as port:
+        yield port
 
 
 # --- scheduling ------------------------------------------------------------------------------
