@@ -39,16 +39,15 @@ def service(tmp_path: Path, db_url: str) -> Iterator[Service]:
     })
     svc = Service(cfg)
     yield svc
-    jobs.bind(None)
     svc.db.dispose()
 
 
 def test_scheduler_keeps_its_jobs_in_the_index_database(service: Service) -> None:
     scheduler = jobs.start_scheduler(service)
     try:
-        assert {j.id for j in scheduler.get_jobs()} == {"overdue", "worklist", "retention"}
+        assert set(scheduler.jobs) == {"overdue", "worklist", "retention"}
     finally:
-        scheduler.shutdown(wait=False)
+        scheduler.stop()
     with service.db.session() as s:
         stored = set(s.execute(text("SELECT id FROM scheduler_jobs")).scalars())
     assert stored == {"overdue", "worklist", "retention"}
@@ -63,8 +62,7 @@ def test_retention_removes_old_instances_but_keeps_reports(service: Service, tmp
     with service.db.session() as s:
         s.execute(update(Study).where(Study.study_uid == old.study_uid)
                   .values(last_received=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=31)))
-    jobs.bind(service)
-    removed = jobs.retention_job()
+    removed = jobs.retention_job(service)
     assert removed == len(old.files)
     assert not (service.store.root / old.study_uid).exists()
     assert (service.store.root / new.study_uid).is_dir()
@@ -72,7 +70,7 @@ def test_retention_removes_old_instances_but_keeps_reports(service: Service, tmp
         assert s.scalar(select(Instance).where(Instance.study_uid == old.study_uid).limit(1)) is None
         report = s.scalars(select(Report).where(Report.study_uid == old.study_uid)).one()
     assert (service.cfg.storage.data_dir / report.sr_path).is_file()
-    assert jobs.retention_job() == 0  # nothing left to remove
+    assert jobs.retention_job(service) == 0  # nothing left to remove
 
 
 def test_worklist_job_expires_items_whose_window_ended_long_ago(service: Service, tmp_path: Path) -> None:
@@ -84,7 +82,6 @@ def test_worklist_job_expires_items_whose_window_ended_long_ago(service: Service
         (item,) = open_items(s)
         s.execute(update(ScheduledStep).where(ScheduledStep.id == item.id)
                   .values(latest=dt.date.today() - dt.timedelta(days=service.cfg.worklist.expire_days + 1)))
-    jobs.bind(service)
-    assert jobs.worklist_job() == 1
+    assert jobs.worklist_job(service) == 1
     with service.db.session() as s:
         assert open_items(s) == []

@@ -219,7 +219,7 @@ def test_stop_while_a_destination_hangs(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while _jobs(db)[0].state != SENDING and time.monotonic() < deadline:
             time.sleep(0.05)
-        thread = box._thread
+        thread = box._worker  # the PollingWorker running the loop
         assert thread is not None
         box.stop(timeout=20)
         assert not thread.is_alive()  # the negotiation was aborted, not waited out

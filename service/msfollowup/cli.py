@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from msfollowup import cli_db
 from msfollowup.config import Config, ConfigError, load_config
+from msfollowup.core.errors import MsFollowupError
 
 if TYPE_CHECKING:
     from msfollowup.db import Database
@@ -512,6 +514,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     _add_plan_commands,
     _add_worklist_commands,
     _add_audit_commands,
+    cli_db.register,
 ]
 
 
@@ -538,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rc: int = args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, MsFollowupError) as exc:  # a schema of another revision: names the command
         print(f"msfollowup: {exc}", file=sys.stderr)
         return 2
     return rc

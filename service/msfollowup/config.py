@@ -60,6 +60,9 @@ class StorageConfig(_Section):
     fsync: bool = True  # only benchmarks against non-durable references may turn this off
     # How long a write waits for a locked SQLite index before the C-STORE fails (Out of Resources).
     busy_timeout_seconds: float = Field(default=30.0, gt=0)
+    # An index database of an older schema revision: false -> `serve` refuses to start and names
+    # `msfollowup db upgrade` (an operator backs up first); true -> the node upgrades it at start.
+    auto_upgrade: bool = False
 
     @property
     def store_dir(self) -> Path:

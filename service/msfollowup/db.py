@@ -1,31 +1,20 @@
 """The index database: one SQLAlchemy metadata for every concern, portable SQL only.
 
-Each concern module declares its own tables on `Base` (store, results, outbox, plans, worklist ...);
-`create_schema` imports them so the metadata is complete before `create_all`. SQLite (WAL) is the
-embedded default; the same code runs on PostgreSQL, so no SQLite-only SQL anywhere.
+Each concern module declares its own tables on `Base` (store, results, outbox, plans, worklist ...).
+The schema is versioned with Alembic (dbmigrate.py, migrations/): opening a database creates a fresh
+one at the head revision and refuses one of another revision unless asked to upgrade it. SQLite (WAL)
+is the embedded default; the same code runs on PostgreSQL, so no SQLite-only SQL anywhere.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
-
-# Modules that declare tables; imported lazily to keep `db` free of import cycles.
-SCHEMA_MODULES = (
-    "msfollowup.store",
-    "msfollowup.pipeline",
-    "msfollowup.report",
-    "msfollowup.plans",
-    "msfollowup.worklist",
-    "msfollowup.audit",
-)
-
 
 class Base(DeclarativeBase):
     pass
@@ -82,23 +71,24 @@ def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def create_schema(engine: Engine) -> None:
-    for name in SCHEMA_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real import error inside an existing module
-                raise
-    Base.metadata.create_all(engine)
+def create_schema(engine: Engine, auto_upgrade: bool = False) -> None:
+    """Bring the schema to this release's head (fresh database) or refuse (see dbmigrate)."""
+    from msfollowup.dbmigrate import ensure_schema  # imports every table module, which import db
+
+    ensure_schema(engine, auto_upgrade)
 
 
 class Database:
     """Engine + session factory, created once per process and passed explicitly (no globals)."""
 
-    def __init__(self, url: str, busy_timeout: float = 30.0) -> None:
+    def __init__(self, url: str, busy_timeout: float = 30.0, auto_upgrade: bool = False) -> None:
         self.url = url
         self.engine = make_engine(url, busy_timeout)
-        create_schema(self.engine)
+        try:
+            create_schema(self.engine, auto_upgrade)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -28,7 +28,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from msfollowup import audit
 from msfollowup.config import Config, Destination
+from msfollowup.core import dimse
 from msfollowup.db import Base, Database, UTCDateTime, utcnow
+from msfollowup.worker import PollingWorker
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +185,7 @@ def backoff_seconds(cfg: Config, attempts: int) -> float:
 
 def is_delivered_status(status: int) -> bool:
     """Success, or a Warning (0xB000 range, 0x0001, 0x0107, 0x0116): the destination stored it."""
-    return status == 0x0000 or 0xB000 <= status <= 0xBFFF or status in (0x0001, 0x0107, 0x0116)
+    return dimse.is_stored(status)
 
 
 class SendError(Exception):
@@ -218,7 +220,7 @@ class Outbox:
         self.worker_id = f"outbox-{uuid.uuid4().hex[:16]}"
         self._stop = threading.Event()
         self._last_stale_check: dt.datetime | None = None
-        self._thread: threading.Thread | None = None
+        self._worker: PollingWorker | None = None
         self._assoc_lock = threading.Lock()
         self._assoc: Association | None = None  # the send in progress, so stop() can abort it
         node = cfg.node
@@ -256,14 +258,14 @@ class Outbox:
         return attempted
 
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._worker is not None and self._worker.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="msfollowup-outbox", daemon=True)
-        self._thread.start()
+        self._worker = PollingWorker("msfollowup-outbox", self.poll_seconds, self.run_once)
+        self._worker.start()
 
     def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker is not None and self._worker.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop quickly: abort a send in progress (its job goes back to pending) and join."""
@@ -271,17 +273,9 @@ class Outbox:
         with self._assoc_lock:
             if self._assoc is not None:
                 _abort(self._assoc)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # keep the daemon alive across a database hiccup; the next poll retries
-                log.exception("outbox poll failed")
-            self._stop.wait(self.poll_seconds)
+        if self._worker is not None:
+            self._worker.stop(timeout)
+            self._worker = None
 
     # --- job state ------------------------------------------------------------------------------
 

@@ -18,8 +18,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from msfollowup import jobs, sdnotify, worklist
 from msfollowup.completion import CompletionWorker
 from msfollowup.config import Config, ConfigError, LoggingConfig
@@ -82,7 +80,6 @@ def setup_logging(cfg: LoggingConfig) -> None:
     root.setLevel(cfg.level)
     # pynetdicom logs data set contents (patient names in identifiers) at INFO/DEBUG: keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     # Library warnings quote element values (highdicom: "The string <patient name> is unlikely to
     # represent ...", 'value of argument "patient_name" is potentially invalid: <name>'; pydicom:
     # "Invalid value for VR ..."): PHI, and raw lines that break JSON logs. Errors only.
@@ -98,7 +95,7 @@ class Service:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(cfg.storage.database_url, cfg.storage.busy_timeout_seconds)
+        self.db = Database(cfg.storage.database_url, cfg.storage.busy_timeout_seconds, cfg.storage.auto_upgrade)
         self.store = InstanceStore(cfg.storage.data_dir, self.db, cfg.storage.duplicate_policy, cfg.storage.fsync)
         self.pipeline = Pipeline(self.db, cfg, self.store)
         self.pipeline_worker = PipelineWorker(self.pipeline)
@@ -113,7 +110,7 @@ class Service:
             metrics=self.metrics,
         )
         self.outbox = Outbox(self.db, cfg)
-        self.scheduler: BackgroundScheduler | None = None
+        self.scheduler: jobs.Scheduler | None = None
         self.address: tuple[str, int] | None = None
         self.http: HttpEndpoint | None = None
 
@@ -173,8 +170,7 @@ class Service:
         if aborted:
             log.warning("shutdown aborted %d association(s) after the grace period", aborted)
         if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
-            jobs.bind(None)
+            self.scheduler.stop()
         self.outbox.stop()
         self.completion.stop()
         self.pipeline_worker.stop()
