@@ -27,8 +27,10 @@ from msfollowup.worklist.model import ScheduledStep, decode_identifier, name_key
 
 
 def _like_pattern(pattern: str) -> str:
+    """LIKE form of a wildcard pattern; runs of "*" become one "%" (the same matches, and the
+    database's LIKE has no run of "%" to try every split of)."""
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
+    return re.sub(r"\*+", "%", escaped).replace("?", "_")
 
 
 def _sql_for(column: InstrumentedAttribute[Any], cond: Condition) -> ColumnElement[bool]:

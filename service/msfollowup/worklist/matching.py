@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -79,21 +80,78 @@ class Condition:
             v = value.replace(":", "")
             return (not low or v >= low) and (not high or v <= high)
         if self.kind == "wildcard":
-            return any(_wildcard_regex(p).fullmatch(value) for p in self.values)
+            return any(wildcard(p).fullmatch(value) for p in self.values)
         return value in self.values
 
 
-_regex_cache: dict[str, re.Pattern[str]] = {}
+class _Segment:
+    """A run of a wildcard pattern between two "*": literal characters and "?" (one character each).
+
+    Fixed length, so finding it costs at most len(value) x len(segment) steps: a literal one uses
+    str.find, one with "?" a regex of literals and "." without any quantifier (nothing to backtrack).
+    """
+
+    __slots__ = ("text", "rx")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.rx = None if "?" not in text else re.compile(
+            "".join("." if c == "?" else re.escape(c) for c in text), re.DOTALL
+        )
+
+    def at(self, value: str, pos: int) -> bool:
+        """The segment occupies value[pos:pos + len]."""
+        if self.rx is None:
+            return value.startswith(self.text, pos)
+        return self.rx.match(value, pos, pos + len(self.text)) is not None
+
+    def find(self, value: str, start: int, end: int) -> int:
+        """Leftmost position >= start where the segment fits entirely before `end`, else -1."""
+        if self.rx is None:
+            return value.find(self.text, start, end)
+        m = self.rx.search(value, start, end)
+        return -1 if m is None else m.start()
 
 
-def _wildcard_regex(pattern: str) -> re.Pattern[str]:
-    rx = _regex_cache.get(pattern)
-    if rx is None:
-        body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-        rx = re.compile(body, re.DOTALL)
-        if len(_regex_cache) < 4096:
-            _regex_cache[pattern] = rx
-    return rx
+class Wildcard:
+    """A PS3.4 C.2.2.2.4 wildcard pattern ("*": any run, "?": one character), matched in one pass.
+
+    A regex of ".*" pieces backtracks exponentially on "************#" (50 s holding the GIL, the node
+    stopped answering anything). Here the pattern is split at "*" into fixed-length segments: the
+    first must sit at the start, the last at the end, and each one between is taken at its leftmost
+    place after the previous one - leftmost is never worse for the segments after it, so one forward
+    pass decides, and the cost is bounded by len(value) x len(pattern) whatever the pattern.
+    """
+
+    __slots__ = ("head", "middle", "tail", "star")
+
+    def __init__(self, pattern: str) -> None:
+        parts = pattern.split("*")
+        self.star = len(parts) > 1
+        self.head = _Segment(parts[0])
+        self.tail = _Segment(parts[-1]) if self.star else None
+        self.middle = tuple(_Segment(p) for p in parts[1:-1] if p)
+
+    def fullmatch(self, value: str) -> bool:
+        head, tail = self.head, self.tail
+        if tail is None:  # no "*": the value is exactly one segment long
+            return len(value) == len(head.text) and head.at(value, 0)
+        end = len(value) - len(tail.text)  # where the last segment must begin
+        pos = len(head.text)
+        if end < pos or not head.at(value, 0) or not tail.at(value, end):
+            return False
+        for seg in self.middle:
+            found = seg.find(value, pos, end)
+            if found < 0:
+                return False
+            pos = found + len(seg.text)
+        return True
+
+
+@functools.lru_cache(maxsize=4096)
+def wildcard(pattern: str) -> Wildcard:
+    """The compiled matcher of a pattern (a query applies its few patterns to many records)."""
+    return Wildcard(pattern)
 
 
 def _pad_high(vr: str, value: str) -> str:
