@@ -52,16 +52,14 @@ def overdue_job() -> int:
 
 
 def worklist_job() -> int:
-    """Expire stale worklist items and make the export folder match the open items."""
+    """Overdue worklist items start today (they stay until performed); the export folder matches."""
     from msfollowup import worklist
 
     svc = _svc()
     with svc.db.session() as s:
-        expired = worklist.expire(s, utcnow(), svc.cfg)
+        moved = worklist.expire(s, utcnow(), svc.cfg)
         worklist.sync_export(s, svc.cfg)
-    if expired:
-        log.info("worklist items expired: %d", len(expired))
-    return len(expired)
+    return len(moved)
 
 
 def retention_job() -> int:

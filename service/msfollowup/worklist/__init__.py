@@ -10,12 +10,19 @@ completion loop to finish the referenced study now instead of waiting for `stabl
 
 Departments with their own worklist server get every open step as a DCMTK/Orthanc `.wl` file.
 
-Modules: `model` (vocabulary, tables), `scheduling` (items from due exams; closing), `matching`
+Modules: `model` (vocabulary, tables), `scheduling` (items from due exams), `closing`, `matching`
 (PS3.4 matching, pure), `find` (SQL + matching), `mpps`, `scp` (DIMSE handlers), `export`.
 This package re-exports the names the rest of the service uses.
 """
 
-from msfollowup.worklist.export import locked_folder, remove_wl, sync_export, write_wl
+from msfollowup.worklist.closing import StudyLike, cancel, close_for_study
+from msfollowup.worklist.export import (
+    export_uid,
+    locked_folder,
+    remove_wl,
+    sync_export,
+    write_wl,
+)
 from msfollowup.worklist.find import find, sql_filter
 from msfollowup.worklist.matching import (
     CompiledQuery,
@@ -56,13 +63,20 @@ from msfollowup.worklist.model import (
     open_items,
 )
 from msfollowup.worklist.mpps import create_mpps, set_mpps
-from msfollowup.worklist.scheduling import build_identifier, close_for_study, expire, schedule_due
+from msfollowup.worklist.scheduling import (
+    build_identifier,
+    expire,
+    merge_demographics,
+    move_overdue_to_today,
+    schedule_due,
+)
 from msfollowup.worklist.scp import WorklistSCP, event_handlers
 
 __all__ = [
     "COMPLETED", "DEFAULT_START_TIME", "DISCONTINUED", "PPS_COMPLETED", "PPS_DISCONTINUED", "PPS_IN_PROGRESS",
     "SCHEDULED", "STARTED", "ST_IDENTIFIER_MISMATCH", "ST_UNABLE_TO_PROCESS", "SUPPORTED_CONTEXTS",
-    "Code", "CompiledQuery", "Condition", "Demographics", "DemographicsLike", "PerformedStep",
+    "Code", "CompiledQuery", "StudyLike", "cancel", "export_uid", "merge_demographics",
+    "move_overdue_to_today", "Condition", "Demographics", "DemographicsLike", "PerformedStep",
     "PerformedStepInstance", "PerformedStepStudy", "Projection", "QueryError", "ScheduledStep", "WorklistError",
     "WorklistSCP", "build_identifier", "check_lengths", "close_for_study", "compile_query", "completion_requested",
     "create_mpps", "decode_identifier", "encode_identifier", "event_handlers", "expire", "find", "fold_name",

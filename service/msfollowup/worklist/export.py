@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import re
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from io import BytesIO
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from pydicom import dcmwrite
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityWorklistInformationFind,
 )
@@ -49,12 +50,18 @@ def _export_path(export_dir: Path, step: ScheduledStep) -> Path:
     return export_dir / _safe_component(step.station_ae) / f"{EXPORT_PREFIX}{step.accession_number}.wl"
 
 
+def export_uid(step: ScheduledStep) -> str:
+    """The file's SOP Instance UID, the same for the same item version: a random one (pydicom's
+    generate_uid(prefix=None) ignores its entropy sources) made every export rewrite every file."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'msfollowup-wl|{step.study_uid}|{step.version}').int}"
+
+
 def _wl_bytes(step: ScheduledStep) -> bytes:
     """The step as a DICOM Part 10 file, the format wlmscpfs and Orthanc's worklist plugin read."""
     ds = step.dataset()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ModalityWorklistInformationFind
-    meta.MediaStorageSOPInstanceUID = generate_uid(prefix=None, entropy_srcs=[step.study_uid, "wl"])
+    meta.MediaStorageSOPInstanceUID = UID(export_uid(step))
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     buf = BytesIO()
@@ -131,16 +138,30 @@ def _queue_export(session: Session, op: ExportOp) -> None:
         event.listen(session, "after_rollback", _after_rollback)
 
 
+def queue_file(session: Session, step: ScheduledStep) -> None:
+    """After a change of `step`: its file is (re)written if it is served, removed otherwise."""
+    if not step.export_file:
+        return
+    if step.is_open and step.incomplete is None:
+        _queue_export(session, ("write", Path(step.export_file), _wl_bytes(step)))
+    else:
+        _queue_export(session, ("remove", Path(step.export_file), None))
+
+
 def sync_export(session: Session, cfg: Config) -> tuple[int, int]:
-    """Make export_dir hold exactly the open items (repairs missed writes); returns (written, removed)."""
+    """Make export_dir hold exactly the served items (repairs missed writes); returns (written, removed).
+    A file already holding the item's bytes is not touched (its mtime is what wlmscpfs and backup
+    tools go by)."""
     export_dir = cfg.worklist.export_dir
     if export_dir is None:
         return 0, 0
     wanted: dict[Path, ScheduledStep] = {}
     for step in open_items(session):
         path = _export_path(export_dir, step)
-        step.export_file = str(path)
-        wanted[path] = step
+        if step.export_file != str(path):
+            step.export_file = str(path)
+        if step.incomplete is None:  # wlmscpfs refuses an item without a name; we do not serve it
+            wanted[path] = step
     written = 0
     for path, step in wanted.items():
         data = _wl_bytes(step)

@@ -23,7 +23,12 @@ from msfollowup.worklist.matching import (
     _Key,
     response_charset,
 )
-from msfollowup.worklist.model import ScheduledStep, decode_identifier, name_key
+from msfollowup.worklist.model import (
+    ScheduledStep,
+    decode_identifier,
+    name_key,
+    servable,
+)
 
 
 def _like_pattern(pattern: str) -> str:
@@ -99,10 +104,10 @@ def sql_filter(compiled: CompiledQuery) -> list[ColumnElement[bool]]:
 
 
 def find(session: Session, query: CompiledQuery) -> Iterator[Projection]:
-    """Open items matching a compiled MWL identifier, projected to its keys."""
+    """Served items (open, with a patient name) matching a compiled MWL identifier, projected to its keys."""
     rows = session.execute(
         select(ScheduledStep.identifier, ScheduledStep.specific_character_set)
-        .where(ScheduledStep.open_key.is_not(None), *sql_filter(query))
+        .where(servable(), *sql_filter(query))
         .order_by(ScheduledStep.start_date, ScheduledStep.id)
     )
     for identifier, record_cs in rows:

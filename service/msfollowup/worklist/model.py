@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     exists,
     select,
 )
@@ -152,12 +153,26 @@ class ScheduledStep(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     close_reason: Mapped[str | None] = mapped_column(String(32))
+    # The study that performed this item (matched by UID, accession, procedure ID, window or MPPS):
+    # a later version of that study finds the item here and closes nothing else.
+    fulfilled_by_study: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Bumped whenever the identifier changes (status, start date, demographics): the exported file's
+    # Media Storage SOP Instance UID derives from (study UID, version), so an unchanged item keeps
+    # byte-identical files and the export rewrites nothing.
+    version: Mapped[int] = mapped_column(Integer, default=1)
 
     __table_args__ = (Index("ix_worklist_steps_station_date", "station_ae", "start_date"),)
 
     @property
     def is_open(self) -> bool:
         return self.open_key is not None
+
+    @property
+    def incomplete(self) -> str | None:
+        """Why the item cannot be served (PS3.4 Table K.6-1 requires Patient's Name), else None."""
+        if not (self.patient_name or "").strip("^= "):
+            return "no patient name (set it with the patient's plan, or it comes with the first study)"
+        return None
 
     def dataset(self) -> Dataset:
         return decode_identifier(self.identifier)
@@ -177,6 +192,8 @@ class ScheduledStep(Base):
             "study_uid": self.study_uid,
             "open": self.is_open,
             "close_reason": self.close_reason,
+            "complete": self.incomplete is None,
+            "incomplete_reason": self.incomplete,
         }
 
 
@@ -247,7 +264,6 @@ def _parse_da(value: str | dt.date | None) -> dt.date | None:
         return None
 
 
-
 def name_key(folded: str) -> str:
     """Hex of the first characters of a folded name, for prefix searches through an index.
 
@@ -261,6 +277,14 @@ def name_key(folded: str) -> str:
 def _open_steps() -> Any:
     return select(ScheduledStep).where(ScheduledStep.open_key.is_not(None))
 
+
+def servable() -> ColumnElement[bool]:
+    """SQL: open and complete (a patient name): what C-FIND answers and the export writes."""
+    return and_(
+        ScheduledStep.open_key.is_not(None),
+        ScheduledStep.patient_name_fold.is_not(None),
+        ScheduledStep.patient_name_fold != "",
+    )
 
 
 def open_items(session: Session) -> list[ScheduledStep]:

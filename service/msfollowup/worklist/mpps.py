@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from msfollowup.db import utcnow
 from msfollowup.store import Study
+from msfollowup.worklist.closing import BY_MPPS, close, set_status
 from msfollowup.worklist.model import (
     COMPLETED,
     PPS_COMPLETED,
@@ -26,7 +27,6 @@ from msfollowup.worklist.model import (
     ScheduledStep,
     mpps_completed,
 )
-from msfollowup.worklist.scheduling import _close
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def create_mpps(session: Session, uid: str, attrs: Dataset, calling_ae: str | No
     if step is not None:
         step.mpps_uid = uid
         if step.is_open:
-            step.sps_status = STARTED
+            set_status(session, step, STARTED)  # C-FIND answers and the export say so too
     log.info("MPPS %s in progress (scheduled: %s)", uid, step is not None)
     return pps
 
@@ -104,10 +104,12 @@ def set_mpps(session: Session, pps: PerformedStep, mods: Dataset) -> None:
     if new_status == PPS_COMPLETED:
         _link_instances(session, pps.sop_instance_uid, attrs)
         if step is not None and step.is_open:
-            _close(session, step, COMPLETED, "mpps-completed")
+            # The study it names fulfilled the item: its images (any version) close nothing else.
+            performed = step.study_uid if step.study_uid in studies or not studies else studies[0]
+            close(session, step, COMPLETED, BY_MPPS, study_uid=performed, mpps_uid=pps.sop_instance_uid)
         _request_completion(session, studies)
     elif new_status == PPS_DISCONTINUED and step is not None and step.is_open:
-        step.sps_status = SCHEDULED  # the exam was not done: the item stays on the worklist
+        set_status(session, step, SCHEDULED)  # the exam was not done: the item stays on the worklist
     log.info("MPPS %s now %s", pps.sop_instance_uid, new_status)
 
 

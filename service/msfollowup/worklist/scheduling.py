@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
-from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -20,10 +19,10 @@ from msfollowup.config import Config
 from msfollowup.db import utcnow
 from msfollowup.plans import DueExam
 from msfollowup.profiles import Profile, get_profile
-from msfollowup.worklist.export import _export_path, _queue_export, _wl_bytes
+from msfollowup.worklist.closing import REPLACED, close
+from msfollowup.worklist.export import _export_path, queue_file
 from msfollowup.worklist.matching import fold_name
 from msfollowup.worklist.model import (
-    COMPLETED,
     CONTRAST_AGENT,
     DEFAULT_START_TIME,
     DISCONTINUED,
@@ -32,12 +31,12 @@ from msfollowup.worklist.model import (
     MODALITY,
     SCHEDULED,
     Code,
+    Demographics,
     DemographicsLike,
     ScheduledStep,
     WorklistError,
     _da,
     _open_steps,
-    _parse_da,
     encode_identifier,
     name_key,
 )
@@ -83,6 +82,7 @@ def build_identifier(
     start_date: str,
     reason: str,
     recall: bool,
+    sps_status: str = SCHEDULED,
 ) -> Dataset:
     """The full MWL identifier of one step (every key DCMTK's wlmscpfs requires to be complete)."""
     ds = Dataset()
@@ -116,41 +116,89 @@ def build_identifier(
         [_code_item(Code(profile.worklist_code, LOCAL_SCHEME, profile.title))]
     )
     sps.ScheduledProcedureStepID = sps_id
-    sps.ScheduledProcedureStepStatus = SCHEDULED
+    sps.ScheduledProcedureStepStatus = sps_status
     if profile.needs_contrast:
         sps.RequestedContrastAgent = CONTRAST_AGENT
     ds.ScheduledProcedureStepSequence = DicomSequence([sps])
     return ds
 
 
-def _same_request(step: ScheduledStep, due: DueExam, profile: Profile, demo: DemographicsLike) -> bool:
+def merge_demographics(patient_id: str, plan: DemographicsLike | None, study: DemographicsLike | None) -> Demographics:
+    """The patient as the worklist shows them: what the plan says (a user typed it), else what the
+    last study said. The character set goes with the name it describes."""
+    def first(*values: str | None) -> str | None:
+        return next((v for v in values if v), None)
+
+    sources = [d for d in (plan, study) if d is not None]
+    name_source = next((d for d in sources if d.patient_name), study)
+    return Demographics(
+        patient_id=patient_id,
+        patient_name=first(*(d.patient_name for d in sources)),
+        patient_birth_date=first(*(d.patient_birth_date for d in sources)),
+        patient_sex=first(*(d.patient_sex for d in sources)),
+        specific_character_set=name_source.specific_character_set if name_source is not None else None,
+    )
+
+
+def _same_request(step: ScheduledStep, due: DueExam, profile: Profile) -> bool:
     """Re-running the plan with nothing changed must keep the item (and its accession number)."""
-    stored = step.dataset()
     return (
         step.profile_id == profile.id
         and step.profile_version == profile.version
         and (step.earliest, step.target, step.latest) == (due.earliest, due.target, due.latest)
         and step.recall == bool(due.recall)
-        and step.patient_name == (demo.patient_name or "")
+    )
+
+
+def _same_patient(step: ScheduledStep, demo: DemographicsLike) -> bool:
+    stored = step.dataset()
+    return (
+        step.patient_name == (demo.patient_name or "")
         and step.specific_character_set == demo.specific_character_set
         and stored.get("PatientBirthDate", "") == (demo.patient_birth_date or "")
         and stored.get("PatientSex", "") == (demo.patient_sex or "")
     )
 
 
+def _set_patient_columns(step: ScheduledStep, demo: DemographicsLike) -> None:
+    folded = fold_name(demo.patient_name or "") or ""
+    step.patient_name = demo.patient_name or ""
+    step.patient_name_fold = folded
+    step.patient_name_key = name_key(folded)
+    step.specific_character_set = demo.specific_character_set
+
+
+def _rebuild(session: Session, step: ScheduledStep, demo: DemographicsLike, profile: Profile, reason: str,
+             start_date: str) -> None:
+    """The same item (accession, UIDs, status) with new demographics or start date: a new version."""
+    identifier = build_identifier(
+        demographics=demo, profile=profile, study_uid=step.study_uid, accession=step.accession_number,
+        requested_procedure_id=step.requested_procedure_id, sps_id=step.sps_id, station_ae=step.station_ae,
+        start_date=start_date, reason=reason, recall=step.recall, sps_status=step.sps_status,
+    )
+    _set_patient_columns(step, demo)
+    step.start_date = start_date
+    step.identifier = encode_identifier(identifier)
+    step.version = (step.version or 1) + 1
+    queue_file(session, step)
+
+
 def schedule_due(
     session: Session,
     due: DueExam,
-    demographics: DemographicsLike,
+    demographics: DemographicsLike | None,
     cfg: Config,
     *,
     profile: Profile | None = None,
     today: dt.date | None = None,
+    plan_demographics: DemographicsLike | None = None,
 ) -> ScheduledStep:
     """Make `due` the patient's open item for its purpose, replacing an outdated one.
 
+    `demographics` are the last study's, `plan_demographics` what the patient's plan holds (it wins).
+    An item without a patient name is kept but not served until one is known (see `incomplete`).
     The start date is the window target; a target already past would hide the item from every
-    "today" query of a modality, so it becomes today.
+    "today" query of a modality, so it becomes today (the window stays as the plan computed it).
     """
     if not due.patient_id:
         raise WorklistError("due exam without patient id")
@@ -158,19 +206,22 @@ def schedule_due(
         raise WorklistError(f"unknown purpose {due.purpose!r}")
     profile = profile or get_profile(due.profile_id, cfg.validation.protocols_dir)
     today = today or dt.date.today()
+    demo = merge_demographics(due.patient_id, plan_demographics, demographics)
+    start = _da(max(due.target, today))
     key = f"{due.patient_id}|{due.purpose}"
     current = session.scalar(select(ScheduledStep).where(ScheduledStep.open_key == key))
     if current is not None:
-        if _same_request(current, due, profile, demographics):
+        if _same_request(current, due, profile):
+            if not _same_patient(current, demo) or current.start_date < start:
+                _rebuild(session, current, demo, profile, due.reason or "", max(current.start_date, start))
             return current
-        _close(session, current, DISCONTINUED, "replaced")
+        close(session, current, DISCONTINUED, REPLACED)
         session.flush()  # the old open_key must be gone before the new row claims it
     accession, rp_id, sps_id = _new_ids(session, today)
     study_uid = generate_uid(prefix=None)
-    start = _da(max(due.target, today))
     station = cfg.worklist.station_ae_title
     identifier = build_identifier(
-        demographics=demographics,
+        demographics=demo,
         profile=profile,
         study_uid=study_uid,
         accession=accession,
@@ -200,75 +251,44 @@ def schedule_due(
         start_date=start,
         start_time=DEFAULT_START_TIME,
         patient_id=due.patient_id,
-        patient_name=demographics.patient_name or "",
-        patient_name_fold=fold_name(demographics.patient_name or ""),
-        patient_name_key=name_key(fold_name(demographics.patient_name or "") or ""),
-        specific_character_set=demographics.specific_character_set,
         sps_status=SCHEDULED,
         identifier=encode_identifier(identifier),
+        version=1,
         created_at=utcnow(),
     )
+    _set_patient_columns(step, demo)
     session.add(step)
     session.flush()
     if cfg.worklist.export_dir is not None:
         step.export_file = str(_export_path(cfg.worklist.export_dir, step))
-        _queue_export(session, ("write", Path(step.export_file), _wl_bytes(step)))
+        queue_file(session, step)
+    if step.incomplete:
+        log.warning("worklist item %s is incomplete and not served: no patient name", step.accession_number)
     log.info("worklist item %s scheduled (%s, %s)", step.accession_number, step.purpose, step.profile_id)
     return step
 
 
-def _close(session: Session, step: ScheduledStep, sps_status: str, reason: str) -> None:
-    step.open_key = None
-    step.sps_status = sps_status
-    step.closed_at = utcnow()
-    step.close_reason = reason
-    if step.export_file:
-        _queue_export(session, ("remove", Path(step.export_file), None))
-    log.info("worklist item %s closed: %s", step.accession_number, reason)
-
-
-
-def close_for_study(
-    session: Session,
-    study_uid: str | None,
-    accession: str | None,
-    patient_id: str | None,
-    study_date: str | dt.date | None,
-) -> ScheduledStep | None:
-    """A study arrived (with or without MPPS): close the step it fulfils, if one is recognisable.
-
-    StudyInstanceUID or AccessionNumber identify the step; otherwise the patient's single open item
-    whose window contains the study date. Two candidates (brain and spine) are ambiguous: none closes.
-    """
-    step = None
-    if study_uid:
-        step = session.scalar(_open_steps().where(ScheduledStep.study_uid == study_uid))
-    if step is None and accession:
-        step = session.scalar(_open_steps().where(ScheduledStep.accession_number == accession))
-    day = _parse_da(study_date)
-    if step is None and patient_id and day is not None:
-        candidates = session.scalars(
-            _open_steps().where(
-                ScheduledStep.patient_id == patient_id,
-                ScheduledStep.earliest <= day,
-                ScheduledStep.latest >= day,
-            )
-        ).all()
-        if len(candidates) == 1:
-            step = candidates[0]
-        elif candidates:
-            log.info("study matches %d open worklist items by window; none closed", len(candidates))
-    if step is not None:
-        _close(session, step, COMPLETED, "study")
-    return step
+def move_overdue_to_today(session: Session, today: dt.date) -> list[ScheduledStep]:
+    """Open items whose start date has passed start today: a modality asking for today's list must
+    see the patients most in need of a scan. The window is kept; nothing is closed."""
+    day = _da(today)
+    moved = list(session.scalars(_open_steps().where(ScheduledStep.start_date < day).order_by(ScheduledStep.id)))
+    for step in moved:
+        ds = step.dataset()
+        for sps in ds.get("ScheduledProcedureStepSequence", None) or []:
+            sps.ScheduledProcedureStepStartDate = day
+        step.start_date = day
+        step.identifier = encode_identifier(ds)
+        step.version = (step.version or 1) + 1
+        queue_file(session, step)
+    if moved:
+        log.info("worklist: %d overdue item(s) now start today", len(moved))
+    return moved
 
 
 def expire(session: Session, now: dt.datetime, cfg: Config) -> list[ScheduledStep]:
-    """Close items whose window ended more than `expire_days` ago."""
-    cutoff = now.date() - dt.timedelta(days=cfg.worklist.expire_days)
-    stale = session.scalars(_open_steps().where(ScheduledStep.latest < cutoff)).all()
-    for step in stale:
-        _close(session, step, DISCONTINUED, "expired")
-    return list(stale)
-
-
+    """The periodic worklist upkeep. An item is never closed for being late (overdue patients are the
+    ones who most need the scan): superseded items were closed when the plan change replaced them
+    (schedule_due), performed ones by their study or MPPS, others only by a user (`cancel`). What is
+    left to do is moving overdue start dates to today; returns the items moved."""
+    return move_overdue_to_today(session, now.date())
