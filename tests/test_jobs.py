@@ -74,18 +74,25 @@ def test_retention_removes_old_instances_but_keeps_reports(service: Service, tmp
     assert jobs.retention_job(service) == 0  # nothing left to remove
 
 
-def test_worklist_job_expires_items_whose_window_ended_long_ago(service: Service, tmp_path: Path) -> None:
+def test_worklist_job_keeps_overdue_items_and_moves_them_to_today(service: Service, tmp_path: Path) -> None:
+    """Issue 11: an overdue item stays on the worklist (window kept), starting today."""
     study = generate_study(tmp_path / "s", slices=2, seed=33, patient_id="EXP1")
     _ingest(service, study.files)
     complete_due(service.db, 0)
     service.pipeline.run_pending()
+    long_ago = dt.date.today() - dt.timedelta(days=service.cfg.worklist.expire_days + 200)
     with service.db.session() as s:
         (item,) = open_items(s)
         s.execute(update(ScheduledStep).where(ScheduledStep.id == item.id)
-                  .values(latest=dt.date.today() - dt.timedelta(days=service.cfg.worklist.expire_days + 1)))
-    assert jobs.worklist_job(service) == 1
+                  .values(latest=long_ago, start_date=long_ago.strftime("%Y%m%d")))
+    assert jobs.worklist_job(service) == 1  # one item moved
     with service.db.session() as s:
-        assert open_items(s) == []
+        (kept,) = open_items(s)
+        assert kept.id == item.id and kept.latest == long_ago
+        assert kept.start_date == dt.date.today().strftime("%Y%m%d")
+        sps = kept.dataset().ScheduledProcedureStepSequence[0]
+        assert sps.ScheduledProcedureStepStartDate == kept.start_date
+    assert jobs.worklist_job(service) == 0  # nothing left to move
 
 
 def _overdue_row(service: Service) -> jobs.SchedulerJob:

@@ -33,6 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from msfollowup import worklist
+from msfollowup.audit import AuditEvent
 from msfollowup.config import Config, WorklistConfig
 from msfollowup.db import Database, utcnow
 from msfollowup.plans import DueExam
@@ -142,19 +143,53 @@ def test_close_for_study_by_uid_accession_and_window(db: Database, cfg: Config) 
     with db.session() as s:
         assert worklist.close_for_study(s, a.study_uid, None, "P1", "20261120").id == a.id  # type: ignore[union-attr]
         assert worklist.close_for_study(s, "9.9", b.accession_number, None, None).id == b.id  # type: ignore[union-attr]
-        assert worklist.close_for_study(s, "9.8", None, "P3", "20261010") is None  # before the window
-        assert worklist.close_for_study(s, "9.8", None, "P3", "20261115").id == c.id  # type: ignore[union-attr]
+        brain = frozenset({"brain"})
+        assert worklist.close_for_study(s, "9.8", None, "P3", "20261010", purposes=brain) is None  # before the window
+        # purposes unknown: only exact identifiers close an item, never the window (issue 11)
+        assert worklist.close_for_study(s, "9.8", None, "P3", "20261115") is None
+        assert worklist.close_for_study(s, "9.8", None, "P3", "20261115", purposes=brain).id == c.id  # type: ignore[union-attr]
         assert worklist.close_for_study(s, "9.7", None, "P4", "20261115") is None  # brain or spine?
         assert {x.id for x in worklist.open_items(s)} == {d1.id, d2.id}
+        # a brain study closes the brain item and never the spine one
+        assert worklist.close_for_study(s, "9.6", None, "P4", "20261115", purposes=brain).id == d1.id  # type: ignore[union-attr]
+        assert {x.id for x in worklist.open_items(s)} == {d2.id}
+        # a later version of the same study closes nothing else
+        assert worklist.close_for_study(s, "9.6", None, "P4", "20261116", purposes=frozenset({"spine"})) is None
+        assert {x.id for x in worklist.open_items(s)} == {d2.id}
+        closes = s.scalars(select(AuditEvent).where(AuditEvent.action == "worklist.close")).all()
+        assert sorted(json.loads(e.detail)["reason"] for e in closes) == [
+            "study-accession", "study-purpose-window", "study-purpose-window", "study-uid"]
 
 
-def test_expire_closes_items_long_past_their_window(db: Database, cfg: Config) -> None:
+def test_expire_keeps_overdue_items_and_moves_them_to_today(db: Database, cfg: Config) -> None:
+    """Issue 11: overdue items stay (the patients who most need the scan); they start today."""
     old = schedule(db, cfg, due_exam("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))  # latest 2027-01-19
-    new = schedule(db, cfg, due_exam("P2", dt.date(2027, 1, 20)), demo("P2", "C^D"))
+    new = schedule(db, cfg, due_exam("P2", dt.date(2027, 3, 20)), demo("P2", "C^D"))
     with db.session() as s:
         now = dt.datetime(2027, 2, 19, 12, tzinfo=dt.timezone.utc)  # 31 days after old's window
         assert [x.id for x in worklist.expire(s, now, cfg)] == [old.id]
-        assert [x.id for x in worklist.open_items(s)] == [new.id]
+        assert [x.id for x in worklist.open_items(s)] == [old.id, new.id]
+        kept = s.get(ScheduledStep, old.id)
+        assert kept is not None and kept.start_date == "20270219" and kept.latest == dt.date(2027, 1, 19)
+        assert kept.dataset().ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate == "20270219"
+        assert worklist.expire(s, now, cfg) == []
+
+
+def test_cancel_needs_a_reason_and_is_audited(db: Database, cfg: Config) -> None:
+    step = schedule(db, cfg, due_exam("P1", dt.date(2026, 11, 20)), demo("P1", "A^B"))
+    with db.session() as s:
+        with pytest.raises(worklist.WorklistError, match="reason"):
+            worklist.cancel(s, step.accession_number, "  ")
+        with pytest.raises(worklist.WorklistError, match="no worklist item"):
+            worklist.cancel(s, "NOSUCH", "moved away")
+        worklist.cancel(s, step.accession_number, "moved to another centre", user="dr.who")
+    with db.session() as s:
+        assert worklist.open_items(s) == []
+        (event,) = s.scalars(select(AuditEvent).where(AuditEvent.action == "worklist.close")).all()
+        assert event.actor_user == "dr.who" and event.object_uid == step.study_uid
+        assert json.loads(event.detail)["note"] == "moved to another centre"
+        with pytest.raises(worklist.WorklistError, match="already closed"):
+            worklist.cancel(s, step.accession_number, "again")
 
 
 # --- matching --------------------------------------------------------------------------------
@@ -488,8 +523,15 @@ def test_cli_lists_exports_and_expires(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["worklist", "export", "--config", str(conf)]) == 0
     assert "1 file(s) written" in capsys.readouterr().out
     assert (export / "MRSCANNER1" / f"MSFU-{step.accession_number}.wl").exists()
-    assert main(["worklist", "expire", "--config", str(conf)]) == 0  # window ended in 2020
-    assert "1 item(s) expired" in capsys.readouterr().out
+    assert main(["worklist", "expire", "--config", str(conf)]) == 0  # window ended in 2020: overdue, kept
+    assert "1 overdue item(s) now start today" in capsys.readouterr().out
+    assert dcmread(export / "MRSCANNER1" / f"MSFU-{step.accession_number}.wl").ScheduledProcedureStepSequence[
+        0].ScheduledProcedureStepStartDate == dt.date.today().strftime("%Y%m%d")
+    assert main(["worklist", "cancel", step.accession_number, "--config", str(conf)]) == 2  # no reason
+    assert "--reason" in capsys.readouterr().err
+    assert main(["worklist", "cancel", step.accession_number, "--reason", "exam done elsewhere",
+                 "--config", str(conf)]) == 0
+    assert "cancelled" in capsys.readouterr().out
     assert not list(export.glob("*/*.wl"))
     assert main(["worklist", "--json", "--config", str(conf)]) == 0
     assert json.loads(capsys.readouterr().out) == []

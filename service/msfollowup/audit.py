@@ -40,9 +40,10 @@ MPPS_CREATE = "mpps.create"
 MPPS_SET = "mpps.set"
 REPORT_DELIVERED = "report.delivered"
 PLAN_CHANGE = "plan.change"
+WORKLIST_CLOSE = "worklist.close"  # an item left the worklist: performed, replaced or cancelled, and why
 ACTIONS = frozenset({
     ASSOCIATION_RELEASED, ASSOCIATION_ABORTED, ASSOCIATION_REJECTED, STORE, QUERY_MWL,
-    MPPS_CREATE, MPPS_SET, REPORT_DELIVERED, PLAN_CHANGE,
+    MPPS_CREATE, MPPS_SET, REPORT_DELIVERED, PLAN_CHANGE, WORKLIST_CLOSE,
 })
 
 

@@ -469,42 +469,10 @@ def _add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 # --- worklist (scheduled exams, export for a department worklist server) ---------------------------
 
 
-def _cmd_worklist(args: argparse.Namespace) -> int:
-    from msfollowup import worklist
-    from msfollowup.db import utcnow
-
-    cfg = _config(args)
-    if args.action == "export" and cfg.worklist.export_dir is None:
-        print("msfollowup: [worklist] export_dir is not set in the configuration", file=sys.stderr)
-        return 2
-    if cfg.storage.database is None:
-        cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    with _database(cfg).session() as s:
-        if args.action == "export":
-            written, removed = worklist.sync_export(s, cfg)
-            print(f"{cfg.worklist.export_dir}: {written} file(s) written, {removed} removed")
-            return 0
-        if args.action == "expire":
-            print(f"{len(worklist.expire(s, utcnow(), cfg))} item(s) expired")
-            return 0
-        rows = [step.to_json() for step in worklist.open_items(s)]
-    if args.json:
-        _print_json(rows)
-        return 0
-    print(f"{'ACCESSION':<16}  {'PATIENT ID':<16}  {'PURPOSE':<7}  {'PROFILE':<24}  {'START':<8}  {'STATION':<16}  STATUS")
-    for r in rows:
-        print(f"{r['accession_number']:<16}  {r['patient_id']:<16}  {r['purpose']:<7}  {r['profile_id']:<24}  "
-              f"{r['start_date']:<8}  {r['station_ae']:<16}  {r['sps_status']}")
-    return 0
-
-
 def _add_worklist_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("worklist", help="open worklist items; export them as .wl files; expire stale ones")
-    p.add_argument("action", nargs="?", choices=("list", "export", "expire"), default="list",
-                   help="list (default), export (make [worklist] export_dir match), expire (close stale items)")
-    p.add_argument("--json", action="store_true")
-    _add_config_arg(p)
-    p.set_defaults(func=_cmd_worklist)
+    from msfollowup.cli_worklist import register  # imported late: it uses this module's helpers
+
+    register(sub)
 
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [

@@ -85,15 +85,13 @@ def overdue_job(ctx: JobContext) -> int:
 
 
 def worklist_job(ctx: JobContext) -> int:
-    """Expire stale worklist items and make the export folder match the open items."""
+    """Overdue worklist items start today (they stay until performed); the export folder matches."""
     from msfollowup import worklist
 
     with ctx.db.session() as s:
-        expired = worklist.expire(s, utcnow(), ctx.cfg)
+        moved = worklist.expire(s, utcnow(), ctx.cfg)
         worklist.sync_export(s, ctx.cfg)
-    if expired:
-        log.info("worklist items expired: %d", len(expired))
-    return len(expired)
+    return len(moved)
 
 
 def retention_job(ctx: JobContext) -> int:
