@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,17 @@ from pydicom import dcmread
 
 from msfollowup.classify import SeriesClassification, classify_study, read_header, read_headers
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+def _find_realdata() -> Path:
+    """shared/realdata beside the repository (or beside the folder of worktrees), or MSF_REALDATA."""
+    if os.environ.get("MSF_REALDATA"):
+        return Path(os.environ["MSF_REALDATA"])
+    for parent in Path(__file__).resolve().parents[1:4]:
+        if (parent / "shared" / "realdata" / "MANIFEST.tsv").is_file():
+            return parent / "shared" / "realdata"
+    return Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+REALDATA = _find_realdata()
 
 if not (REALDATA / "MANIFEST.tsv").is_file():
     pytest.skip(f"real scanner data not found at {REALDATA} (shared/ must sit beside the repository)",
@@ -161,17 +172,18 @@ ALL_FILES = sorted(p for r in ROWS for p in (REALDATA / r["local_dir"]).iterdir(
 
 @pytest.mark.parametrize("path", ALL_FILES, ids=[str(p.relative_to(REALDATA)) for p in ALL_FILES])
 def test_fast_reader_agrees_with_pydicom(path: Path) -> None:
-    fast = read_header(path)
+    header = read_header(path)
     full = dcmread(path, stop_before_pixels=True)
-    assert fast is not None
+    assert header is not None
+    fast = header.dataset
     for keyword in _COMPARED:
         assert _plain(fast.get(keyword)) == _plain(full.get(keyword)), keyword
     if "SharedFunctionalGroupsSequence" in full:
         assert fast.SharedFunctionalGroupsSequence[0] == full.SharedFunctionalGroupsSequence[0]
     if "PerFrameFunctionalGroupsSequence" in full:
         frames = full.PerFrameFunctionalGroupsSequence
-        assert fast._msf_first_frame == frames[0]
+        assert header.first_frame == frames[0]
         expected = sorted({round(float(f.MRDiffusionSequence[0].DiffusionBValue), 3) for f in frames
                            if "MRDiffusionSequence" in f and "DiffusionBValue" in f.MRDiffusionSequence[0]})
-        assert list(fast._msf_frame_b) == expected
+        assert list(header.frame_b_values) == expected
         assert len(fast.PerFrameFunctionalGroupsSequence) == len(frames)  # still complete if someone asks
