@@ -240,8 +240,11 @@ def _instance_datetime(ds: Dataset) -> dt.datetime | None:
         tm = _str(ds, time_kw)
         day = _str(ds, date_kw) or _str(ds, "StudyDate") or _str(ds, "SeriesDate")
         if tm and day:
-            return _dt(day, tm)
-    return None
+            t = _dt(day, tm)
+            if t:
+                return t
+    # pseudonymisers may blank every study date ("***") and forget InstanceCreationDate
+    return _dt(_str(ds, "InstanceCreationDate"), _str(ds, "InstanceCreationTime"))
 
 
 def _plane(iop: tuple[float, ...]) -> Orientation | None:

@@ -102,14 +102,19 @@ def _geometry(h: Header) -> tuple[float | None, float | None, tuple[float, ...]]
 
 def _field_strength(h: Header) -> tuple[float | None, float | None, bool]:
     """(tesla as written, imaging frequency MHz, computed from frequency?). 1.494 stays 1.494: rounding
-    to a nominal field is the validator's business."""
+    to a nominal field is the validator's business. A value over 100 is not tesla: old GE software
+    writes gauss (15000 = 1.5 T) and GE Genesis writes millitesla-like values (2000 at 85.26 MHz = 2 T),
+    so the frequency, when known, chooses; otherwise gauss is assumed."""
     first = h.dataset
     field_t = _float(first, "MagneticFieldStrength")
-    if field_t is not None and field_t > 100:  # old GE software writes gauss (15000 = 1.5 T)
-        field_t = field_t / 10000
     freq = _float(first, "ImagingFrequency")
     if freq is None:
         freq = _float(_group(h, "MRImagingModifierSequence"), "TransmitterFrequency")
+    if freq is not None and freq > 10_000:  # written in Hz
+        freq = freq / 1e6
+    if field_t is not None and field_t > 100:
+        choices = (field_t / 10000, field_t / 1000)
+        field_t = min(choices, key=lambda t: abs(t * 42.577 - freq)) if freq else choices[0]
     if (field_t is None or field_t <= 0) and freq:
         return round(freq / 42.577, 2), freq, True  # proton gyromagnetic ratio, MHz/T
     return field_t, freq, False

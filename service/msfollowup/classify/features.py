@@ -88,6 +88,7 @@ def _collect_b(headers: Sequence[Header], manufacturer: str) -> dict[str, tuple[
     siemens: set[float] = set()
     ge: set[float] = set()
     philips: set[float] = set()
+    uih: set[float] = set()
     frame: set[float] = set()
     for h in headers:
         ds = h.dataset
@@ -106,9 +107,13 @@ def _collect_b(headers: Sequence[Header], manufacturer: str) -> dict[str, tuple[
             b = _private_num(ds, 0x2001, 0x03, ("PHILIPS IMAGING DD 001",))
             if b is not None:
                 philips.add(round(b, 3))
+        elif manufacturer.startswith("UIH"):
+            b = _private_num(ds, 0x0065, 0x09, ("IMAGE PRIVATE HEADER",))
+            if b is not None:
+                uih.add(round(b, 3))
         frame.update(h.frame_b_values)
     found = {"DiffusionBValue": std, "Siemens(0019,100C)": siemens, "GE(0043,1039)": ge,
-             "Philips(2001,1003)": philips, "MRDiffusionSequence": frame}
+             "Philips(2001,1003)": philips, "UIH(0065,1009)": uih, "MRDiffusionSequence": frame}
     return {k: tuple(sorted(v)) for k, v in found.items() if v}
 
 

@@ -50,6 +50,15 @@ def _ev(f: _Features, **extra: Any) -> dict[str, Any]:
     return {k: v for k, v in extra.items() if v is not None and v != () and v != ""}
 
 
+def _words(pattern: str) -> re.Pattern[str]:
+    """Case-insensitive pattern where <...> marks a whole token: '_', digits and spaces separate tokens."""
+    return re.compile(pattern.replace("<", r"(?<![a-z])").replace(">", r"(?![a-z])"), re.I)
+
+
+_ADC_WORDS = _words(r"<adc>|apparent diff|<dadc>|<eadc>")
+_SPECIAL_WORDS = _words(r"<p?c?asl>|<bold>|<fmri>|<resting[-_ ]?state>|<perfusion>|<dsc>|<pwi>")
+
+
 def _rule_non_image(f: _Features) -> _Decision | None:
     if f.modality and f.modality != "MR":
         return _Decision("OTHER", "not an MR series", 0.99, "physics", _ev(f, Modality=f.modality))
@@ -90,6 +99,12 @@ def _rule_diffusion_maps(f: _Features) -> _Decision | None:
     if f.anisotropy or it & {"FA", "CFA", "TENSOR", "TENSOR_B0", "EXP", "EADC"}:
         return _Decision("OTHER", "diffusion-derived map (anisotropy / tensor)", 0.95, "physics",
                          _ev(f, ImageType="\\".join(f.image_type), DiffusionAnisotropyType=f.anisotropy))
+    diffusion_context = bool(f.b_max and f.b_max > 50) or f.epi
+    if "DERIVED" in f.image_type[:1] and diffusion_context:
+        for source, text in (("SeriesDescription", f.description), ("ProtocolName", f.protocol)):
+            if text and _ADC_WORDS.search(text):  # GE writes DERIVED\SECONDARY\PROCESSED on its ADC maps
+                return _Decision("ADC", f"derived diffusion image, {source} names an ADC map", 0.8, "description",
+                                 _ev(f, ImageType="\\".join(f.image_type), b_values=f.b_values, **{source: text}))
     if f.diffusion_directionality == "ISOTROPIC" and "DERIVED" in f.image_type[:1]:
         if f.b_max and f.b_max > 50:
             return _Decision("TRACE", "isotropic diffusion frames with b > 0", 0.9, "physics",
@@ -123,6 +138,11 @@ def _rule_special_other(f: _Features) -> _Decision | None:
     m = re.search(r"b0map|fiesta|tof|asl|pcvipr|3dpc|bold|fmri", f.ge_psd)
     if m:
         return _Decision("OTHER", f"GE pulse sequence {m.group(0)}", 0.88, "vendor", _ev(f, GEPulseSequence=f.ge_psd))
+    for source, text in (("SeriesDescription", f.description), ("ProtocolName", f.protocol)):
+        m = _SPECIAL_WORDS.search(text) if text else None
+        if m:  # ASL label/control images are spin or gradient echoes like any anatomical series
+            return _Decision("OTHER", f"{source} names {m.group(0)} (ASL / fMRI / perfusion)", 0.75, "description",
+                             {source: text})
     diffusion = bool(f.b_max and f.b_max > 50) or _diffusion_declared(f)
     gre_epi = f.epi and not diffusion and not swi and (
         "GR" in f.scanning or f.echo_pulse == "GRADIENT" or (f.rf_etl is not None and f.rf_etl == 0))
@@ -338,13 +358,8 @@ def _rule_declared_contrast(f: _Features) -> _Decision | None:
     return None
 
 
-def _words(pattern: str) -> re.Pattern[str]:
-    """Case-insensitive pattern where <...> marks a whole token: '_', digits and spaces separate tokens."""
-    return re.compile(pattern.replace("<", r"(?<![a-z])").replace(">", r"(?![a-z])"), re.I)
-
-
 _DESCRIPTION_KINDS: tuple[tuple[re.Pattern[str], Kind], ...] = (
-    (_words(r"<adc>|apparent diff|<dadc>|<eadc>"), "ADC"),
+    (_ADC_WORDS, "ADC"),
     (_words(r"trace|<isodwi>"), "TRACE"),  # not '_iso': Siemens names isotropic voxels that way
     (_words(r"<stir>"), "STIR"),  # before FLAIR: Siemens names STIR 't2_tirm_sag_stir'
     (_words(r"flair|dark[-_ ]?fluid|<da-?fl>|<tirm>"), "T2_FLAIR"),
