@@ -79,7 +79,10 @@ def test_label(row: dict[str, str]) -> None:
             assert c.kind == kind, where
         if acquisition is not None:
             assert c.acquisition == acquisition, where
-        if contrast is not None:
+        if contrast == "pre":  # T1_PRE: no contrast attributes; pre needs evidence, never silence (issue 13)
+            assert c.contrast in ("pre", "unknown"), where
+            assert c.contrast_basis, where
+        elif contrast is not None:
             assert c.contrast == contrast, where
             assert c.contrast_basis, where
         if label == "DERIVED" or row["image_type"].startswith("DERIVED\\SECONDARY"):
@@ -191,3 +194,26 @@ def test_fast_reader_agrees_with_pydicom(path: Path) -> None:
                            if "MRDiffusionSequence" in f and "DiffusionBValue" in f.MRDiffusionSequence[0]})
         assert list(header.frame_b_values) == expected
         assert len(fast.PerFrameFunctionalGroupsSequence) == len(frames)  # still complete if someone asks
+
+
+# Anatomy: the MANIFEST's anatomy column (c-spine / t-spine / l-spine / whole-spine / brain / other) ----------
+
+ANATOMY = {"brain": "brain", "c-spine": "cervical", "t-spine": "thoracic", "l-spine": "lumbar",
+           "whole-spine": "whole-spine", "other": "other"}
+ANATOMY_ROWS = [r for r in ROWS if r["anatomy"]]
+
+
+@pytest.mark.parametrize("row", ANATOMY_ROWS, ids=[r["local_dir"] for r in ANATOMY_ROWS])
+def test_anatomy(row: dict[str, str]) -> None:
+    from msfollowup.classify import regions_of, study_anatomy
+
+    want = ANATOMY[row["anatomy"]]
+    results = _classified(row)
+    for c in results:
+        assert c.anatomy == want, f"{row['local_dir']}: {c.anatomy} ({c.anatomy_basis})"
+        assert c.anatomy_basis
+        assert c.to_json()["anatomy"] == want
+    study = study_anatomy(results)
+    counted = [c for c in results if c.kind not in ("LOCALIZER", "OTHER")]
+    if counted:
+        assert set(study.purposes) == set(regions_of(want))

@@ -10,10 +10,15 @@ Modules, in reading order:
 - `facts`: `summarize`, the facts of one series;
 - `features`: the values the rules look at, and the physics predicates;
 - `rules`: the ordered rule chain deciding the kind;
-- `study`: `classify_series` and `classify_study` (derived, 2D/3D, contrast, study-level inference).
+- `tokens`: description words read as evidence (protocols/classify-tokens.toml);
+- `contrast`: pre / post / unknown with its evidence, per series and across the study;
+- `anatomy`: brain / cervical / thoracic / lumbar spine per series, and `study_anatomy` per study;
+- `study`: `classify_series` and `classify_study` (derived, 2D/3D, then the study-level inference).
 """
 
 from msfollowup.classify.access import study_uid
+from msfollowup.classify.anatomy import ANATOMIES, REGIONS, Region, StudyAnatomy, regions_of, study_anatomy
+from msfollowup.classify.contrast import Contrast
 from msfollowup.classify.facts import summarize
 from msfollowup.classify.header import Header, as_header
 from msfollowup.classify.model import KINDS, Basis, Kind, Orientation, SeriesClassification, SeriesFacts
@@ -21,6 +26,7 @@ from msfollowup.classify.reader import HEADER_KEYWORDS, DamagedFileError, read_h
 from msfollowup.classify.study import classify_series, classify_study
 
 __all__ = [
+    "ANATOMIES", "REGIONS", "Contrast", "Region", "StudyAnatomy", "regions_of", "study_anatomy",
     "HEADER_KEYWORDS", "KINDS", "Basis", "DamagedFileError", "Header", "Kind", "Orientation", "SeriesClassification",
     "SeriesFacts", "as_header", "classify_series", "classify_study", "read_header", "read_headers", "study_uid",
     "summarize",

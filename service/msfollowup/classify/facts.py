@@ -164,5 +164,7 @@ def summarize_headers(headers: Sequence[Header]) -> SeriesFacts:
         orientations=tuple(sorted(inst.planes)),
         protocol_name=_str(first, "ProtocolName"),
         field_strength_from_frequency=from_freq,
+        study_description=_str(first, "StudyDescription"),
+        requested_procedure_description=_str(first, "RequestedProcedureDescription"),
     )
 

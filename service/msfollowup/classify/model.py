@@ -51,6 +51,9 @@ class SeriesFacts:
     orientations: tuple[str, ...] = ()
     protocol_name: str | None = None
     field_strength_from_frequency: bool = False
+    # Study-level words (contrast "without contrast", anatomy): evidence of last resort.
+    study_description: str | None = None
+    requested_procedure_description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,15 @@ class SeriesClassification:
     kind: Kind
     acquisition: Literal["2D", "3D"] | None
     derived: bool
-    contrast: Literal["pre", "post"] | None
+    # "unknown": nothing decides (never "pre" from silence); None: not applicable (localizer, non-image).
+    contrast: Literal["pre", "post", "unknown"] | None
     contrast_basis: str | None
     evidence: dict[str, Any] = field(default_factory=dict)
     confidence: float = 0.0
     basis: Literal["physics", "vendor", "description"] = "physics"
+    # Body region (classify.anatomy.ANATOMIES; None: not recorded) and the evidence for it.
+    anatomy: str | None = None
+    anatomy_basis: str | None = None
 
     @property
     def counts(self) -> bool:
@@ -101,6 +108,8 @@ class SeriesClassification:
             "acquisition_datetime": f.acquisition_datetime.isoformat() if f.acquisition_datetime else None,
             "contrast_bolus_agent": f.contrast_bolus_agent,
             "contrast_bolus_start": f.contrast_bolus_start.isoformat() if f.contrast_bolus_start else None,
+            "study_description": f.study_description,
+            "requested_procedure_description": f.requested_procedure_description,
         }
         return {
             "series_instance_uid": f.series_instance_uid,
@@ -115,6 +124,8 @@ class SeriesClassification:
             "evidence": _jsonable(self.evidence),
             "confidence": round(self.confidence, 3),
             "basis": self.basis,
+            "anatomy": self.anatomy,
+            "anatomy_basis": self.anatomy_basis,
             "facts": facts,
         }
 

@@ -53,17 +53,17 @@ _KEEP_KEYWORDS = (
     "SoftwareVersions", "Rows", "Columns", "ImagePositionPatient", "SliceLocation", "FrameOfReferenceUID",
     "AcquisitionNumber", "EchoNumbers", "ImageComments", "InstanceCreationDate", "InstanceCreationTime",
     "PatientPosition", "ReconstructionDiameter", "RequestedProcedureDescription", "PerformedProcedureStepDescription",
-    "FrameType",
+    "FrameType", "AcquisitionMatrix",
 )
 HEADER_KEYWORDS: tuple[str, ...] = _KEEP_KEYWORDS  # what read_header(s) keeps (plus the private tags below)
 
 
 _KEEP: frozenset[int] = frozenset(_tag_for(k) for k in _KEEP_KEYWORDS)
 # Private elements kept: group -> element offsets within any block (creators are checked when read).
-#   0019: Siemens B_value (0C); GE PulseSequenceName (9C) and InternalPulseSequenceName (9E)
+#   0019: Siemens NumberOfImagesInMosaic (0A), B_value (0C); GE PulseSequenceName (9C) and InternalPulseSequenceName (9E)
 #   0043: GE b-value (39); 2001: Philips DiffusionB (03) and ScanningTechnique (20); 0065: UIH b-value (09)
 _PRIVATE_KEEP: dict[int, frozenset[int]] = {
-    0x0019: frozenset({0x0C, 0x9C, 0x9E}),
+    0x0019: frozenset({0x0A, 0x0C, 0x9C, 0x9E}),
     0x0043: frozenset({0x39}),
     0x2001: frozenset({0x03, 0x20}),
     0x0065: frozenset({0x09}),  # UIH b-value

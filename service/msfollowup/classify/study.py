@@ -3,19 +3,18 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Literal
 
 from pydicom.dataset import Dataset
 
-from msfollowup.classify.access import _float, _group, _str
-from msfollowup.classify.facts import _NO_AGENT, _agent, summarize_headers
+from msfollowup.classify.anatomy import inherit_anatomy, series_anatomy
+from msfollowup.classify.contrast import Contrast, series_contrast, study_contrast
+from msfollowup.classify.facts import summarize_headers
 from msfollowup.classify.features import _MR_IMAGE_CLASSES, _SECONDARY_CAPTURE_PREFIX, _Features, _features, _is_se
 from msfollowup.classify.header import Header, as_header
-from msfollowup.classify.model import Kind, SeriesClassification, SeriesFacts
+from msfollowup.classify.model import Kind, SeriesClassification
 from msfollowup.classify.rules import _DERIVED_TOKENS, _decide, _description_kind
 
 
@@ -56,39 +55,6 @@ def _acquisition(f: _Features, kind: Kind) -> tuple[Literal["2D", "3D"] | None, 
     return None, None
 
 
-def _own_contrast(headers: Sequence[Header], facts: SeriesFacts) -> tuple[Literal["pre", "post"] | None, str]:
-    """Contrast status from this series' own attributes."""
-    start, acquired = facts.contrast_bolus_start, facts.acquisition_datetime
-    if start and acquired and acquired < start:  # the console may copy contrast fields onto earlier series
-        return "pre", "acquired before ContrastBolusStartTime"
-    if facts.contrast_bolus_agent:
-        return "post", f"ContrastBolusAgent present ({facts.contrast_bolus_agent})"
-    h = headers[0]
-    first = h.dataset
-    for kw in ("ContrastBolusVolume", "ContrastBolusTotalDose"):
-        v = _float(first, kw)
-        if v is not None and v > 0:
-            return "post", f"{kw} {v:g}"
-    if _str(first, "ContrastBolusIngredient"):
-        return "post", "ContrastBolusIngredient present"
-    if facts.contrast_bolus_start:
-        return "post", "ContrastBolusStartTime present"
-    usage = _group(h, "ContrastBolusUsageSequence")
-    flags = set(h.frame_contrast)
-    if usage is not None:
-        flag = _str(usage, "ContrastBolusAgentAdministered")
-        if flag:
-            flags.add(flag.upper())
-    if "YES" in flags:
-        return "post", "ContrastBolusUsageSequence: agent administered YES"
-    if "NO" in flags:
-        return "pre", "ContrastBolusUsageSequence: agent administered NO"
-    agent = _agent(first)
-    if agent and agent.upper() in _NO_AGENT:
-        return "pre", f"ContrastBolusAgent says none ({agent})"
-    return None, "no contrast attributes"
-
-
 def _family(kind: str) -> str:
     """Descriptions name a DWI series 'trace' and its maps 'diff': no conflict within the family."""
     return "DIFFUSION" if kind in ("DWI", "TRACE", "ADC") else kind
@@ -121,55 +87,21 @@ def classify_series(datasets: Sequence[Dataset | Header]) -> SeriesClassificatio
     acquisition, inferred = _acquisition(f, d.kind) if not derived or f.acq_type else (None, None)
     if inferred:
         evidence["acquisition"] = inferred
-    contrast, basis = _own_contrast(headers, facts)
+    contrast: Contrast | None
     if d.kind == "LOCALIZER" or (d.kind == "OTHER" and f.sop_class and f.sop_class not in _MR_IMAGE_CLASSES):
-        contrast, basis = None, "not applicable (localizer or non-image object)"
-    elif contrast is None:
-        contrast = "pre"
+        contrast, basis, source = None, "not applicable (localizer or non-image object)", "none"
+    else:
+        contrast, basis, source = series_contrast(headers, facts)
+    evidence["contrast_source"] = source
+    anatomy, anatomy_basis = series_anatomy(headers, facts)
     return SeriesClassification(
         facts=facts, kind=d.kind, acquisition=acquisition, derived=derived, contrast=contrast,
-        contrast_basis=basis, evidence=evidence, confidence=round(confidence, 3), basis=d.basis)
-
-
-def _post_by_attributes(c: SeriesClassification) -> bool:
-    return c.contrast == "post" and not (c.contrast_basis or "").startswith("acquired")
+        contrast_basis=basis, evidence=evidence, confidence=round(confidence, 3), basis=d.basis,
+        anatomy=anatomy, anatomy_basis=anatomy_basis)
 
 
 def classify_study(series: Sequence[Sequence[Dataset | Header]]) -> list[SeriesClassification]:
-    """Classify every series of a study; post-contrast status carries forward in time.
-
-    Once a series is post-contrast by its own attributes (or a ContrastBolusStartTime is known), every
-    series acquired at or after that moment is post-contrast; series acquired before it are pre.
-    """
+    """Classify every series of a study; contrast and anatomy are then inferred across the study
+    (see classify.contrast.study_contrast and classify.anatomy.inherit_anatomy)."""
     results = [classify_series(s) for s in series if s]
-    marks: list[tuple[dt.datetime, str]] = []
-    for c in results:
-        t = c.facts.acquisition_datetime
-        if c.contrast == "post" and c.contrast_basis and not c.contrast_basis.startswith("acquired") and t:
-            name = f"series {c.facts.series_number}" if c.facts.series_number is not None else "a series"
-            marks.append((t, f"acquired after a post-contrast series in the same study ({name})"))
-        if c.facts.contrast_bolus_start:
-            marks.append((c.facts.contrast_bolus_start, "acquired after the contrast injection "
-                                                        "(ContrastBolusStartTime)"))
-    if not marks:
-        return results
-    first_post, why = min(marks, key=lambda m: m[0])
-    out = []
-    for c in results:
-        t = c.facts.acquisition_datetime
-        if c.contrast is None or t is None or _post_by_attributes(c):
-            out.append(c)
-            continue
-        if t >= first_post:
-            out.append(_replace_contrast(c, "post", why))
-        elif c.contrast_basis == "no contrast attributes":
-            out.append(_replace_contrast(c, "pre", "no contrast attributes; acquired before the first "
-                                                   "post-contrast series"))
-        else:
-            out.append(c)
-    return out
-
-
-def _replace_contrast(c: SeriesClassification, contrast: Literal["pre", "post"], basis: str
-                      ) -> SeriesClassification:
-    return replace(c, contrast=contrast, contrast_basis=basis)
+    return inherit_anatomy(study_contrast(results))
