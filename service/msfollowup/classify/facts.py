@@ -136,7 +136,7 @@ def summarize_headers(headers: Sequence[Header]) -> SeriesFacts:
     number = _float(first, "SeriesNumber")
     return SeriesFacts(
         study_instance_uid=study_uid(first),
-        series_instance_uid=_str(first, "SeriesInstanceUID") or "",
+        series_instance_uid=_str(first, "SeriesInstanceUID") or headers[0].synthetic_series_key or "",
         series_number=int(number) if number is not None else None,
         description=_str(first, "SeriesDescription"),
         modality=_str(first, "Modality"),

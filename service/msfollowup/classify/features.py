@@ -210,6 +210,8 @@ def _features(headers: Sequence[Header], facts: SeriesFacts) -> _Features:
     h = headers[0]
     first = h.dataset
     image_type, te_values, seq_names = _per_instance(headers)
+    if not image_type:  # enhanced files: the frame-level FrameType says the same (shared, else first frame)
+        image_type = _tokens(_group(h, "MRImageFrameTypeSequence"), "FrameType") or _tokens(first, "FrameType")
     manufacturer = (facts.manufacturer or "").upper()
     timing = _group(h, "MRTimingAndRelatedParametersSequence")
     modifier = _group(h, "MRModifierSequence")

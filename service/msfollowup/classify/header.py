@@ -29,6 +29,8 @@ class Header:
     frame_b_values: tuple[float, ...] = ()
     frame_contrast: tuple[str, ...] = ()
     path: Path | None = None
+    # Set by read_headers for a file without SeriesInstanceUID: the key its series is grouped under.
+    synthetic_series_key: str | None = None
 
     def get(self, keyword: str, default: Any = None) -> Any:
         """A top-level attribute value, as pydicom's Dataset.get (for callers that only need one)."""

@@ -13,9 +13,11 @@ groups), never private attributes attached to a pydicom Dataset.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -376,6 +378,14 @@ def _walk(paths: Iterable[Path]) -> Iterable[Path]:
             yield p
 
 
+def synthetic_series_key(ds: Dataset) -> str:
+    """A stable key for the files of one series that lost its SeriesInstanceUID: a digest of the study,
+    the series number, description, modality and SOP class (no patient data can be read back from it)."""
+    parts = [_str(ds, kw) or "" for kw in ("StudyInstanceUID", "SeriesNumber", "SeriesDescription", "ProtocolName",
+                                            "Modality", "SOPClassUID", "EchoNumbers")]
+    return "no-series-uid:" + hashlib.sha256("\\".join(parts).encode("utf-8", "replace")).hexdigest()[:16]
+
+
 def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[Header]], list[str], int]:
     """Read headers (no pixels) grouped by SeriesInstanceUID.
 
@@ -405,9 +415,13 @@ def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[Header]], list[s
             skipped += 1
             continue
         uid = _str(header.dataset, "SeriesInstanceUID")
-        if not uid:
-            problems.append(f"{path}: DICOM file without SeriesInstanceUID")
+        if not uid and not _str(header.dataset, "SOPInstanceUID"):  # no identity at all: not an object
+            problems.append(f"{path}: DICOM file without SeriesInstanceUID or SOPInstanceUID")
             continue
+        if not uid:  # one bad file must not hide its series: grouped and classified under a made-up key;
+            # the classification's evidence says so (problems stay the files that were not classified)
+            uid = synthetic_series_key(header.dataset)
+            header = replace(header, synthetic_series_key=uid)
         groups.setdefault(uid, []).append(header)
     return groups, problems, skipped
 

@@ -38,7 +38,10 @@ _OTHER_TYPE_TOKENS = {
     "EADC": "exponential ADC map", "CFA": "colour FA map", "VELOCITY": "phase contrast", "ANGIO": "angiography",
     "SPECTROSCOPY": "spectroscopy",
 }
-_PHASE_TOKENS = frozenset({"P", "PHASE", "R", "REAL", "I", "IMAGINARY"})
+_PHASE_TOKENS = frozenset({"P", "PHASE", "R", "REAL", "I", "IMAGINARY", "SW_P"})
+# ImageType values of susceptibility-weighted series: Siemens SWI / mIP, Philips SWIp (SW_M magnitude,
+# SW_P phase), GE SWAN.
+_SWI_TYPE_TOKENS = frozenset({"SWI", "SWI_MIP", "SW", "SWAN", "SW_M", "SW_P", "MNIP", "MINIP", "MIN IP"})
 _DERIVED_TOKENS = frozenset({
     "MPR", "MIP", "MINIP", "MNIP", "MIN IP", "PROJECTION IMAGE", "REFORMATTED", "CSA MPR", "CSA RESAMPLED",
     "CSAPARALLEL", "CSARADIAL", "FA", "TENSOR_B0", "TENSOR", "RCBF", "CBF", "CBV", "RCBV", "MTT", "TTP", "EXP",
@@ -128,7 +131,11 @@ def _rule_special_other(f: _Features) -> _Decision | None:
     swi = _swi_named(f)
     phase = (f.complex_component in ("PHASE", "REAL", "IMAGINARY", "MIXED")
              or bool(set(f.image_type[2:3]) & _PHASE_TOKENS))
-    if phase and not swi:
+    if phase and swi:  # the phase of an SWI is not the SWI a protocol asks for
+        return _Decision("OTHER", "phase image of a susceptibility-weighted acquisition", 0.9, "physics",
+                         _ev(f, ComplexImageComponent=f.complex_component, ImageType="\\".join(f.image_type),
+                             SequenceName=f.seq_name, PhilipsScanTechnique=f.philips_tech))
+    if phase:
         return _Decision("OTHER", "phase / complex image (field map or phase data)", 0.9, "physics",
                          _ev(f, ComplexImageComponent=f.complex_component, ImageType="\\".join(f.image_type)))
     m = re.search(r"(^|\s)(fm\d|epfid|tfi|trufi|pc\d|fl_pc|tof|fl3d1r_t|b1map|tfl_b1)", f.seq_name)
@@ -199,9 +206,15 @@ def _rule_localizer_described(f: _Features) -> _Decision | None:
 
 
 def _swi_named(f: _Features) -> bool:
-    return bool({"SWI", "SWI_MIP", "SW", "SWAN"} & set(f.image_type)
+    return bool(_SWI_TYPE_TOKENS & set(f.image_type) or "SWAN" in f.options
                 or re.search(r"(^|\s)swi", f.seq_name) or "swan" in f.ge_psd
                 or f.philips_tech.startswith(("SWI", "PRESTO")))
+
+
+def _multi_echo_t2star(f: _Features) -> bool:
+    """Several echoes reaching a long TE in a gradient echo: T2* / susceptibility (GE SWAN, Philips
+    SWIp), never a T1 even though its first echo is short."""
+    return len(f.te_values) >= 2 and f.te_values[-1] >= 15 and not _is_ir(f)
 
 
 def _rule_swi(f: _Features) -> _Decision | None:
@@ -210,6 +223,9 @@ def _rule_swi(f: _Features) -> _Decision | None:
                          _ev(f, ImageType="\\".join(f.image_type), SequenceName=f.seq_name, GEPulseSequence=f.ge_psd,
                              PhilipsScanTechnique=f.philips_tech))
     te, tr = f.te, f.tr
+    if _is_gre(f) and not f.epi and _multi_echo_t2star(f):
+        return _Decision("SWI", "multi-echo gradient echo reaching a long TE (T2* / susceptibility)", 0.75,
+                         "physics", _ev(f, EchoTimes=list(f.te_values), RepetitionTime=tr, FlipAngle=f.flip))
     if _is_gre(f) and not _is_ir(f) and not f.epi and te is not None and te >= 15 and (tr is None or tr >= 20):
         if f.flip is None or f.flip <= 35:
             return _Decision("SWI", "gradient echo with long TE (susceptibility / T2* weighted)", 0.75, "physics",
@@ -278,7 +294,7 @@ def _rule_gradient_echo(f: _Features) -> _Decision | None:
     if not _is_gre(f) or f.epi:
         return None
     te, tr, flip = f.te, f.tr, f.flip
-    if te is None or te >= 10:
+    if te is None or te >= 10 or _multi_echo_t2star(f):
         return None
     if "MP" in f.variant or re.search(r"TFE", f.philips_tech) or re.search(r"(^|\s)tfl", f.seq_name):
         return _Decision("T1", "magnetization-prepared gradient echo (TFE / TFL)", 0.9, "physics", _physics_ev(f))

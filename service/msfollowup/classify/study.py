@@ -93,6 +93,8 @@ def classify_series(datasets: Sequence[Dataset | Header]) -> SeriesClassificatio
     else:
         contrast, basis, source = series_contrast(headers, facts)
     evidence["contrast_source"] = source
+    if headers[0].synthetic_series_key:
+        evidence["identity"] = "no SeriesInstanceUID: synthetic series key"
     anatomy, anatomy_basis = series_anatomy(headers, facts)
     return SeriesClassification(
         facts=facts, kind=d.kind, acquisition=acquisition, derived=derived, contrast=contrast,
