@@ -193,6 +193,26 @@ def _private_str(ds: Dataset, group: int, offset: int, creators: tuple[str, ...]
     return s or None
 
 
+_CREATOR_VENDORS: tuple[tuple[int, str, str], ...] = (
+    (0x0019, "SIEMENS MR HEADER", "SIEMENS"), (0x0019, "GEMS_ACQU_01", "GE"), (0x0043, "GEMS_PARM_01", "GE"),
+    (0x2001, "PHILIPS IMAGING DD 001", "PHILIPS"), (0x0065, "IMAGE PRIVATE HEADER", "UIH"),
+)
+
+
+def _vendor_from_creators(ds: Dataset) -> str:
+    """The vendor named by a private block creator, for a header whose Manufacturer was removed."""
+    for group, creator, vendor in _CREATOR_VENDORS:
+        for elem in range(0x10, 0x100):
+            found = ds._dict.get((group << 16) | elem)  # type: ignore[call-overload]
+            if found is None:
+                continue
+            value = found.value
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            if text.strip("\0 ").upper() == creator:
+                return vendor
+    return ""
+
+
 def _group(h: Header, macro: str) -> Dataset | None:
     """A functional group macro item: shared first, then the first frame (the reader keeps only that)."""
     item = _item(_item(h.dataset, "SharedFunctionalGroupsSequence"), macro)

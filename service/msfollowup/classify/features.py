@@ -12,7 +12,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from msfollowup.classify.access import (_float, _floats, _group, _num, _private_num, _private_str, _str,
-                                        _tokens)
+                                        _tokens, _vendor_from_creators)
 from msfollowup.classify.header import Header
 from msfollowup.classify.model import SeriesFacts
 
@@ -212,7 +212,7 @@ def _features(headers: Sequence[Header], facts: SeriesFacts) -> _Features:
     image_type, te_values, seq_names = _per_instance(headers)
     if not image_type:  # enhanced files: the frame-level FrameType says the same (shared, else first frame)
         image_type = _tokens(_group(h, "MRImageFrameTypeSequence"), "FrameType") or _tokens(first, "FrameType")
-    manufacturer = (facts.manufacturer or "").upper()
+    manufacturer = (facts.manufacturer or "").upper() or _vendor_from_creators(first)
     timing = _group(h, "MRTimingAndRelatedParametersSequence")
     modifier = _group(h, "MRModifierSequence")
     frame_type = _group(h, "MRImageFrameTypeSequence")

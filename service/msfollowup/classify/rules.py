@@ -270,7 +270,7 @@ def _rule_inversion(f: _Features) -> _Decision | None:
 
 
 def _rule_spin_echo(f: _Features) -> _Decision | None:
-    if not _is_se(f) or f.epi:
+    if not _is_se(f) or f.epi or (_is_ir(f) and f.ti is None):  # IR without its TI: FLAIR or STIR, not a T2
         return None
     tr, te_values = f.tr, f.te_values
     if tr is None or not te_values:
@@ -344,7 +344,7 @@ def _rule_vendor_names(f: _Features) -> _Decision | None:
     # generic spin-echo families named by the vendor, weighted by TE
     named_se = re.search(r"(^|\s)(tse|se\d|spc|h2d|haste)", f.seq_name) or re.search(r"fse|cube", f.ge_psd) \
         or re.search(r"^TSE|^SE", f.philips_tech)
-    if named_se:
+    if named_se and not _is_ir(f):  # an inversion-prepared spin echo without its TI: FLAIR or STIR
         weighted = _te_kind(f)
         if weighted:
             return _Decision(weighted[0], f"vendor spin-echo sequence, {weighted[1]}", 0.7, "vendor",
