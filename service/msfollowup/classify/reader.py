@@ -62,7 +62,8 @@ HEADER_KEYWORDS: tuple[str, ...] = _KEEP_KEYWORDS  # what read_header(s) keeps (
 
 _KEEP: frozenset[int] = frozenset(_tag_for(k) for k in _KEEP_KEYWORDS)
 # Private elements kept: group -> element offsets within any block (creators are checked when read).
-#   0019: Siemens NumberOfImagesInMosaic (0A), B_value (0C); GE PulseSequenceName (9C) and InternalPulseSequenceName (9E)
+#   0019: Siemens NumberOfImagesInMosaic (0A), B_value (0C); GE PulseSequenceName (9C) and
+#         InternalPulseSequenceName (9E)
 #   0043: GE b-value (39); 2001: Philips DiffusionB (03) and ScanningTechnique (20); 0065: UIH b-value (09)
 _PRIVATE_KEEP: dict[int, frozenset[int]] = {
     0x0019: frozenset({0x0A, 0x0C, 0x9C, 0x9E}),
