@@ -85,7 +85,9 @@ def test_default_profile_and_human_output(studies: Path) -> None:
 DEFECT_CASES = [
     ("missing_flair", "ms-brain-routine", "sequence.t2_flair", "fail", "T2 FLAIR (or PD) missing"),
     ("missing_t2", "ms-brain-routine", "sequence.t2", "fail", "T2-weighted missing"),
-    ("missing_t1_post", "ms-brain-routine", "sequence.t1_post", "fail", "only before contrast"),
+    # no contrast attributes, no repeated T1, no words: the contrast state is unknown, never pre from
+    # silence (issue 13), so the post-contrast T1 cannot be confirmed rather than failed
+    ("missing_t1_post", "ms-brain-routine", "sequence.t1_post", "unverifiable", "before or after contrast is unknown"),
     ("missing_dwi", "ms-brain-pml-screening", "sequence.dwi", "fail", "DWI missing"),
     ("field_1_0T", "ms-brain-routine", "field_strength", "fail", "at least 1.5 T required"),
     ("thick_slices_5mm", "ms-brain-routine", "resolution.t2", "fail", "5 mm thick; at most 3 mm"),

@@ -424,9 +424,12 @@ def test_series_acquired_before_its_own_bolus_start_is_pre() -> None:
     assert (c.contrast, c.contrast_basis) == ("pre", "acquired before ContrastBolusStartTime")
 
 
-def test_t1_without_contrast_attributes_is_pre() -> None:
+def test_t1_without_contrast_evidence_is_unknown_never_pre() -> None:
+    """Issue 13: silence is not evidence; before, a T1 without contrast attributes was called pre."""
     c = classify_series(series(**T1_SE))
-    assert (c.contrast, c.contrast_basis) == ("pre", "no contrast attributes")
+    assert c.contrast == "unknown"
+    assert c.contrast_basis and "no contrast attributes" in c.contrast_basis
+    assert c.evidence["contrast_source"] == "none"
 
 
 def test_enhanced_contrast_usage_sequence() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,17 @@ from pydicom import dcmread
 
 from msfollowup.classify import SeriesClassification, classify_study, read_header, read_headers
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+def _find_realdata() -> Path:
+    """shared/realdata beside the repository (or beside the folder of worktrees), or MSF_REALDATA."""
+    if os.environ.get("MSF_REALDATA"):
+        return Path(os.environ["MSF_REALDATA"])
+    for parent in Path(__file__).resolve().parents[1:4]:
+        if (parent / "shared" / "realdata" / "MANIFEST.tsv").is_file():
+            return parent / "shared" / "realdata"
+    return Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+REALDATA = _find_realdata()
 
 if not (REALDATA / "MANIFEST.tsv").is_file():
     pytest.skip(f"real scanner data not found at {REALDATA} (shared/ must sit beside the repository)",
@@ -68,7 +79,10 @@ def test_label(row: dict[str, str]) -> None:
             assert c.kind == kind, where
         if acquisition is not None:
             assert c.acquisition == acquisition, where
-        if contrast is not None:
+        if contrast == "pre":  # T1_PRE: no contrast attributes; pre needs evidence, never silence (issue 13)
+            assert c.contrast in ("pre", "unknown"), where
+            assert c.contrast_basis, where
+        elif contrast is not None:
             assert c.contrast == contrast, where
             assert c.contrast_basis, where
         if label == "DERIVED" or row["image_type"].startswith("DERIVED\\SECONDARY"):
@@ -101,7 +115,11 @@ def test_facts_match_manifest(row: dict[str, str]) -> None:
     spacing = [_number(v) for v in row["pixel_spacing"].split("\\")] if row["pixel_spacing"] else []
     for c in results:
         f = c.facts
-        if field is not None:
+        if field is not None and field > 100:  # not tesla (old GE): normalised, by the frequency when written
+            assert f.field_strength_t in (field / 1000, field / 10000), f.field_strength_t
+            if f.imaging_frequency_mhz:
+                assert math.isclose(f.field_strength_t * 42.577, f.imaging_frequency_mhz, rel_tol=0.05)
+        elif field is not None:
             assert f.field_strength_t is not None and math.isclose(f.field_strength_t, field, rel_tol=1e-6)
         if thickness is not None:
             assert f.slice_thickness_mm is not None and math.isclose(f.slice_thickness_mm, thickness, rel_tol=1e-6)
@@ -161,17 +179,41 @@ ALL_FILES = sorted(p for r in ROWS for p in (REALDATA / r["local_dir"]).iterdir(
 
 @pytest.mark.parametrize("path", ALL_FILES, ids=[str(p.relative_to(REALDATA)) for p in ALL_FILES])
 def test_fast_reader_agrees_with_pydicom(path: Path) -> None:
-    fast = read_header(path)
+    header = read_header(path)
     full = dcmread(path, stop_before_pixels=True)
-    assert fast is not None
+    assert header is not None
+    fast = header.dataset
     for keyword in _COMPARED:
         assert _plain(fast.get(keyword)) == _plain(full.get(keyword)), keyword
     if "SharedFunctionalGroupsSequence" in full:
         assert fast.SharedFunctionalGroupsSequence[0] == full.SharedFunctionalGroupsSequence[0]
     if "PerFrameFunctionalGroupsSequence" in full:
         frames = full.PerFrameFunctionalGroupsSequence
-        assert fast._msf_first_frame == frames[0]
+        assert header.first_frame == frames[0]
         expected = sorted({round(float(f.MRDiffusionSequence[0].DiffusionBValue), 3) for f in frames
                            if "MRDiffusionSequence" in f and "DiffusionBValue" in f.MRDiffusionSequence[0]})
-        assert list(fast._msf_frame_b) == expected
+        assert list(header.frame_b_values) == expected
         assert len(fast.PerFrameFunctionalGroupsSequence) == len(frames)  # still complete if someone asks
+
+
+# Anatomy: the MANIFEST's anatomy column (c-spine / t-spine / l-spine / whole-spine / brain / other) ----------
+
+ANATOMY = {"brain": "brain", "c-spine": "cervical", "t-spine": "thoracic", "l-spine": "lumbar",
+           "whole-spine": "whole-spine", "other": "other"}
+ANATOMY_ROWS = [r for r in ROWS if r["anatomy"]]
+
+
+@pytest.mark.parametrize("row", ANATOMY_ROWS, ids=[r["local_dir"] for r in ANATOMY_ROWS])
+def test_anatomy(row: dict[str, str]) -> None:
+    from msfollowup.classify import regions_of, study_anatomy
+
+    want = ANATOMY[row["anatomy"]]
+    results = _classified(row)
+    for c in results:
+        assert c.anatomy == want, f"{row['local_dir']}: {c.anatomy} ({c.anatomy_basis})"
+        assert c.anatomy_basis
+        assert c.to_json()["anatomy"] == want
+    study = study_anatomy(results)
+    counted = [c for c in results if c.kind not in ("LOCALIZER", "OTHER")]
+    if counted:
+        assert set(study.purposes) == set(regions_of(want))

@@ -182,7 +182,7 @@ def _match(s: SeriesClassification, inst: _Instance) -> tuple[bool | None, str]:
     if _other_region(s, inst):
         return False, "region"
     if rule.contrast and s.contrast != rule.contrast:
-        return (None if s.contrast is None else False), "contrast"
+        return (None if s.contrast in (None, "unknown") else False), "contrast"
     if rule.orientation and s.facts.orientation not in rule.orientation:
         return (None if s.facts.orientation is None else False), "orientation"
     if inst.region is not None:

@@ -104,8 +104,10 @@ class SeriesJson(_Open):
     kind: KindName
     acquisition: Literal["2D", "3D"] | None = None
     derived: bool
-    contrast: Literal["pre", "post"] | None = None
+    contrast: Literal["pre", "post", "unknown"] | None = None
     contrast_basis: str | None = None
+    anatomy: str | None = Field(default=ABSENT, description="brain, cervical, thoracic, lumbar, spine or other")
+    anatomy_basis: str | None = Field(default=ABSENT)
     evidence: dict[str, Any] = Field(default=ABSENT)
     confidence: float = Field(default=ABSENT, ge=0, le=1)
     basis: Literal["physics", "vendor", "description"] = Field(default=ABSENT)
