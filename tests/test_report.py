@@ -432,3 +432,24 @@ def test_identity_attributes_with_a_wrong_vr_or_value_are_left_empty(vr: str, va
         assert ds[kw].VR == dictionary_VR(kw) and ds[kw].value in (None, ""), kw
     assert ds.PatientName == "GOOD^NAME"
     assert ds.AccessionNumber is None  # missing type 2 attributes are added empty
+
+
+def test_html_shows_each_series_confidence_evidence_and_anatomy() -> None:
+    """Issue 13: every label's confidence and deciding evidence, the contrast evidence and the anatomy are
+    shown in the report a radiographer reads."""
+    series = {"series_instance_uid": "1.2.3.4", "series_number": 7, "description": "t1 se tra", "kind": "T1",
+              "acquisition": "2D", "derived": False, "contrast": "post", "contrast_basis": "study pattern",
+              "anatomy": "brain", "anatomy_basis": "BodyPartExamined", "confidence": 0.75, "basis": "physics",
+              "evidence": {"rule": "t1-spin-echo", "contrast_source": "repeated-geometry"}, "facts": {},
+              "counts": True}
+    doc = {
+        "report": {"study_version": 1, "generated_at": "2026-11-20T09:00:00+00:00", "sr_sop_instance_uid": "1.2",
+                   "predecessor_sr_sop_instance_uid": None, "msfollowup_version": "0.1.0"},
+        "study": {"patient_name": None},
+        "result": {"study_instance_uid": "1.2.3", "profile": {"id": "p", "version": "1"}, "verdict": "compliant",
+                   "series": [series], "reference_study_uid": None, "checked_at": None, "requirements": []},
+    }
+    page = build_html(doc)
+    assert "confidence 0.75" in page and "basis: physics" in page
+    assert "repeated-geometry" in page and "study pattern" in page
+    assert "<th>anatomy</th><td>brain (BodyPartExamined)</td>" in page
