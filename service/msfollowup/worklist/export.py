@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from msfollowup.config import Config
+from msfollowup.core.files import atomic_write, fsync_directory
 from msfollowup.worklist.model import (
     EXPORT_PREFIX,
     LOCKFILE,
@@ -85,30 +86,17 @@ def locked_folder(folder: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_wl(path: Path, data: bytes) -> None:
-    """Atomic replace: a reader sees the old file or the new one, never half of one."""
+    """Atomic replace: a reader sees the old file or the new one, never half of one (the temporary
+    name does not end in .wl, so wlmscpfs never loads it)."""
     with locked_folder(path.parent):
-        tmp = path.with_name(f".{path.name}.tmp")  # no .wl suffix: wlmscpfs ignores it
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        atomic_write(path, data)
 
 
 def remove_wl(path: Path) -> None:
     with locked_folder(path.parent):
         path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_directory(path.parent)
 
 
 def _apply(ops: Iterable[ExportOp]) -> None:
