@@ -24,6 +24,8 @@ SCHEMA_MODULES = (
     "msfollowup.plans",
     "msfollowup.worklist",
     "msfollowup.audit",
+    "msfollowup.live.records",  # issue 15
+    "msfollowup.notify.records",  # issue 15
 )
 
 
