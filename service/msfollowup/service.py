@@ -24,6 +24,7 @@ from msfollowup import jobs, sdnotify, worklist
 from msfollowup.completion import CompletionWorker
 from msfollowup.config import Config, ConfigError, LoggingConfig
 from msfollowup.db import Database
+from msfollowup.live.settle import LiveWorker  # issue 15
 from msfollowup.metrics import HttpEndpoint, Metrics, check_database, check_storage
 from msfollowup.node import Node
 from msfollowup.outbox import Outbox
@@ -113,6 +114,8 @@ class Service:
             metrics=self.metrics,
         )
         self.outbox = Outbox(self.db, cfg)
+        # issue 15: settle detector + live broker (the web app mounts live.http.router(self.live.broker, ...))
+        self.live = LiveWorker(self.db, cfg, self.store) if cfg.live.enabled else None
         self.scheduler: BackgroundScheduler | None = None
         self.address: tuple[str, int] | None = None
         self.http: HttpEndpoint | None = None
@@ -124,6 +127,8 @@ class Service:
         self.pipeline_worker.start()
         self.completion.start()
         self.outbox.start()
+        if self.live is not None:  # issue 15
+            self.live.start()
         if self.cfg.scheduler.enabled:
             self.scheduler = jobs.start_scheduler(self)
         self.address = self.node.start()
@@ -162,6 +167,8 @@ class Service:
             "completion": self.completion.is_alive(),
             "outbox": self.outbox.is_alive(),
         }
+        if self.live is not None:  # issue 15
+            alive["live"] = self.live.is_alive()
         if self.cfg.scheduler.enabled:
             alive["scheduler"] = self.scheduler is not None and self.scheduler.running
         return [name for name, ok in alive.items() if not ok]
@@ -176,6 +183,8 @@ class Service:
             self.scheduler.shutdown(wait=False)
             jobs.bind(None)
         self.outbox.stop()
+        if self.live is not None:  # issue 15
+            self.live.stop()
         self.completion.stop()
         self.pipeline_worker.stop()
         self.db.dispose()
