@@ -25,6 +25,7 @@ from msfollowup.completion import CompletionWorker
 from msfollowup.config import Config, ConfigError, LoggingConfig
 from msfollowup.db import Database
 from msfollowup.live.settle import LiveWorker  # issue 15
+from msfollowup.notify.worker import NotifyWorker  # issue 15
 from msfollowup.metrics import HttpEndpoint, Metrics, check_database, check_storage
 from msfollowup.node import Node
 from msfollowup.outbox import Outbox
@@ -116,6 +117,7 @@ class Service:
         self.outbox = Outbox(self.db, cfg)
         # issue 15: settle detector + live broker (the web app mounts live.http.router(self.live.broker, ...))
         self.live = LiveWorker(self.db, cfg, self.store) if cfg.live.enabled else None
+        self.notify = NotifyWorker(self.db, cfg, health=self.dead_parts) if cfg.notify.destinations else None
         self.scheduler: BackgroundScheduler | None = None
         self.address: tuple[str, int] | None = None
         self.http: HttpEndpoint | None = None
@@ -129,6 +131,8 @@ class Service:
         self.outbox.start()
         if self.live is not None:  # issue 15
             self.live.start()
+        if self.notify is not None:  # issue 15
+            self.notify.start()
         if self.cfg.scheduler.enabled:
             self.scheduler = jobs.start_scheduler(self)
         self.address = self.node.start()
@@ -169,6 +173,8 @@ class Service:
         }
         if self.live is not None:  # issue 15
             alive["live"] = self.live.is_alive()
+        if self.notify is not None:  # issue 15
+            alive["notify"] = self.notify.is_alive()
         if self.cfg.scheduler.enabled:
             alive["scheduler"] = self.scheduler is not None and self.scheduler.running
         return [name for name, ok in alive.items() if not ok]
@@ -185,6 +191,8 @@ class Service:
         self.outbox.stop()
         if self.live is not None:  # issue 15
             self.live.stop()
+        if self.notify is not None:  # issue 15
+            self.notify.stop()
         self.completion.stop()
         self.pipeline_worker.stop()
         self.db.dispose()
