@@ -249,8 +249,9 @@ def test_receiver_down_at_first_gets_it_exactly_once_after_it_comes_up_across_a_
 # --- rules, enqueueing, sending -------------------------------------------------------------------------
 
 
-def _cfg(tmp: Path, *dests: dict[str, Any]) -> Config:
-    return Config.model_validate({"storage": {"data_dir": str(tmp)}, "notify": {"destinations": list(dests),
+def _cfg(tmp: Path, *dests: dict[str, Any], db_url: str | None = None) -> Config:
+    return Config.model_validate({"storage": {"data_dir": str(tmp), "database": db_url},
+                                  "notify": {"destinations": list(dests),
                                   "retry_initial_seconds": 1, "retry_max_seconds": 8}})
 
 
@@ -301,9 +302,9 @@ def test_bad_destinations_are_refused_naming_the_problem(tmp_path: Path) -> None
         load_config(path)
 
 
-def test_enqueue_is_idempotent_and_a_delivered_job_is_never_sent_again(tmp_path: Path) -> None:
+def test_enqueue_is_idempotent_and_a_delivered_job_is_never_sent_again(tmp_path: Path, db_url: str) -> None:
     receiver = HookReceiver()
-    cfg = _cfg(tmp_path, _hook(receiver.url))
+    cfg = _cfg(tmp_path, _hook(receiver.url), db_url=db_url)
     db = Database(cfg.storage.database_url)
     occ = events.study_checked(cfg.notify, RESULT, STUDY, 1, {})
     assert occ is not None
@@ -320,8 +321,8 @@ def test_enqueue_is_idempotent_and_a_delivered_job_is_never_sent_again(tmp_path:
     db.dispose()
 
 
-def test_failed_sends_back_off_exponentially(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, _hook(f"http://127.0.0.1:{free_port()}/down"))
+def test_failed_sends_back_off_exponentially(tmp_path: Path, db_url: str) -> None:
+    cfg = _cfg(tmp_path, _hook(f"http://127.0.0.1:{free_port()}/down"), db_url=db_url)
     assert [backoff_seconds(cfg, n) for n in (1, 2, 3, 4, 5, 6)] == [1, 2, 4, 8, 8, 8]
     db = Database(cfg.storage.database_url)
     occ = events.study_checked(cfg.notify, RESULT, STUDY, 1, {})

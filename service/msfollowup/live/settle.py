@@ -78,7 +78,8 @@ class LiveChecker:
         self._headers: dict[str, tuple[int, list[Dataset]]] = {}  # series uid -> (count, headers)
         self._content: dict[str, dict[str, Any]] = {}
 
-    def _scan(self, now: dt.datetime) -> list[_StudyRow]:
+    def _scan(self, now: dt.datetime) -> tuple[list[_StudyRow], set[str]]:
+        """(studies to look at, every study uid in the window)."""
         from msfollowup.worklist import mpps_completed
 
         since = now - dt.timedelta(minutes=self.cfg.live.window_minutes)
@@ -88,8 +89,13 @@ class LiveChecker:
                        mpps_completed(Study.study_uid).label("mpps"))
                 .where(Study.last_received >= since)
             ).all()
+            in_window = {r[0] for r in studies}
+            # A completed study already judged as complete cannot change (a late instance reopens it):
+            # its instances are not counted again, so the pass stays short while the window fills.
+            studies = [r for r in studies
+                       if not (r[1] == StudyState.COMPLETE.value and self._signature.get(r[0], (False,))[0])]
             if not studies:
-                return []
+                return [], in_window
             rows = s.execute(
                 select(Instance.study_uid, Instance.series_uid, func.count(), func.max(Instance.received_at))
                 .where(Instance.study_uid.in_([r[0] for r in studies]))
@@ -97,25 +103,23 @@ class LiveChecker:
             ).all()
         series: dict[str, list[_SeriesState]] = {}
         for study_uid, series_uid, count, last in rows:
-            if last is not None and last.tzinfo is None:  # SQLite aggregate: UTCDateTime not applied
-                last = dt.datetime.fromisoformat(str(last)).replace(tzinfo=dt.timezone.utc)
-            elif isinstance(last, str):
+            if isinstance(last, str):  # a driver that returns the aggregate untyped
                 last = dt.datetime.fromisoformat(last)
-                last = last if last.tzinfo else last.replace(tzinfo=dt.timezone.utc)
+            if last.tzinfo is None:
+                last = last.replace(tzinfo=dt.timezone.utc)
             series.setdefault(study_uid, []).append(_SeriesState(series_uid, int(count), last))
         return [
             _StudyRow(uid, state == StudyState.COMPLETE.value, bool(requested) or bool(mpps),
                       tuple(sorted(series.get(uid, []), key=lambda x: x.uid)))
             for uid, state, requested, mpps in studies
-        ]
+        ], in_window
 
     def run_once(self, now: dt.datetime | None = None) -> int:
         """Re-check every study whose series changed; returns how many new results were published."""
         now = now or utcnow()
         cutoff = now - dt.timedelta(seconds=self.cfg.live.settle_seconds)
-        studies = self._scan(now)
-        seen = {st.uid for st in studies}
-        gone = set(self._signature) - seen
+        studies, in_window = self._scan(now)
+        gone = set(self._signature) - in_window
         for uid in gone:
             self._signature.pop(uid, None)
             self._content.pop(uid, None)

@@ -62,6 +62,8 @@ class NotifyDestination(_Model):
                 raise ValueError("an email destination needs smtp_host, from and to")
             if self.username and not self.password:
                 raise ValueError("username given without password")
+            if self.ca_file is not None and not self.ca_file.is_absolute():
+                raise ValueError("ca_file must be an absolute path")
             if self.username and not self.starttls:
                 raise ValueError("refusing SMTP authentication without STARTTLS (the password would travel in clear)")
         return self
