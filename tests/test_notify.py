@@ -356,3 +356,26 @@ def test_node_unhealthy_is_emitted_once_per_episode(tmp_path: Path) -> None:
     assert payload["event"] == "node.unhealthy" and payload["stopped"] == ["pipeline"]
     receiver.close()
     db.dispose()
+
+
+def test_overdue_patients_notify_once_per_window_without_the_patient_id_by_default(tmp_path: Path) -> None:
+    from nodeutil import due_exam
+
+    plain, with_patient = HookReceiver(), HookReceiver()
+    cfg = _cfg(tmp_path, _hook(plain.url, events=["patient.overdue"]),
+               _hook(with_patient.url, events=["patient.overdue"], include_patient_data=True, name="pd"))
+    db = Database(cfg.storage.database_url)
+    today = dt.date(2026, 12, 1)
+    late = due_exam("PID-OVERDUE-3", target=dt.date(2026, 6, 1), latest=dt.date(2026, 8, 1))
+    for _ in range(2):  # the hourly job finds the same patient again: one notification
+        with db.session() as s:
+            emit.on_overdue(s, cfg, [late], today)
+    NotifyWorker(db, cfg).run_once()
+    assert len(plain.posts) == 1 and len(with_patient.posts) == 1
+    (payload,) = plain.payloads()
+    assert payload["event"] == "patient.overdue" and payload["overdue"]["days_overdue"] == 122
+    assert b"PID-OVERDUE-3" not in plain.posts[0][1]
+    assert with_patient.payloads()[0]["patient"]["id"] == "PID-OVERDUE-3"
+    for r in (plain, with_patient):
+        r.close()
+    db.dispose()
