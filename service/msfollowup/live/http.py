@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
@@ -76,8 +76,6 @@ def router(broker: Broker, require_role: Callable[..., Any], *, title: str = "Sc
     @r.get("/live/static/{name}", name="live_static")
     async def static(name: str) -> FileResponse:
         if name not in STATIC:
-            from fastapi import HTTPException
-
             raise HTTPException(404, f"no static file {name!r}")
         return FileResponse(HERE / "static" / name, media_type=STATIC[name],
                             headers={"Cache-Control": "no-cache"})
