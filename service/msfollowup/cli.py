@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from msfollowup import cli_db
+from msfollowup import cli_notify  # issue 15
 from msfollowup.config import Config, ConfigError, load_config
 from msfollowup.core.errors import MsFollowupError
 
@@ -483,6 +484,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     _add_worklist_commands,
     _add_audit_commands,
     cli_db.register,
+    cli_notify.register,  # issue 15: `notifications`
 ]
 
 

@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from msfollowup.live.config import LiveConfig  # issue 15
+from msfollowup.notify.config import NotifyConfig  # issue 15
+
 CONFIG_ENV = "MSFOLLOWUP_CONFIG"
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash/control
 
@@ -146,6 +149,8 @@ class Config(_Section):
     worklist: WorklistConfig = WorklistConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     http: HttpConfig = HttpConfig()
+    live: LiveConfig = LiveConfig()
+    notify: NotifyConfig = NotifyConfig()
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

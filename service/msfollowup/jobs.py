@@ -79,6 +79,9 @@ def overdue_job(ctx: JobContext) -> int:
     today = dt.date.today()
     with ctx.db.session() as s:
         overdue = [d for d in plans.due_for_all(s, today, rules) if d.overdue(today)]
+        from msfollowup.notify.emit import on_overdue  # issue 15
+
+        on_overdue(s, ctx.cfg, overdue, today)
     if overdue:
         log.warning("overdue follow-up exams: %d", len(overdue))
     return len(overdue)

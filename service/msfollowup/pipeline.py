@@ -129,6 +129,9 @@ class Pipeline:
                     profile_id=result.profile_id, profile_version=result.profile_version, verdict=result.verdict,
                     result_json=json.dumps(result.to_json(), default=str), created_at=utcnow(),
                 ))
+                from msfollowup.notify.emit import on_study_checked  # issue 15: same transaction as the check
+
+                on_study_checked(s, self.cfg, study_uid, version, result.to_json())
         except IntegrityError:
             log.info("study=%s version=%d already checked by another worker", study_uid, version)
             return None

@@ -22,6 +22,8 @@ from msfollowup import jobs, sdnotify, worklist
 from msfollowup.completion import CompletionWorker
 from msfollowup.config import Config, ConfigError, LoggingConfig
 from msfollowup.db import Database
+from msfollowup.live.settle import LiveWorker  # issue 15
+from msfollowup.notify.worker import NotifyWorker  # issue 15
 from msfollowup.metrics import HttpEndpoint, Metrics, check_database, check_storage
 from msfollowup.node import Node
 from msfollowup.outbox import Outbox
@@ -110,6 +112,9 @@ class Service:
             metrics=self.metrics,
         )
         self.outbox = Outbox(self.db, cfg)
+        # issue 15: settle detector + live broker (the web app mounts live.http.router(self.live.broker, ...))
+        self.live = LiveWorker(self.db, cfg, self.store) if cfg.live.enabled else None
+        self.notify = NotifyWorker(self.db, cfg, health=self.dead_parts) if cfg.notify.destinations else None
         self.scheduler: jobs.Scheduler | None = None
         self.address: tuple[str, int] | None = None
         self.http: HttpEndpoint | None = None
@@ -121,6 +126,10 @@ class Service:
         self.pipeline_worker.start()
         self.completion.start()
         self.outbox.start()
+        if self.live is not None:  # issue 15
+            self.live.start()
+        if self.notify is not None:  # issue 15
+            self.notify.start()
         if self.cfg.scheduler.enabled:
             self.scheduler = jobs.start_scheduler(self)
         self.address = self.node.start()
@@ -159,6 +168,10 @@ class Service:
             "completion": self.completion.is_alive(),
             "outbox": self.outbox.is_alive(),
         }
+        if self.live is not None:  # issue 15
+            alive["live"] = self.live.is_alive()
+        if self.notify is not None:  # issue 15
+            alive["notify"] = self.notify.is_alive()
         if self.cfg.scheduler.enabled:
             alive["scheduler"] = self.scheduler is not None and self.scheduler.running
         return [name for name, ok in alive.items() if not ok]
@@ -172,6 +185,10 @@ class Service:
         if self.scheduler is not None:
             self.scheduler.stop()
         self.outbox.stop()
+        if self.live is not None:  # issue 15
+            self.live.stop()
+        if self.notify is not None:  # issue 15
+            self.notify.stop()
         self.completion.stop()
         self.pipeline_worker.stop()
         self.db.dispose()
