@@ -513,6 +513,9 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     _add_worklist_commands,
     _add_audit_commands,
 ]
+from msfollowup import cli_web  # noqa: E402 - web users and API tokens
+
+REGISTRARS.append(cli_web.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

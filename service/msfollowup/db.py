@@ -24,6 +24,9 @@ SCHEMA_MODULES = (
     "msfollowup.plans",
     "msfollowup.worklist",
     "msfollowup.audit",
+    "msfollowup.app.results",
+    "msfollowup.app.accounts",
+    "msfollowup.app.reviews",
 )
 
 
