@@ -193,6 +193,11 @@ def study(request: Request, check_id: int, who: Principal = Depends(require("rea
         data = compliance.study_detail(s, check_id)
     if data is None:
         raise HTTPException(404, f"no checked study {check_id}")
+    series = sorted(data["result"].get("series", []), key=lambda x: (x.get("series_number") is None, x.get("series_number") or 0))
+    for x in series:
+        ev = x.get("evidence")
+        x["evidence_text"] = "; ".join(map(str, ev)) if isinstance(ev, list) else ("" if ev is None else str(ev))
+    data["series_sorted"] = series
     return render(request, "study.html", who, d=data, error=request.query_params.get("error"))
 
 

@@ -45,7 +45,8 @@ class Throttle:
     def blocked(self, *keys: str) -> bool:
         now = time.monotonic()
         with self._lock:
-            return any(len(self._recent(k, now)) >= THROTTLE_FAILURES for k in keys)
+            return any(len(self._recent(k, now)) >= (THROTTLE_FAILURES * 4 if k.startswith("host:") else THROTTLE_FAILURES)
+                       for k in keys)
 
     def failed(self, *keys: str) -> None:
         now = time.monotonic()
