@@ -114,7 +114,8 @@ def _date(value: str | None) -> dt.date | None:
 def scanner_key(series: Iterable[dict[str, Any]]) -> str:
     """Station name and device serial of the study's first series that names them."""
     for s in series:
-        station, serial = s.get("station_name"), s.get("device_serial_number")
+        facts = s.get("facts") or s  # ClassifiedSeries.to_json nests the header facts
+        station, serial = facts.get("station_name"), facts.get("device_serial_number")
         if station or serial:
             return f"{station or '-'} / {serial or '-'}"[:64]
     return OTHER
