@@ -10,13 +10,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, case, false, func, select, true
 from sqlalchemy.orm import Session
 
 from msfollowup.app.results import PatientRef, RequirementRow, StudyResult
 
 VERDICTS = ("compliant", "non-compliant", "unverifiable")
 EFFECTIVE = func.coalesce(StudyResult.reviewed_verdict, StudyResult.verdict)
+# "latest = 1", not "latest IS 1": only an equality lets the database seek the covering indexes.
+LATEST = StudyResult.latest == true()
 
 
 class FilterError(ValueError):
@@ -65,7 +67,7 @@ class Filters:
         return {k: v for k, v in out.items() if v}
 
     def where(self) -> list[ColumnElement[bool]]:
-        c: list[ColumnElement[bool]] = [StudyResult.latest.is_(True)]
+        c: list[ColumnElement[bool]] = [LATEST]
         if self.scanner:
             c.append(StudyResult.scanner == self.scanner)
         if self.profile:
@@ -87,7 +89,7 @@ class Filters:
         if self.requirement:
             c.append(StudyResult.check_id.in_(select(RequirementRow.check_id).where(
                 RequirementRow.requirement_id == self.requirement, RequirementRow.status == "fail",
-                RequirementRow.informational.is_(False))))
+                RequirementRow.informational == false())))
         return c
 
 
@@ -108,18 +110,21 @@ def dashboard(session: Session, f: Filters, by: str = "week") -> dict[str, Any]:
         raise FilterError(f"by: {by!r} is not week or month")
     period = StudyResult.week if by == "week" else StudyResult.month
     where = f.where()
-    failing = session.execute(
-        select(RequirementRow.requirement_id, func.max(RequirementRow.label), func.count())
-        .join(StudyResult, StudyResult.check_id == RequirementRow.check_id)
-        .where(*where, RequirementRow.status == "fail", RequirementRow.informational.is_(False))
-        .group_by(RequirementRow.requirement_id).order_by(func.count().desc(), RequirementRow.requirement_id).limit(10)
-    )
+    failing_q = (select(RequirementRow.requirement_id, func.max(RequirementRow.label), func.count())
+                 .where(RequirementRow.status == "fail", RequirementRow.informational == false())
+                 .group_by(RequirementRow.requirement_id).order_by(func.count().desc(), RequirementRow.requirement_id)
+                 .limit(10))
+    if f.query():  # filtered: join the study rows; unfiltered: the requirement rows' own latest flag
+        failing_q = failing_q.join(StudyResult, StudyResult.check_id == RequirementRow.check_id).where(*where)
+    else:
+        failing_q = failing_q.where(RequirementRow.latest == true())
+    failing = session.execute(failing_q)
     totals = session.execute(
         select(EFFECTIVE, func.count()).where(*where).group_by(EFFECTIVE)
     ).all()
     awaiting = session.scalar(select(func.count()).select_from(StudyResult).where(
         *where, StudyResult.verdict == "unverifiable", StudyResult.reviewed_verdict.is_(None)))
-    latest = StudyResult.latest.is_(True)
+    latest = LATEST
     return {
         "by": by,
         "filters": f.query(),
@@ -198,7 +203,7 @@ def study_detail(session: Session, check_id: int) -> dict[str, Any] | None:
 
 
 def exam_timeline(session: Session, patient_ref: int) -> list[dict[str, Any]]:
-    rows = session.scalars(select(StudyResult).where(StudyResult.patient_ref == patient_ref, StudyResult.latest.is_(True))
+    rows = session.scalars(select(StudyResult).where(StudyResult.patient_ref == patient_ref, LATEST)
                            .order_by(StudyResult.study_date)).all()
     return [_study_row(r, None) for r in rows]
 

@@ -42,9 +42,13 @@ class StudyResult(Base):
     month: Mapped[str | None] = mapped_column(String(7))
     checked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
+    # Covering indexes for the dashboard's GROUP BYs (scanner or profile, then week or month): the
+    # database reads the index in group order and never touches the table or sorts.
     __table_args__ = (
         Index("ix_study_results_latest_date", "latest", "study_date"),
-        Index("ix_study_results_latest_verdict", "latest", "verdict"),
+        Index("ix_study_results_latest_verdict", "latest", "verdict", "reviewed_verdict"),
+        *(Index(f"ix_study_results_{key}_{period}", "latest", key, period, "verdict", "reviewed_verdict", "study_date")
+          for key in ("scanner", "profile_id") for period in ("week", "month")),
     )
 
 
@@ -55,12 +59,16 @@ class RequirementRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     check_id: Mapped[int] = mapped_column(ForeignKey("study_checks.id"), index=True)
+    latest: Mapped[bool] = mapped_column(Boolean, default=True)  # as StudyResult.latest (the unfiltered dashboard reads this table alone)
     requirement_id: Mapped[str] = mapped_column(String(64))
     label: Mapped[str | None] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16))  # pass / fail / unverifiable / info
     informational: Mapped[bool] = mapped_column(Boolean, default=False)
 
-    __table_args__ = (Index("ix_requirement_results_status", "status", "requirement_id"),)
+    __table_args__ = (
+        Index("ix_requirement_results_status", "status", "informational", "requirement_id", "check_id"),
+        Index("ix_requirement_results_latest", "latest", "status", "informational", "requirement_id"),
+    )
 
 
 class PatientRef(Base):
@@ -124,6 +132,8 @@ def scanner_key(series: Iterable[dict[str, Any]]) -> str:
 def record_check(session: Session, check_id: int, study_uid: str, version: int, patient_id: str | None,
                  study_date: str | None, result: dict[str, Any], purpose: str = "brain") -> None:
     """Store the rows of one recorded check (in the caller's transaction, beside the study_checks row)."""
+    older = select(StudyResult.check_id).where(StudyResult.study_uid == study_uid, StudyResult.version < version)
+    session.execute(update(RequirementRow).where(RequirementRow.check_id.in_(older)).values(latest=False))
     session.execute(update(StudyResult).where(StudyResult.study_uid == study_uid, StudyResult.version < version)
                     .values(latest=False))
     day = _date(study_date)
@@ -136,7 +146,7 @@ def record_check(session: Session, check_id: int, study_uid: str, version: int, 
         checked_at=utcnow(),
     ))
     session.add_all(
-        RequirementRow(check_id=check_id, requirement_id=r["id"][:64], label=(r.get("label") or None),
+        RequirementRow(check_id=check_id, latest=True, requirement_id=r["id"][:64], label=(r.get("label") or None),
                        status=r["status"], informational=bool(r.get("informational")))
         for r in result.get("requirements", [])
     )
