@@ -93,23 +93,41 @@ class Filters:
         return c
 
 
-def _rates(session: Session, key: Any, period: Any, where: list[ColumnElement[bool]]) -> list[dict[str, Any]]:
-    compliant = func.sum(case((EFFECTIVE == "compliant", 1), else_=0))
-    rows = session.execute(
-        select(key, period, func.count(), compliant).where(*where, period.is_not(None)).group_by(key, period)
-        .order_by(key, period)
-    )
-    return [{"key": k, "period": p, "studies": n, "compliant": int(c or 0), "rate": round((c or 0) / n, 4) if n else None}
-            for k, p, n, c in rows]
+def _rates(counts: dict[tuple[str, str], list[int]]) -> list[dict[str, Any]]:
+    return [{"key": k, "period": p, "studies": n, "compliant": c, "rate": round(c / n, 4) if n else None}
+            for (k, p), (n, c) in sorted(counts.items())]
 
 
 def dashboard(session: Session, f: Filters, by: str = "week") -> dict[str, Any]:
     """Compliance rate per scanner and per profile by week or month, the requirements failing most,
-    the number of studies awaiting review, and the choices for the filters."""
+    the number of studies awaiting review, and the choices for the filters.
+
+    One GROUP BY over (scanner, profile, period, verdict, review) read from a covering index, summed
+    up here into both dimensions and the totals: one pass over the rows instead of four."""
     if by not in ("week", "month"):
         raise FilterError(f"by: {by!r} is not week or month")
     period = StudyResult.week if by == "week" else StudyResult.month
     where = f.where()
+    cells = session.execute(
+        select(StudyResult.scanner, StudyResult.profile_id, period, StudyResult.verdict, StudyResult.reviewed_verdict,
+               func.count())
+        .where(*where).group_by(StudyResult.scanner, StudyResult.profile_id, period, StudyResult.verdict,
+                                StudyResult.reviewed_verdict)
+    ).all()
+    per: dict[str, dict[tuple[str, str], list[int]]] = {"scanner": {}, "profile": {}}
+    totals: dict[str, int] = {}
+    awaiting = 0
+    for scanner, profile, when, verdict, reviewed, n in cells:
+        effective = reviewed or verdict
+        totals[effective] = totals.get(effective, 0) + n
+        if verdict == "unverifiable" and reviewed is None:
+            awaiting += n
+        if when is None:
+            continue
+        for dim, key in (("scanner", scanner), ("profile", profile)):
+            cell = per[dim].setdefault((key, when), [0, 0])
+            cell[0] += n
+            cell[1] += n if effective == "compliant" else 0
     failing_q = (select(RequirementRow.requirement_id, func.max(RequirementRow.label), func.count())
                  .where(RequirementRow.status == "fail", RequirementRow.informational == false())
                  .group_by(RequirementRow.requirement_id).order_by(func.count().desc(), RequirementRow.requirement_id)
@@ -119,25 +137,27 @@ def dashboard(session: Session, f: Filters, by: str = "week") -> dict[str, Any]:
     else:
         failing_q = failing_q.where(RequirementRow.latest == true())
     failing = session.execute(failing_q)
-    totals = session.execute(
-        select(EFFECTIVE, func.count()).where(*where).group_by(EFFECTIVE)
-    ).all()
-    awaiting = session.scalar(select(func.count()).select_from(StudyResult).where(
-        *where, StudyResult.verdict == "unverifiable", StudyResult.reviewed_verdict.is_(None)))
-    latest = LATEST
     return {
         "by": by,
         "filters": f.query(),
-        "totals": {v: n for v, n in totals},
-        "awaiting_review": awaiting or 0,
-        "per_scanner": _rates(session, StudyResult.scanner, period, where),
-        "per_profile": _rates(session, StudyResult.profile_id, period, where),
+        "totals": totals,
+        "awaiting_review": awaiting,
+        "per_scanner": _rates(per["scanner"]),
+        "per_profile": _rates(per["profile"]),
         "failing_requirements": [{"requirement": r, "label": label, "failures": n} for r, label, n in failing],
-        "choices": {
-            "scanners": list(session.scalars(select(StudyResult.scanner).where(latest).distinct().order_by(StudyResult.scanner))),
-            "profiles": list(session.scalars(select(StudyResult.profile_id).where(latest).distinct().order_by(StudyResult.profile_id))),
-        },
+        "choices": _choices_from(cells) if not f.query() else filter_choices(session),
     }
+
+
+def _choices_from(cells: Any) -> dict[str, list[str]]:
+    return {"scanners": sorted({c[0] for c in cells}), "profiles": sorted({c[1] for c in cells})}
+
+
+def filter_choices(session: Session) -> dict[str, list[str]]:
+    """The scanners and profiles there are (one pass over a covering index)."""
+    return _choices_from(session.execute(
+        select(StudyResult.scanner, StudyResult.profile_id).where(LATEST)
+        .group_by(StudyResult.scanner, StudyResult.profile_id)).all())
 
 
 def _study_select(f: Filters) -> Any:

@@ -47,8 +47,10 @@ class StudyResult(Base):
     __table_args__ = (
         Index("ix_study_results_latest_date", "latest", "study_date"),
         Index("ix_study_results_latest_verdict", "latest", "verdict", "reviewed_verdict"),
-        *(Index(f"ix_study_results_{key}_{period}", "latest", key, period, "verdict", "reviewed_verdict", "study_date")
-          for key in ("scanner", "profile_id") for period in ("week", "month")),
+        *(Index(f"ix_study_results_{period}", "latest", "scanner", "profile_id", period, "verdict", "reviewed_verdict",
+                "study_date") for period in ("week", "month")),
+        Index("ix_study_results_profile", "latest", "profile_id", "study_date"),
+        Index("ix_study_results_scanner", "latest", "scanner", "study_date", "verdict", "reviewed_verdict"),
     )
 
 
@@ -67,7 +69,7 @@ class RequirementRow(Base):
 
     __table_args__ = (
         Index("ix_requirement_results_status", "status", "informational", "requirement_id", "check_id"),
-        Index("ix_requirement_results_latest", "latest", "status", "informational", "requirement_id"),
+        Index("ix_requirement_results_latest", "latest", "status", "informational", "requirement_id", "label"),
     )
 
 

@@ -182,7 +182,7 @@ def studies(request: Request, page: int = 1, who: Principal = Depends(require("r
     f = _filters(request)
     with _ctx(request).db.session() as s:
         data = compliance.list_studies(s, f, page, 50)
-        choices = compliance.dashboard(s, compliance.Filters(), "month")["choices"]
+        choices = compliance.filter_choices(s)
     return render(request, "studies.html", who, data=data, f=f.query(), choices=choices,
                   verdicts=("awaiting", *compliance.VERDICTS))
 
