@@ -219,6 +219,17 @@ def test_pages_render_with_security_headers_and_no_patient_data_in_the_access_lo
     assert "&lt;b&gt;x&lt;/b&gt;" in echoed and "<b>x</b>" not in echoed
 
 
+def test_a_revoked_token_no_longer_opens_the_api(node: WebNode, world: dict[str, Any]) -> None:
+    token = node.token("short-lived", "viewer")
+    assert node.client(token).get("/api/v1/me").json() == {"name": "short-lived", "role": "viewer", "version": "0.1.0"}
+    done = node.cli("token", "revoke", "short-lived")
+    assert done.returncode == 0 and "1 token(s)" in done.stdout
+    assert node.client(token).get("/api/v1/me").status == 401
+    assert node.client(world["tokens"]["viewer"]).get("/api/v1/me").status == 200  # others' tokens unaffected
+    bad = node.cli("token", "create", "short-lived", "--role", "admin")
+    assert bad.returncode == 2 and "has role 'viewer'" in bad.stderr
+
+
 def test_logins_are_throttled_after_repeated_failures(node: WebNode, world: dict[str, Any]) -> None:
     """Runs last in the module: five wrong passwords lock the name for 15 minutes, the right one included."""
     c = Client(node.http_port)
