@@ -40,10 +40,16 @@ MPPS_CREATE = "mpps.create"
 MPPS_SET = "mpps.set"
 REPORT_DELIVERED = "report.delivered"
 PLAN_CHANGE = "plan.change"
+# Web application and its accounts: the actor is the signed-in user (actor_user), never the OS user.
+USER_CHANGE = "user.change"
+TOKEN_CHANGE = "token.change"
+LOGIN = "user.login"
+STUDY_REVIEW = "study.review"  # accepted as compliant / chosen as reference
 WORKLIST_CLOSE = "worklist.close"  # an item left the worklist: performed, replaced or cancelled, and why
 ACTIONS = frozenset({
     ASSOCIATION_RELEASED, ASSOCIATION_ABORTED, ASSOCIATION_REJECTED, STORE, QUERY_MWL,
     MPPS_CREATE, MPPS_SET, REPORT_DELIVERED, PLAN_CHANGE, WORKLIST_CLOSE,
+    USER_CHANGE, TOKEN_CHANGE, LOGIN, STUDY_REVIEW,
 })
 
 

@@ -486,6 +486,9 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     cli_db.register,
     cli_notify.register,  # issue 15: `notifications`
 ]
+from msfollowup import cli_web  # noqa: E402 - web users and API tokens
+
+REGISTRARS.append(cli_web.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

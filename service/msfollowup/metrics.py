@@ -1,9 +1,11 @@
-"""Metrics and health over HTTP: `/metrics` (Prometheus text format 0.0.4) and `/healthz`.
+"""Metrics and health: the Prometheus registry of one service and the `/healthz` checks.
 
-Counters live in a `Metrics` registry owned by the Service and handed to the node (no module
-globals, so tests and two services in one process do not share counts). What the database already
-knows (verdicts per profile, outbox backlog, open worklist items) is counted at scrape time instead
-of being mirrored in memory, so it is right after a restart and with several nodes on one database.
+Counters live in a `Metrics` object owned by the Service and handed to the node; each has its own
+prometheus_client registry (no module globals, so tests and two services in one process do not
+share counts). What the database already knows (verdicts per profile, outbox backlog, open worklist
+items) is counted at scrape time by a custom collector instead of being mirrored in memory, so it is
+right after a restart and with several nodes on one database. The HTTP side (`/metrics`, `/healthz`)
+is served by the web application (msfollowup.web), on the one `[http]` listener.
 
 Labels only ever take values from fixed sets (outcomes, statuses, verdicts, profile ids): never an
 AE title, a host, a UID or anything from a data set, so a scrape can leak no patient data.
@@ -11,20 +13,20 @@ AE title, a host, a UID or anything from a data set, so a scrape can leak no pat
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import Integer, func, insert, select, text
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -33,6 +35,8 @@ from msfollowup.db import Base, Database, UTCDateTime, utcnow
 log = logging.getLogger(__name__)
 
 PREFIX = "msfollowup_"
+# The classic text format: what every Prometheus and the tests parse (prometheus_client's own
+# CONTENT_TYPE_LATEST moved on to 1.0.0 in recent releases; the bytes are the same 0.0.4 syntax).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # C-FIND latency buckets (seconds): a worklist answer should take milliseconds; >1 s is a problem.
 CHECK_TIMEOUT = 5.0  # seconds /healthz waits for each check (they run in parallel)
@@ -77,37 +81,31 @@ DEFINITIONS: Mapping[str, MetricDef] = {
 }
 
 
-class _Histogram:
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.sum += value
-        self.count += 1
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1  # the smallest bucket only; cumulated when rendered
-                break
-
-
-LabelKey = tuple[tuple[str, str], ...]
-
-
 class Metrics:
-    """Thread-safe counters and histograms of one service; `inc`/`observe` are cheap (one lock)."""
+    """The counters and histograms of one service on a private prometheus_client registry.
+
+    `inc`/`observe` refuse a metric or label value that is not declared in `DEFINITIONS`: that
+    refusal is what keeps AE titles and patient IDs out of label values."""
 
     def __init__(self, definitions: Mapping[str, MetricDef] = DEFINITIONS) -> None:
         self.definitions = definitions
         self.started_wall = time.time()
         self._started = time.monotonic()
-        self._lock = threading.Lock()
-        self._counters: dict[tuple[str, LabelKey], float] = {}
-        self._histograms: dict[str, _Histogram] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._metrics: dict[str, Counter | Histogram] = {}
+        for name, d in definitions.items():
+            full = PREFIX + name
+            if d.kind == "histogram":
+                self._metrics[name] = Histogram(full, d.help, sorted(d.labels), registry=self.registry, buckets=LATENCY_BUCKETS)
+                continue
+            counter = Counter(full, d.help, sorted(d.labels), registry=self.registry)
+            for combo in _label_combinations(d.labels):  # declared series start at zero, so rates work at once
+                if combo:
+                    counter.labels(**dict(combo))
+            self._metrics[name] = counter
+        self.registry.register(_ProcessCollector(self))
 
-    def _key(self, name: str, kind: str, labels: Mapping[str, str] | None) -> tuple[str, LabelKey]:
+    def _child(self, name: str, kind: str, labels: Mapping[str, str] | None) -> Any:
         d = self.definitions.get(name)
         if d is None or d.kind != kind:
             raise ValueError(f"metric {name!r} is not a declared {kind}")
@@ -117,97 +115,57 @@ class Metrics:
         for k, v in labels.items():
             if v not in d.labels[k]:
                 raise ValueError(f"metric {name!r}: label {k} has no value {v!r}")
-        return name, tuple(sorted(labels.items()))
+        metric = self._metrics[name]
+        return metric.labels(**labels) if labels else metric
 
     def inc(self, name: str, labels: Mapping[str, str] | None = None, value: float = 1.0) -> None:
-        key = self._key(name, "counter", labels)
-        with self._lock:
-            self._counters[key] = self._counters.get(key, 0.0) + value
+        self._child(name, "counter", labels).inc(value)
 
     def observe(self, name: str, seconds: float) -> None:
-        self._key(name, "histogram", None)
-        with self._lock:
-            hist = self._histograms.get(name)
-            if hist is None:
-                hist = self._histograms[name] = _Histogram(LATENCY_BUCKETS)
-            hist.observe(seconds)
+        self._child(name, "histogram", None).observe(seconds)
 
     def value(self, name: str, labels: Mapping[str, str] | None = None) -> float:
-        key = self._key(name, "counter", labels)
-        with self._lock:
-            return self._counters.get(key, 0.0)
+        self._child(name, "counter", labels)  # validates
+        sample = self.registry.get_sample_value(PREFIX + name, dict(labels or {}))
+        return sample or 0.0
 
     def uptime(self) -> float:
         return time.monotonic() - self._started
 
-    def render(self, gauges: Iterable[Gauge] = ()) -> str:
-        """The exposition text: declared metrics (zeros included, so rates work from the start),
-        then the scrape-time gauges."""
-        out: list[str] = []
-        with self._lock:
-            counters = dict(self._counters)
-            hists = {n: (list(h.counts), h.sum, h.count) for n, h in self._histograms.items()}
-        for name, d in sorted(self.definitions.items()):
-            full = PREFIX + name
-            out += [f"# HELP {full} {d.help}", f"# TYPE {full} {d.kind}"]
-            if d.kind == "histogram":
-                counts, total, n = hists.get(name, ([0] * len(LATENCY_BUCKETS), 0.0, 0))
-                running = 0
-                for bound, c in zip(LATENCY_BUCKETS, counts):
-                    running += c
-                    out.append(f'{full}_bucket{{le="{float(bound)!r}"}} {running}')
-                out += [f'{full}_bucket{{le="+Inf"}} {n}', f"{full}_sum {_num(total)}", f"{full}_count {n}"]
-                continue
-            for combo in _label_combinations(d.labels):
-                out.append(f"{full}{_fmt_labels(combo)} {_num(counters.get((name, combo), 0.0))}")
-        out += _render_gauges([*gauges, Gauge("uptime_seconds", "Seconds since the service started.", (), self.uptime())])
-        out.append(f"# HELP {PREFIX}start_time_seconds Start of the service, Unix time.")
-        out.append(f"# TYPE {PREFIX}start_time_seconds gauge")
-        out.append(f"{PREFIX}start_time_seconds {_num(self.started_wall)}")
-        return "\n".join(out) + "\n"
+    def render(self, db: Database | None = None) -> bytes:
+        """The exposition text: declared metrics, process gauges and (with `db`) what the index holds."""
+        if db is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Both(self.registry, DatabaseCollector(db)))
+        return generate_latest(registry)
 
 
-@dataclass(frozen=True)
-class Gauge:
-    name: str
-    help: str
-    labels: LabelKey
-    value: float
-
-
-def _label_combinations(labels: Mapping[str, frozenset[str]]) -> list[LabelKey]:
-    combos: list[LabelKey] = [()]
+def _label_combinations(labels: Mapping[str, frozenset[str]]) -> list[tuple[tuple[str, str], ...]]:
+    combos: list[tuple[tuple[str, str], ...]] = [()]
     for k in sorted(labels):
         combos = [(*c, (k, v)) for c in combos for v in sorted(labels[k])]
     return combos
 
 
-def _fmt_labels(labels: LabelKey) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
+class _ProcessCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(PREFIX + "uptime_seconds", "Seconds since the service started.", value=self.metrics.uptime())
+        yield GaugeMetricFamily(PREFIX + "start_time_seconds", "Start of the service, Unix time.", value=self.metrics.started_wall)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _Both(Collector):
+    """The service registry followed by the scrape-time database collector, as one collector."""
 
+    def __init__(self, registry: CollectorRegistry, extra: Collector) -> None:
+        self.registry, self.extra = registry, extra
 
-def _num(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(float(value))
-
-
-def _render_gauges(gauges: Iterable[Gauge]) -> list[str]:
-    out: list[str] = []
-    seen: set[str] = set()
-    for g in sorted(gauges, key=lambda g: g.name):  # stable: one HELP/TYPE block per name
-        full = PREFIX + g.name
-        if g.name not in seen:
-            seen.add(g.name)
-            out += [f"# HELP {full} {g.help}", f"# TYPE {full} gauge"]
-        out.append(f"{full}{_fmt_labels(g.labels)} {_num(g.value)}")
-    return out
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+        yield from self.extra.collect()
 
 
 def _safe_label(value: str | None) -> str:
@@ -216,34 +174,54 @@ def _safe_label(value: str | None) -> str:
     return value if value is not None and _LABEL_VALUE_RE.match(value) else "other"
 
 
-def database_gauges(db: Database) -> list[Gauge]:
+class DatabaseCollector(Collector):
+    """What the index knows, counted at scrape time; `database_up` 0 when the queries fail (the
+    process counters are still served)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            families = database_gauges(self.db)
+        except Exception as exc:  # noqa: BLE001 - still serve the process counters
+            log.warning("metrics: database gauges unavailable: %s", type(exc).__name__)
+            families, up = [], 0
+        else:
+            up = 1
+        yield from families
+        yield GaugeMetricFamily(PREFIX + "database_up", "1 when the scrape-time database queries succeeded.", value=up)
+
+
+def database_gauges(db: Database) -> list[GaugeMetricFamily]:
     """What the index knows, counted now: studies by state, verdicts by profile, outbox, worklist."""
     from msfollowup.outbox import Delivery
     from msfollowup.pipeline import StudyCheck
     from msfollowup.store import Study
     from msfollowup.worklist import ScheduledStep
 
-    gauges: list[Gauge] = []
+    studies = GaugeMetricFamily(PREFIX + "studies", "Studies in the index, by state.", labels=["state"])
+    checks = GaugeMetricFamily(PREFIX + "study_checks", "Checked study versions, by profile and verdict.",
+                               labels=["profile", "verdict"])
+    deliveries = GaugeMetricFamily(PREFIX + "outbox_deliveries", "Report deliveries, by state.", labels=["state"])
     with db.session() as s:
         for state, n in s.execute(select(Study.state, func.count()).group_by(Study.state)):
-            gauges.append(Gauge("studies", "Studies in the index, by state.", (("state", _safe_label(state)),), n))
-        checks = s.execute(
+            studies.add_metric([_safe_label(state)], n)
+        for profile, verdict, n in s.execute(
             select(StudyCheck.profile_id, StudyCheck.verdict, func.count()).group_by(StudyCheck.profile_id, StudyCheck.verdict)
-        )
-        for profile, verdict, n in checks:
-            gauges.append(Gauge(
-                "study_checks", "Checked study versions, by profile and verdict.",
-                (("profile", _safe_label(profile)), ("verdict", _safe_label(verdict))), n,
-            ))
+        ):
+            checks.add_metric([_safe_label(profile), _safe_label(verdict)], n)
         backlog = 0
         for state, n in s.execute(select(Delivery.state, func.count()).group_by(Delivery.state)):
-            gauges.append(Gauge("outbox_deliveries", "Report deliveries, by state.", (("state", _safe_label(state)),), n))
+            deliveries.add_metric([_safe_label(state)], n)
             if state != "delivered":
                 backlog += n
-        gauges.append(Gauge("outbox_backlog", "Report deliveries not delivered yet (pending or being sent).", (), backlog))
         open_items = s.scalar(select(func.count()).select_from(ScheduledStep).where(ScheduledStep.open_key.is_not(None)))
-        gauges.append(Gauge("worklist_open_items", "Open Modality Worklist items.", (), open_items or 0))
-    return gauges
+    return [
+        studies, checks, deliveries,
+        GaugeMetricFamily(PREFIX + "outbox_backlog", "Report deliveries not delivered yet (pending or being sent).", value=backlog),
+        GaugeMetricFamily(PREFIX + "worklist_open_items", "Open Modality Worklist items.", value=open_items or 0),
+    ]
 
 
 # --- health ------------------------------------------------------------------------------------
@@ -309,74 +287,3 @@ def run_checks(checks: Mapping[str, Callable[[], None]], timeout: float = CHECK_
         t.join(max(0.0, deadline - time.monotonic()))
     out = {name: results.get(name, f"no answer within {timeout:g} s") for name in checks}
     return all(v == "ok" for v in out.values()), out
-
-
-# --- HTTP ---------------------------------------------------------------------------------------
-
-
-class HttpEndpoint:
-    """ThreadingHTTPServer in a daemon thread serving /metrics and /healthz; nothing else."""
-
-    def __init__(self, host: str, port: int, checks: Callable[[], Mapping[str, Callable[[], None]]],
-                 metrics: Metrics, db: Database) -> None:
-        HealthProbe.__table__.create(db.engine, checkfirst=True)  # type: ignore[attr-defined]
-        self.checks, self.metrics, self.db = checks, metrics, db
-        self.server = ThreadingHTTPServer((host, port), self._handler_class())
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.server.server_address[:2]
-        return str(host), int(port)
-
-    def start(self) -> tuple[str, int]:
-        self._thread.start()
-        return self.address
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
-
-    def healthz(self) -> tuple[int, bytes]:
-        ok, results = run_checks(self.checks())
-        body = {"status": "ok" if ok else "failing", "checks": results, "uptime_seconds": round(self.metrics.uptime(), 1)}
-        return (200 if ok else 503), (json.dumps(body) + "\n").encode()
-
-    def metrics_text(self) -> tuple[int, bytes]:
-        try:
-            gauges = database_gauges(self.db)
-        except Exception as exc:  # noqa: BLE001 - still serve the process counters
-            log.warning("metrics: database gauges unavailable: %s", type(exc).__name__)
-            gauges = [Gauge("database_up", "1 when the scrape-time database queries succeeded.", (), 0)]
-        else:
-            gauges.append(Gauge("database_up", "1 when the scrape-time database queries succeeded.", (), 1))
-        return 200, self.metrics.render(gauges).encode()
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "msfollowup"
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                path = self.path.split("?", 1)[0]
-                if path == "/healthz":
-                    status, body = endpoint.healthz()
-                    ctype = "application/json"
-                elif path == "/metrics":
-                    status, body = endpoint.metrics_text()
-                    ctype = CONTENT_TYPE
-                else:
-                    status, body, ctype = 404, b"not found\n", "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base
-                log.debug("http %s", format % args)
-
-        return Handler

@@ -124,11 +124,16 @@ class Pipeline:
         result = validate_study(classified, profile, reference)
         try:
             with self.db.session() as s:
-                s.add(StudyCheck(
+                chk = StudyCheck(
                     study_uid=study_uid, version=version, patient_id=patient_id, study_date=study_date,
                     profile_id=result.profile_id, profile_version=result.profile_version, verdict=result.verdict,
                     result_json=json.dumps(result.to_json(), default=str), created_at=utcnow(),
-                ))
+                )
+                s.add(chk)
+                s.flush()
+                from msfollowup.app.results import record_check  # rows the compliance dashboard sums up
+
+                record_check(s, chk.id, study_uid, version, patient_id, study_date, json.loads(chk.result_json))
                 from msfollowup.notify.emit import on_study_checked  # issue 15: same transaction as the check
 
                 on_study_checked(s, self.cfg, study_uid, version, result.to_json())

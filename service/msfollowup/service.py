@@ -24,7 +24,7 @@ from msfollowup.config import Config, ConfigError, LoggingConfig
 from msfollowup.db import Database
 from msfollowup.live.settle import LiveWorker  # issue 15
 from msfollowup.notify.worker import NotifyWorker  # issue 15
-from msfollowup.metrics import HttpEndpoint, Metrics, check_database, check_storage
+from msfollowup.metrics import HealthProbe, Metrics, check_database, check_storage
 from msfollowup.node import Node
 from msfollowup.outbox import Outbox
 from msfollowup.pipeline import Pipeline, PipelineWorker
@@ -117,7 +117,7 @@ class Service:
         self.notify = NotifyWorker(self.db, cfg, health=self.dead_parts) if cfg.notify.destinations else None
         self.scheduler: jobs.Scheduler | None = None
         self.address: tuple[str, int] | None = None
-        self.http: HttpEndpoint | None = None
+        self.http: Any = None  # msfollowup.web.server.WebServer when [http] port is set
 
     def start(self) -> tuple[str, int]:
         counts = self.store.recover()
@@ -132,15 +132,10 @@ class Service:
             self.notify.start()
         if self.cfg.scheduler.enabled:
             self.scheduler = jobs.start_scheduler(self)
+        if self.cfg.http.port is not None:  # before the node: once it answers C-ECHO, the web answers too
+            self.http = _start_web(self)
         self.address = self.node.start()
         log.info("listening ae_title=%s host=%s port=%d", self.cfg.node.ae_title, *self.address)
-        http = self.cfg.http
-        if http.port is not None:
-            try:
-                self.http = HttpEndpoint(http.host, http.port, self.health_checks, self.metrics, self.db)
-            except OSError as exc:
-                raise ConfigError(f"http.port: cannot listen on {http.host}:{http.port}: {exc.strerror}") from None
-            log.info("http metrics and health host=%s port=%d", *self.http.start())
         return self.address
 
     def _on_complete(self, study_uid: str, version: int) -> None:
@@ -174,6 +169,8 @@ class Service:
             alive["notify"] = self.notify.is_alive()
         if self.cfg.scheduler.enabled:
             alive["scheduler"] = self.scheduler is not None and self.scheduler.running
+        if self.http is not None:
+            alive["http"] = self.http.is_alive()
         return [name for name, ok in alive.items() if not ok]
 
     def stop(self) -> None:
@@ -193,6 +190,37 @@ class Service:
         self.pipeline_worker.stop()
         self.db.dispose()
         log.info("stopped")
+
+
+def _start_web(service: Service) -> Any:
+    """The one HTTP listener: pages, API, /metrics, /healthz. With no web user yet, print once a
+    one-time address (loopback, 30 minutes) that creates the first admin."""
+    from msfollowup.app.accounts import has_users
+    from msfollowup.web.app import SETUP_MINUTES, SetupToken, WebContext
+    from msfollowup.web.server import WebServer
+
+    http = service.cfg.http
+    assert http.port is not None
+    HealthProbe.__table__.create(service.db.engine, checkfirst=True)  # type: ignore[attr-defined]
+    ctx = WebContext(service.cfg, service.db, service.metrics, service.health_checks)
+    if service.live is not None:
+        ctx.extra["live_broker"] = service.live.broker
+    with service.db.session() as s:
+        if not has_users(s):
+            ctx.setup = SetupToken.new()
+    try:
+        server = WebServer(http.host, http.port, ctx)
+    except OSError as exc:
+        raise ConfigError(f"http.port: cannot listen on {http.host}:{http.port}: {exc.strerror}") from None
+    host, port = server.start()
+    shown = f"[{host}]" if ":" in host else host
+    log.info("web interface at http://%s:%d/ (metrics /metrics, health /healthz, API /api/v1/)", shown, port)
+    if ctx.setup is not None:
+        # Console/journal only, once: whoever reads the service's own log may create the first admin.
+        log.warning("no web user yet: create the first admin within %d minutes at http://127.0.0.1:%d/setup/%s "
+                    "(from this machine), or run `msfollowup user add NAME --role admin --password-stdin`",
+                    SETUP_MINUTES, port, ctx.setup.secret)
+    return server
 
 
 def _require(condition: bool, failure: str) -> None:

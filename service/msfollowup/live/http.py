@@ -69,11 +69,11 @@ def router(broker: Broker, require_role: Callable[..., Any], *, title: str = "Sc
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
-    @r.get("/live", response_class=HTMLResponse, name="live_page")
+    @r.get("/live", response_class=HTMLResponse, name="live_page", include_in_schema=False)
     async def page(request: Request) -> HTMLResponse:
         return templates.TemplateResponse(request, "live.html", {"title": title, "panels": panels(broker.snapshot())})
 
-    @r.get("/live/static/{name}", name="live_static")
+    @r.get("/live/static/{name}", name="live_static", include_in_schema=False)
     async def static(name: str) -> FileResponse:
         if name not in STATIC:
             raise HTTPException(404, f"no static file {name!r}")

@@ -70,7 +70,8 @@ def set_status(session: Session, step: ScheduledStep, sps_status: str) -> None:
 
 
 def close(session: Session, step: ScheduledStep, sps_status: str, reason: str, *, study_uid: str | None = None,
-          mpps_uid: str | None = None, user: str | None = None, note: str | None = None) -> None:
+          mpps_uid: str | None = None, user: str | None = None, note: str | None = None,
+          host: str | None = None) -> None:
     """Take `step` off the worklist (its file too) and audit why."""
     step.open_key = None
     set_status(session, step, sps_status)
@@ -87,7 +88,7 @@ def close(session: Session, step: ScheduledStep, sps_status: str, reason: str, *
     if note:
         detail["note"] = note
     audit.record(session, audit.WORKLIST_CLOSE, object_uid=step.study_uid, patient_id=step.patient_id,
-                 actor_user=user, detail=detail)
+                 actor_user=user, actor_host=host, detail=detail)
     log.info("worklist item %s closed: %s", step.accession_number, reason)
 
 

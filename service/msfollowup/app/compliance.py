@@ -1,0 +1,230 @@
+"""The compliance dashboard and the study list: SQL over `study_results` / `requirement_results`.
+
+Only each study's latest checked version counts. A QA acceptance counts as compliant.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, case, false, func, select, true
+from sqlalchemy.orm import Session
+
+from msfollowup.app.results import PatientRef, RequirementRow, StudyResult
+
+VERDICTS = ("compliant", "non-compliant", "unverifiable")
+EFFECTIVE = func.coalesce(StudyResult.reviewed_verdict, StudyResult.verdict)
+# "latest = 1", not "latest IS 1": only an equality lets the database seek the covering indexes.
+LATEST = StudyResult.latest == true()
+
+
+class FilterError(ValueError):
+    """A filter value that cannot be used (the message names it)."""
+
+
+def _day(value: str | None, name: str) -> dt.date | None:
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise FilterError(f"{name}: {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the dashboard and the study list are narrowed to (all optional)."""
+
+    scanner: str | None = None
+    profile: str | None = None
+    start: dt.date | None = None
+    end: dt.date | None = None
+    verdict: str | None = None  # a verdict, or "awaiting" (unverifiable, not reviewed)
+    requirement: str | None = None  # studies failing this requirement
+    week: str | None = None
+    month: str | None = None
+    purpose: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, q: dict[str, str]) -> Filters:
+        verdict = q.get("verdict") or None
+        if verdict not in (None, "awaiting", *VERDICTS):
+            raise FilterError(f"verdict: {verdict!r} is not one of awaiting, {', '.join(VERDICTS)}")
+        return cls(scanner=q.get("scanner") or None, profile=q.get("profile") or None,
+                   start=_day(q.get("start"), "start"), end=_day(q.get("end"), "end"), verdict=verdict,
+                   requirement=q.get("requirement") or None, week=q.get("week") or None, month=q.get("month") or None,
+                   purpose=q.get("purpose") or None)
+
+    def query(self) -> dict[str, str]:
+        """The filters as query parameters (for links from a number to its studies)."""
+        out = {"scanner": self.scanner, "profile": self.profile, "start": self.start and self.start.isoformat(),
+               "end": self.end and self.end.isoformat(), "verdict": self.verdict, "requirement": self.requirement,
+               "week": self.week, "month": self.month, "purpose": self.purpose}
+        return {k: v for k, v in out.items() if v}
+
+    def where(self) -> list[ColumnElement[bool]]:
+        c: list[ColumnElement[bool]] = [LATEST]
+        if self.scanner:
+            c.append(StudyResult.scanner == self.scanner)
+        if self.profile:
+            c.append(StudyResult.profile_id == self.profile)
+        if self.purpose:
+            c.append(StudyResult.purpose == self.purpose)
+        if self.start:
+            c.append(StudyResult.study_date >= self.start)
+        if self.end:
+            c.append(StudyResult.study_date <= self.end)
+        if self.week:
+            c.append(StudyResult.week == self.week)
+        if self.month:
+            c.append(StudyResult.month == self.month)
+        if self.verdict == "awaiting":
+            c += [StudyResult.verdict == "unverifiable", StudyResult.reviewed_verdict.is_(None)]
+        elif self.verdict:
+            c.append(EFFECTIVE == self.verdict)
+        if self.requirement:
+            c.append(StudyResult.check_id.in_(select(RequirementRow.check_id).where(
+                RequirementRow.requirement_id == self.requirement, RequirementRow.status == "fail",
+                RequirementRow.informational == false())))
+        return c
+
+
+def _rates(counts: dict[tuple[str, str], list[int]]) -> list[dict[str, Any]]:
+    return [{"key": k, "period": p, "studies": n, "compliant": c, "rate": round(c / n, 4) if n else None}
+            for (k, p), (n, c) in sorted(counts.items())]
+
+
+def dashboard(session: Session, f: Filters, by: str = "week") -> dict[str, Any]:
+    """Compliance rate per scanner and per profile by week or month, the requirements failing most,
+    the number of studies awaiting review, and the choices for the filters.
+
+    One GROUP BY over (scanner, profile, period, verdict, review) read from a covering index, summed
+    up here into both dimensions and the totals: one pass over the rows instead of four."""
+    if by not in ("week", "month"):
+        raise FilterError(f"by: {by!r} is not week or month")
+    period = StudyResult.week if by == "week" else StudyResult.month
+    where = f.where()
+    cells = session.execute(
+        select(StudyResult.scanner, StudyResult.profile_id, period, StudyResult.verdict, StudyResult.reviewed_verdict,
+               func.count())
+        .where(*where).group_by(StudyResult.scanner, StudyResult.profile_id, period, StudyResult.verdict,
+                                StudyResult.reviewed_verdict)
+    ).all()
+    per: dict[str, dict[tuple[str, str], list[int]]] = {"scanner": {}, "profile": {}}
+    totals: dict[str, int] = {}
+    awaiting = 0
+    for scanner, profile, when, verdict, reviewed, n in cells:
+        effective = reviewed or verdict
+        totals[effective] = totals.get(effective, 0) + n
+        if verdict == "unverifiable" and reviewed is None:
+            awaiting += n
+        if when is None:
+            continue
+        for dim, key in (("scanner", scanner), ("profile", profile)):
+            cell = per[dim].setdefault((key, when), [0, 0])
+            cell[0] += n
+            cell[1] += n if effective == "compliant" else 0
+    failing_q = (select(RequirementRow.requirement_id, func.max(RequirementRow.label), func.count())
+                 .where(RequirementRow.status == "fail", RequirementRow.informational == false())
+                 .group_by(RequirementRow.requirement_id).order_by(func.count().desc(), RequirementRow.requirement_id)
+                 .limit(10))
+    if f.query():  # filtered: join the study rows; unfiltered: the requirement rows' own latest flag
+        failing_q = failing_q.join(StudyResult, StudyResult.check_id == RequirementRow.check_id).where(*where)
+    else:
+        failing_q = failing_q.where(RequirementRow.latest == true())
+    failing = session.execute(failing_q)
+    return {
+        "by": by,
+        "filters": f.query(),
+        "totals": totals,
+        "awaiting_review": awaiting,
+        "per_scanner": _rates(per["scanner"]),
+        "per_profile": _rates(per["profile"]),
+        "failing_requirements": [{"requirement": r, "label": label, "failures": n} for r, label, n in failing],
+        "choices": _choices_from(cells) if not f.query() else filter_choices(session),
+    }
+
+
+def _choices_from(cells: Any) -> dict[str, list[str]]:
+    return {"scanners": sorted({c[0] for c in cells}), "profiles": sorted({c[1] for c in cells})}
+
+
+def filter_choices(session: Session) -> dict[str, list[str]]:
+    """The scanners and profiles there are (one pass over a covering index)."""
+    return _choices_from(session.execute(
+        select(StudyResult.scanner, StudyResult.profile_id).where(LATEST)
+        .group_by(StudyResult.scanner, StudyResult.profile_id)).all())
+
+
+def _study_select(f: Filters) -> Any:
+    return (select(StudyResult, PatientRef.patient_id).outerjoin(PatientRef, PatientRef.id == StudyResult.patient_ref)
+            .where(*f.where()))
+
+
+def list_studies(session: Session, f: Filters, page: int = 1, per_page: int = 50) -> dict[str, Any]:
+    """One page of checked studies (latest version), newest study date first."""
+    page, per_page = max(1, page), min(max(1, per_page), 1000)
+    total = session.scalar(select(func.count()).select_from(StudyResult).where(*f.where())) or 0
+    rows = session.execute(
+        _study_select(f).order_by(StudyResult.study_date.desc(), StudyResult.check_id.desc())
+        .limit(per_page).offset((page - 1) * per_page)
+    ).all()
+    return {"total": total, "page": page, "per_page": per_page, "items": [_study_row(r, pid) for r, pid in rows]}
+
+
+def _study_row(r: StudyResult, patient_id: str | None) -> dict[str, Any]:
+    return {
+        "id": r.check_id, "study_instance_uid": r.study_uid, "version": r.version,
+        "study_date": r.study_date.isoformat() if r.study_date else None, "scanner": r.scanner,
+        "purpose": r.purpose, "profile": r.profile_id, "verdict": r.verdict, "reviewed_verdict": r.reviewed_verdict,
+        "patient_id": patient_id, "patient": r.patient_ref,
+    }
+
+
+def study_detail(session: Session, check_id: int) -> dict[str, Any] | None:
+    """The study page: this version's result, every version, deliveries and reviews."""
+    from msfollowup.app.reviews import reviews_of
+    from msfollowup.outbox import Delivery
+    from msfollowup.pipeline import StudyCheck
+    from msfollowup.store import Study
+
+    found = session.execute(_study_select(Filters()).where(StudyResult.check_id == check_id)).first()
+    if found is None:
+        found = session.execute(select(StudyResult, PatientRef.patient_id)
+                                .outerjoin(PatientRef, PatientRef.id == StudyResult.patient_ref)
+                                .where(StudyResult.check_id == check_id)).first()
+        if found is None:
+            return None
+    res, patient_id = found
+    chk = session.get(StudyCheck, check_id)
+    assert chk is not None
+    study = session.get(Study, res.study_uid)
+    versions = session.execute(
+        select(StudyResult.check_id, StudyResult.version, StudyResult.verdict, StudyResult.reviewed_verdict,
+               StudyResult.checked_at).where(StudyResult.study_uid == res.study_uid).order_by(StudyResult.version)
+    ).all()
+    deliveries = session.scalars(select(Delivery).where(Delivery.study_uid == res.study_uid).order_by(Delivery.id)).all()
+    return {
+        "study": _study_row(res, patient_id),
+        "description": study.study_description if study else None,
+        "station_name": study.station_name if study else None,
+        "result": json.loads(chk.result_json),
+        "versions": [{"id": c, "version": v, "verdict": vd, "reviewed_verdict": rv, "checked_at": at.isoformat()}
+                     for c, v, vd, rv, at in versions],
+        "deliveries": [{"id": d.id, "version": d.version, "destination": d.destination, "state": d.state,
+                        "attempts": d.attempts, "last_error": d.last_error,
+                        "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None} for d in deliveries],
+        "reviews": reviews_of(session, res.study_uid),
+    }
+
+
+def exam_timeline(session: Session, patient_ref: int) -> list[dict[str, Any]]:
+    rows = session.scalars(select(StudyResult).where(StudyResult.patient_ref == patient_ref, LATEST)
+                           .order_by(StudyResult.study_date)).all()
+    return [_study_row(r, None) for r in rows]
+
+

@@ -1,0 +1,363 @@
+"""Server-rendered pages (Jinja2, autoescaped). Every form posts with the session's CSRF token; every
+change goes through a use case that audits it with the signed-in user."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from msfollowup import __version__, audit
+from msfollowup.app import accounts, compliance, operations, patients, reviews
+from msfollowup.app.accounts import Principal
+from msfollowup.metrics import run_checks
+from msfollowup.plans import IntervalRules, PlanError, load_interval_rules
+from msfollowup.web.app import HERE, WebContext
+from msfollowup.web.chart import line_chart
+from msfollowup.web.security import (
+    PRE_CSRF_COOKIE, SESSION_COOKIE, check_pre_csrf, client_host, is_loopback, require, resolve,
+)
+
+log = logging.getLogger("msfollowup.web")
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.globals["version"] = __version__
+templates.env.filters["combine"] = lambda a, b: {**a, **b}
+templates.env.filters["qs"] = lambda d: urlencode({k: v for k, v in d.items() if v not in (None, "")})
+
+
+def _ctx(request: Request) -> WebContext:
+    ctx: WebContext = request.app.state.ctx
+    return ctx
+
+
+def render(request: Request, name: str, who: Principal | None, status: int = 200, **data: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, {"who": who, "csrf": who.csrf_token if who else None, **data},
+                                      status_code=status)
+
+
+def error_response(request: Request, status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+    who = resolve(request)
+    return render(request, "error.html", who, status=status, status_code=status, detail=detail)
+
+
+def _secure_cookie(response: Response, name: str, value: str, max_age: int | None) -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/", secure=True, httponly=True, samesite="strict")
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def _rules(ctx: WebContext) -> IntervalRules:
+    return load_interval_rules(ctx.cfg.validation.protocols_dir)
+
+
+# --- login, logout, first admin -----------------------------------------------------------------
+
+
+def _login_form(request: Request, error: str | None = None, status: int = 200, template: str = "login.html",
+                **data: Any) -> HTMLResponse:
+    token = secrets.token_urlsafe(24)
+    response = render(request, template, None, status=status, form_csrf=token, error=error, **data)
+    _secure_cookie(response, PRE_CSRF_COOKIE, token, 3600)
+    return response
+
+
+@router.get("/login")
+def login_page(request: Request) -> Response:
+    if resolve(request) is not None:
+        return _redirect("/")
+    return _login_form(request)
+
+
+def _start(request: Request, who: Principal, target: str = "/") -> Response:
+    with _ctx(request).db.session() as s:
+        cookie, _csrf = accounts.start_session(s, who)
+        audit.record(s, audit.LOGIN, actor_user=who.name, actor_host=client_host(request), detail={"via": "web"})
+    response = _redirect(target)
+    _secure_cookie(response, SESSION_COOKIE, cookie, accounts.SESSION_HOURS * 3600)
+    response.delete_cookie(PRE_CSRF_COOKIE, path="/")
+    return response
+
+
+@router.post("/login")
+def login(request: Request, username: str = Form(""), password: str = Form(""),
+          csrf_token: str = Form("")) -> Response:
+    check_pre_csrf(request, csrf_token)
+    throttle = request.app.state.throttle
+    keys = (f"user:{username.lower()}", f"host:{client_host(request)}")
+    if throttle.blocked(*keys):
+        return _login_form(request, "Too many failed attempts: wait 15 minutes and try again.", 429)
+    with _ctx(request).db.session() as s:
+        who = accounts.authenticate(s, username, password)
+    if who is None:
+        throttle.failed(*keys)
+        log.info("web login failed")  # no user name: it may be a password typed into the wrong field
+        return _login_form(request, "Wrong user name or password.", 401)
+    throttle.succeeded(*keys)
+    request.state.user = who.name
+    return _start(request, who)
+
+
+@router.post("/logout")
+def logout(request: Request, who: Principal = Depends(require("read"))) -> Response:
+    with _ctx(request).db.session() as s:
+        accounts.end_session(s, request.cookies.get(SESSION_COOKIE, ""))
+    response = _redirect("/login")
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+def _setup_allowed(request: Request, secret: str) -> None:
+    ctx = _ctx(request)
+    if ctx.setup is None or not ctx.setup.valid(secret) or not is_loopback(request):
+        raise HTTPException(404, "this setup address is not valid (used, expired, or not from this machine)")
+    with ctx.db.session() as s:
+        if accounts.has_users(s):
+            raise HTTPException(404, "this setup address is not valid (an admin exists)")
+
+
+@router.get("/setup/{secret}")
+def setup_page(request: Request, secret: str) -> Response:
+    _setup_allowed(request, secret)
+    return _login_form(request, template="setup.html", secret=secret)
+
+
+@router.post("/setup/{secret}")
+def setup(request: Request, secret: str, username: str = Form(""), password: str = Form(""),
+          password2: str = Form(""), csrf_token: str = Form("")) -> Response:
+    _setup_allowed(request, secret)
+    check_pre_csrf(request, csrf_token)
+    if password != password2:
+        return _login_form(request, "The two passwords differ.", 400, template="setup.html", secret=secret)
+    try:
+        with _ctx(request).db.session() as s:
+            user = accounts.add_user(s, username, "admin", password, author=f"setup:{username}")
+            who = Principal(user.id, user.name, user.role)
+    except accounts.AccountError as exc:
+        return _login_form(request, str(exc), 400, template="setup.html", secret=secret)
+    _ctx(request).setup = None  # one time
+    return _start(request, who)
+
+
+# --- dashboard and studies ----------------------------------------------------------------------
+
+
+def _filters(request: Request) -> compliance.Filters:
+    try:
+        return compliance.Filters.parse(dict(request.query_params))
+    except compliance.FilterError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+@router.get("/")
+def dashboard(request: Request, who: Principal = Depends(require("read"))) -> Response:
+    f = _filters(request)
+    by = request.query_params.get("by", "week")
+    try:
+        with _ctx(request).db.session() as s:
+            data = compliance.dashboard(s, f, by)
+    except compliance.FilterError as exc:
+        raise HTTPException(400, str(exc)) from None
+    base = f.query()
+    def link(dim: str) -> Callable[[str, str], str]:
+        return lambda key, period: "/studies?" + urlencode({**base, dim: key, by: period})
+
+    charts = {dim: line_chart(data[f"per_{dim}"], by, link(dim)) for dim in ("scanner", "profile")}
+    return render(request, "dashboard.html", who, data=data, f=base, by=by, charts=charts)
+
+
+@router.get("/studies")
+def studies(request: Request, page: int = 1, who: Principal = Depends(require("read"))) -> Response:
+    f = _filters(request)
+    with _ctx(request).db.session() as s:
+        data = compliance.list_studies(s, f, page, 50)
+        choices = compliance.filter_choices(s)
+    return render(request, "studies.html", who, data=data, f=f.query(), choices=choices,
+                  verdicts=("awaiting", *compliance.VERDICTS))
+
+
+@router.get("/studies/{check_id}")
+def study(request: Request, check_id: int, who: Principal = Depends(require("read"))) -> Response:
+    with _ctx(request).db.session() as s:
+        data = compliance.study_detail(s, check_id)
+    if data is None:
+        raise HTTPException(404, f"no checked study {check_id}")
+    series = sorted(data["result"].get("series", []), key=lambda x: (x.get("series_number") is None, x.get("series_number") or 0))
+    for x in series:
+        ev = x.get("evidence")
+        x["evidence_text"] = "; ".join(map(str, ev)) if isinstance(ev, list) else ("" if ev is None else str(ev))
+    data["series_sorted"] = series
+    return render(request, "study.html", who, d=data, error=request.query_params.get("error"))
+
+
+def _review(request: Request, check_id: int, reason: str, who: Principal, accept: bool) -> Response:
+    try:
+        with _ctx(request).db.session() as s:
+            (reviews.accept_as_compliant if accept else reviews.use_as_reference)(
+                s, check_id, reason, who.name, client_host(request))
+    except reviews.ReviewError as exc:
+        return _redirect(f"/studies/{check_id}?" + urlencode({"error": str(exc)}))
+    return _redirect(f"/studies/{check_id}")
+
+
+@router.post("/studies/{check_id}/accept")
+def accept(request: Request, check_id: int, reason: str = Form(""),
+           who: Principal = Depends(require("study.review"))) -> Response:
+    return _review(request, check_id, reason, who, True)
+
+
+@router.post("/studies/{check_id}/reference")
+def reference(request: Request, check_id: int, reason: str = Form(""),
+              who: Principal = Depends(require("study.review"))) -> Response:
+    return _review(request, check_id, reason, who, False)
+
+
+# --- patients -----------------------------------------------------------------------------------
+
+
+@router.get("/patients")
+def patient_lists(request: Request, page: int = 1, who: Principal = Depends(require("read"))) -> Response:
+    try:
+        f = patients.DueFilters.parse(dict(request.query_params))
+    except patients.PatientError as exc:
+        raise HTTPException(400, str(exc)) from None
+    with _ctx(request).db.session() as s:
+        data = patients.due_list(s, f, _ctx(request).today(), page, 100)
+    return render(request, "patients.html", who, data=data,
+                  f={"profile": f.profile, "status": f.status, "sort": f.sort, "purpose": f.purpose},
+                  statuses=patients.STATUSES, sorts=list(patients.SORTS))
+
+
+def _patient(request: Request, ref: int, who: Principal, error: str | None = None, status: int = 200) -> Response:
+    ctx = _ctx(request)
+    rules = _rules(ctx)
+    try:
+        with ctx.db.session() as s:
+            data = patients.patient_page(s, ref, ctx.today(), rules)
+    except patients.PatientError as exc:
+        raise HTTPException(404, str(exc)) from None
+    return render(request, "patient.html", who, status=status, d=data, error=error, flags=rules.flags,
+                  drugs=patients.drug_names(rules), jcv_values=("unknown", "negative", "positive"),
+                  saved=request.query_params.get("saved"))
+
+
+@router.get("/patients/{ref}")
+def patient(request: Request, ref: int, who: Principal = Depends(require("read"))) -> Response:
+    return _patient(request, ref, who)
+
+
+_PLAN_FIELDS = ("dmt", "dmt_start", "previous_dmt", "switch_date", "jcv", "diagnosed", "override_interval",
+                "override_protocol")
+
+
+@router.post("/patients/{ref}/plan")
+async def plan(request: Request, ref: int, who: Principal = Depends(require("plan.edit"))) -> Response:
+    """The plan form: only fields that were changed are sent on (the CLI's flags, as a dict)."""
+    form = await request.form()
+    ctx = _ctx(request)
+    rules = _rules(ctx)
+    changes: dict[str, Any] = {}
+    for key in _PLAN_FIELDS:
+        value = str(form.get(key) or "").strip()
+        if value != str(form.get(f"{key}__was") or "").strip():
+            changes[key] = value
+    set_flags, clear_flags = [], []
+    for flag in rules.flags:
+        on, was = form.get(f"flag_{flag}") == "on", form.get(f"flag_{flag}__was") == "on"
+        if on and not was:
+            day = str(form.get(f"flag_{flag}_date") or "").strip()
+            set_flags.append(f"{flag}={day}" if day else flag)
+        elif was and not on:
+            clear_flags.append(flag)
+    if set_flags:
+        changes["set_flags"] = set_flags
+    if clear_flags:
+        changes["clear_flags"] = clear_flags
+    if form.get("clear_override") == "on":
+        changes["clear_override"] = True
+    try:
+        from msfollowup.app import patients as uc
+
+        with ctx.db.session() as s:
+            uc.update_plan(s, ref, changes, who.name, ctx.cfg, ctx.today(), rules)
+    except patients.PatientError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except PlanError as exc:
+        return _patient(request, ref, who, error=str(exc), status=422)
+    return _redirect(f"/patients/{ref}?saved=1")
+
+
+# --- worklist, deliveries, audit, system --------------------------------------------------------
+
+
+@router.get("/worklist")
+def worklist_page(request: Request, page: int = 1, who: Principal = Depends(require("read"))) -> Response:
+    with _ctx(request).db.session() as s:
+        data = operations.worklist_items(s, page, 200)
+    return render(request, "worklist.html", who, data=data, error=request.query_params.get("error"))
+
+
+@router.post("/worklist/{item_id}/cancel")
+def cancel(request: Request, item_id: int, reason: str = Form(""),
+           who: Principal = Depends(require("worklist.cancel"))) -> Response:
+    try:
+        with _ctx(request).db.session() as s:
+            operations.cancel_item(s, item_id, reason, who.name, client_host(request))
+    except operations.OperationError as exc:
+        return _redirect("/worklist?" + urlencode({"error": str(exc)}))
+    return _redirect("/worklist")
+
+
+@router.get("/deliveries")
+def deliveries_page(request: Request, who: Principal = Depends(require("read"))) -> Response:
+    state = request.query_params.get("state") or None
+    with _ctx(request).db.session() as s:
+        items = operations.deliveries(s, state)
+    return render(request, "deliveries.html", who, items=items, state=state)
+
+
+@router.get("/audit")
+def audit_page(request: Request, who: Principal = Depends(require("audit.read"))) -> Response:
+    action = request.query_params.get("action") or None
+    user = request.query_params.get("user") or None
+    with _ctx(request).db.session() as s:
+        items = operations.audit_events(s, action, user, limit=300)
+    return render(request, "audit.html", who, items=items, action=action, user=user, actions=sorted(audit.ACTIONS))
+
+
+def system_summary(ctx: WebContext) -> dict[str, Any]:
+    """Health, version and the configuration without secrets (no keys, no database password)."""
+    ok, checks = run_checks(ctx.health_checks())
+    cfg = ctx.cfg
+    url = cfg.storage.database_url
+    return {
+        "version": __version__, "health": {"status": "ok" if ok else "failing", "checks": checks},
+        "uptime_seconds": round(ctx.metrics.uptime(), 1),
+        "config": {
+            "node": {"ae_title": cfg.node.ae_title, "host": cfg.node.host, "port": cfg.node.port,
+                     "tls": cfg.node.tls is not None},
+            "http": {"host": cfg.http.host, "port": cfg.http.port},
+            "database": url.split("://", 1)[0] if "@" in url else url,
+            "data_dir": str(cfg.storage.data_dir),
+            "default_profile": cfg.validation.default_profile,
+            "report_destinations": len(cfg.report.destinations),
+            "scheduler": cfg.scheduler.enabled,
+        },
+        "today": dt.date.today().isoformat(),
+    }
+
+
+@router.get("/system")
+def system_page(request: Request, who: Principal = Depends(require("read"))) -> Response:
+    return render(request, "system.html", who, d=system_summary(_ctx(request)))
