@@ -67,6 +67,16 @@ def store(node: RunningNode, items: Sequence[Dataset], host: str = GOOD_HOST, ti
     return out
 
 
+def store_answers(node: RunningNode, items: Sequence[Dataset], host: str = GOOD_HOST) -> list[Dataset]:
+    """C-STORE each data set on one association; the full answers (Status, ErrorComment)."""
+    assoc = scu().associate("127.0.0.1", node.port, ae_title=node.ae_title, bind_address=(host, 0))
+    assert assoc.is_established
+    try:
+        return [assoc.send_c_store(ds) for ds in items]
+    finally:
+        assoc.release()
+
+
 def raw(node: RunningNode, host: str = BAD_HOST) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", node.port), timeout=5, source_address=(host, 0))
     return s

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hostileutil import BAD_HOST, GOOD_HOST, closed_by_peer, healthz, mr_dataset, pdu_header, raw, scu, store
+from hostileutil import (BAD_HOST, GOOD_HOST, closed_by_peer, healthz, mr_dataset, pdu_header, raw, scu, store,
+                         store_answers)
 from nodeutil import RunningNode, free_port
 
 ARTIM = 2.0  # node.acse_timeout in these tests: the deadline for a complete A-ASSOCIATE-RQ
@@ -223,3 +224,29 @@ def test_concurrent_hostile_load_never_stops_a_sender(node: _Node) -> None:
     _indexed(node, acknowledged)
 
 
+
+
+# --- item 4: one SOP Instance UID, two studies ------------------------------------------------------
+
+
+def test_same_sop_instance_uid_in_a_second_study_is_refused_and_the_first_stays(node: _Node) -> None:
+    from msfollowup.store import Instance
+
+    first = mr_dataset()
+    sop = str(first.SOPInstanceUID)
+    assert [int(r.Status) for r in store_answers(node, [first])] == [0]
+    second = mr_dataset(sop_uid=sop)  # another study, another series, the same SOP Instance UID
+    other_series = mr_dataset(study_uid=str(first.StudyInstanceUID), sop_uid=sop)
+    answers = store_answers(node, [second, other_series])
+    assert [int(r.Status) for r in answers] == [0xA900, 0xA900]
+    assert str(answers[0].ErrorComment).startswith(f"SOPInstanceUID already in study {first.StudyInstanceUID}"[:64])
+    assert str(answers[1].ErrorComment).startswith("SOPInstanceUID already in series")
+    with node.db.session() as s:
+        rows = s.query(Instance).filter(Instance.sop_instance_uid == sop).all()
+        assert [(r.study_uid, r.series_uid) for r in rows] == [(first.StudyInstanceUID, first.SeriesInstanceUID)]
+        path = node.data_dir / "store" / rows[0].path
+    assert path.exists()
+    files = [p for p in (node.data_dir / "store").rglob("*.dcm")]
+    assert files == [path], "the refused copy left a file in store/"
+    assert node.study(str(second.StudyInstanceUID)) is None, "the refused copy created a study"
+    _indexed(node, _served(node))

@@ -103,7 +103,7 @@ class _SQL:
     """The per-instance index statements on the plain tables, built once (compiled forms are cached)."""
 
     _i, _se, _st = (cast(Table, m.__table__) for m in (Instance, Series, Study))
-    instance_exists = select(_i.c.sop_instance_uid).where(_i.c.sop_instance_uid == bindparam("b_uid"))
+    instance_exists = select(_i.c.study_uid, _i.c.series_uid).where(_i.c.sop_instance_uid == bindparam("b_uid"))
     new_instance = _i.insert()
     update_instance = _i.update().where(_i.c.sop_instance_uid == bindparam("b_uid"))
     series_exists = select(_se.c.series_uid).where(_se.c.series_uid == bindparam("b_uid"))
@@ -339,7 +339,16 @@ class InstanceStore:
             path=rel, size=size, received_at=now, calling_ae=calling_ae,
         )
         with self.db.engine.begin() as c:
-            exists = c.execute(_SQL.instance_exists, {"b_uid": sop_uid}).first() is not None
+            stored = c.execute(_SQL.instance_exists, {"b_uid": sop_uid}).first()
+            exists = stored is not None
+            if stored is not None and (stored.study_uid, stored.series_uid) != (study_uid, series_uid):
+                # Acknowledged under another study or series: never moved silently (the caller takes
+                # the new copy's link back). The sender learns which study holds it.
+                where = "study" if stored.study_uid != study_uid else "series"
+                other = stored.study_uid if where == "study" else stored.series_uid
+                log.warning("SOP Instance UID conflict: already stored in another %s=%s, refused study=%s",
+                            where, other, study_uid)
+                raise IngestError(0xA900, f"SOPInstanceUID already in {where} {other}")
             if exists and only_if_missing:
                 return
             self._touch_study(c, ds, study_uid, now)
