@@ -57,9 +57,14 @@ def utcnow() -> dt.datetime:
 
 
 def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:
-    """Engine with the pragmas that make SQLite a safe concurrent index (WAL, busy timeout)."""
+    """Engine with the pragmas that make SQLite a safe concurrent index (WAL, busy timeout).
+
+    hide_parameters: a database error's text never carries the statement's values (patient name,
+    ID, birth date on the studies insert), so no logged exception can leak them.
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout},
+                               hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -79,7 +84,7 @@ def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def create_schema(engine: Engine) -> None:
