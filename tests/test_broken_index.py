@@ -83,3 +83,93 @@ def test_database_errors_on_every_write_path_never_log_patient_values(node: _Nod
     log = node.log()
     assert "refused by the test" in log and "no such table: main.refused_by_the_test" in log
     _assert_no_phi(log)
+
+
+# --- item 6: index deleted or replaced under the running node; start-up against store/ ------------------
+
+
+def _msfollowup(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "msfollowup", *args], capture_output=True, text=True, timeout=300)
+
+
+def _start_fails(node: _Node) -> str:
+    """Start the node expecting a refusal; returns its log (the message)."""
+    before = len(node.log())
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        node.start(timeout=30)
+    return node.log()[before:]
+
+
+def _indexed_sops(node: _Node) -> set[str]:
+    con = sqlite3.connect(node.index_file)
+    try:
+        return {r[0] for r in con.execute("SELECT sop_instance_uid FROM instances")}
+    finally:
+        con.close()
+
+
+def test_index_deleted_while_running_fails_health_refuses_stores_and_start_until_rebuilt(tmp_path: Path) -> None:
+    node = _Node(tmp_path / "node").start()
+    try:
+        acknowledged = [mr_dataset() for _ in range(3)]
+        assert store(node, acknowledged) == [0, 0, 0]
+        assert healthz(node.http_port)[0] == 200
+        for part in node.data_dir.glob("index.sqlite3*"):
+            part.unlink()
+        status, body = healthz(node.http_port)
+        assert status == 503 and "was removed while in use" in str(body["checks"]["database"]), body
+        [answer] = store(node, [mr_dataset()])
+        assert answer is not None and 0xA700 <= answer <= 0xA7FF, f"a C-STORE into a deleted index got 0x{answer or 0:04X}"
+    finally:
+        node.stop()
+    log = _start_fails(node)
+    assert "has no instances but" in log and "msfollowup index rebuild" in log and "Traceback" not in log
+    out = _msfollowup("index", "rebuild", "--config", str(node.config_path))
+    assert out.returncode == 0, out.stderr
+    assert "3 instances indexed" in out.stdout
+    assert _indexed_sops(node) == {str(ds.SOPInstanceUID) for ds in acknowledged}
+    node.start()
+    try:
+        assert healthz(node.http_port)[0] == 200
+        assert store(node, [mr_dataset()]) == [0]
+    finally:
+        node.stop()
+
+
+def test_index_replaced_while_running_fails_health(node: _Node) -> None:
+    assert store(node, [mr_dataset()]) == [0]
+    copy = node.index_file.with_name("copy.sqlite3")
+    con = sqlite3.connect(node.index_file)
+    con.execute(f"VACUUM INTO '{copy}'")
+    con.close()
+    copy.replace(node.index_file)
+    status, body = healthz(node.http_port)
+    assert status == 503 and "was replaced while in use" in str(body["checks"]["database"]), body
+
+
+# --- item 9: a corrupted or foreign index file ---------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"\x00garbage" * 4096, b"SQLite format 3\x00" + b"\xff" * 5000],
+                         ids=["foreign", "corrupted"])
+def test_unusable_index_file_gives_one_message_naming_it_and_the_rebuild_command(tmp_path: Path, content: bytes) -> None:
+    node = _Node(tmp_path / "node").start()
+    acknowledged = [mr_dataset() for _ in range(2)]
+    try:
+        assert store(node, acknowledged) == [0, 0]
+    finally:
+        node.stop()
+    for part in node.data_dir.glob("index.sqlite3-*"):
+        part.unlink()
+    node.index_file.write_bytes(content)
+    for args in (["serve"], ["studies"]):
+        out = _msfollowup(*args, "--config", str(node.config_path))
+        assert out.returncode == 2, (args, out.returncode, out.stderr[-2000:])
+        assert "Traceback" not in out.stderr
+        assert f"{node.index_file}: not a usable index database" in out.stderr
+        assert "msfollowup index rebuild" in out.stderr
+    out = _msfollowup("index", "rebuild", "--config", str(node.config_path))
+    assert out.returncode == 0, out.stderr
+    assert "moved aside to" in out.stderr and "2 instances indexed" in out.stdout
+    assert list(node.data_dir.glob("index.sqlite3.unusable-*")), "the unusable file was not kept"
+    assert _indexed_sops(node) == {str(ds.SOPInstanceUID) for ds in acknowledged}

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from msfollowup import cli_index
 from msfollowup.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
@@ -512,6 +513,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     _add_plan_commands,
     _add_worklist_commands,
     _add_audit_commands,
+    cli_index.register,
 ]
 
 

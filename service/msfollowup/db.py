@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import DateTime, Engine, create_engine, event, make_url
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from msfollowup.config import ConfigError
+
+REBUILD_HINT = "msfollowup index rebuild"
 
 # Modules that declare tables; imported lazily to keep `db` free of import cycles.
 SCHEMA_MODULES = (
@@ -97,14 +104,57 @@ def create_schema(engine: Engine) -> None:
     Base.metadata.create_all(engine)
 
 
+class IndexDatabaseError(ConfigError):
+    """The index cannot be used as it is (corrupted, foreign, removed, out of step with store/): one
+    message naming the file and the way out; the command exits 2 as for a bad configuration."""
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL (None: another backend, or in memory)."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return None
+    return Path(u.database)
+
+
 class Database:
     """Engine + session factory, created once per process and passed explicitly (no globals)."""
 
     def __init__(self, url: str, busy_timeout: float = 30.0) -> None:
         self.url = url
+        self.file = sqlite_file(url)
         self.engine = make_engine(url, busy_timeout)
-        create_schema(self.engine)
+        try:
+            create_schema(self.engine)
+        except DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+            self.engine.dispose()
+            where = self.file or make_url(url).render_as_string(hide_password=True)
+            reason = str(getattr(exc, "orig", exc)).partition("\n")[0][:200]
+            raise IndexDatabaseError(
+                f"{where}: not a usable index database ({reason}); move it aside and run "
+                f"`{REBUILD_HINT}` to rebuild the index from the files in store/"
+            ) from None
+        self._identity = self._stat()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _stat(self) -> tuple[int, int] | None:
+        if self.file is None:
+            return None
+        st = os.stat(self.file)
+        return st.st_dev, st.st_ino
+
+    def check_file(self) -> None:
+        """Raise IndexDatabaseError when the SQLite file was removed or replaced under the running process.
+
+        The process would keep writing into the unlinked file and acknowledge what no restart finds."""
+        if self.file is None:
+            return
+        try:
+            now = self._stat()
+        except FileNotFoundError:
+            raise IndexDatabaseError(f"index file {self.file} was removed while in use; restart the node") from None
+        if now != self._identity:
+            raise IndexDatabaseError(f"index file {self.file} was replaced while in use; restart the node")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import Executable
 
-from msfollowup.db import Base, Database, UTCDateTime, utcnow
+from msfollowup.db import REBUILD_HINT, Base, Database, IndexDatabaseError, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,28 @@ def _existing_or_insert(c: Connection, probe: Executable, key: dict[str, str], i
     return None
 
 
+def _read_header(path: Path) -> tuple[Dataset, str, str, str]:
+    """The index attributes of a Part 10 file and its checked Study/Series/SOP Instance UIDs."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=_INDEX_TAGS)
+        meta = ds.file_meta
+        # Elements are decoded lazily, here: an unknown VR raises NotImplementedError.
+        study = check_uid("StudyInstanceUID", ds.get("StudyInstanceUID"))
+        series = check_uid("SeriesInstanceUID", ds.get("SeriesInstanceUID"))
+        sop = check_uid("SOPInstanceUID", ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID"))
+        check_uid("SOPClassUID", ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID"))
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
+        raise IngestError(0xC000, f"cannot parse the data set: {type(exc).__name__}") from None
+    return ds, study, series, sop
+
+
+def _has_file(root: Path) -> bool:
+    for _folder, _dirs, files in os.walk(root):
+        if any(f.endswith(".dcm") for f in files):
+            return True
+    return False
+
+
 def _same_bytes(a: Path, b: Path) -> bool:
     if a.stat().st_size != b.stat().st_size:
         return False
@@ -254,18 +276,14 @@ class InstanceStore:
         The caller owns `temp_path` and removes it afterwards (pynetdicom does so for received files).
         Raises IngestError with the status to answer; nothing is linked into the store in that case.
         """
-        try:
-            ds = dcmread(temp_path, stop_before_pixels=True, specific_tags=_INDEX_TAGS)
-            meta = ds.file_meta
-            # Elements are decoded lazily, here: an unknown VR raises NotImplementedError.
-            study = check_uid("StudyInstanceUID", ds.get("StudyInstanceUID"))
-            series = check_uid("SeriesInstanceUID", ds.get("SeriesInstanceUID"))
-            sop = check_uid("SOPInstanceUID", ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID"))
-            sop_class = check_uid("SOPClassUID", ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID"))
-        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
-            raise IngestError(0xC000, f"cannot parse the data set: {type(exc).__name__}") from None
+        ds, study, series, sop = _read_header(temp_path)
         if expected_sop is not None and sop != expected_sop.strip("\x00 "):
             raise IngestError(0xA900, "SOPInstanceUID in the data set differs from the C-STORE request")
+        try:
+            self.db.check_file()  # a removed or replaced index would take the row and lose it on restart
+        except IndexDatabaseError as exc:
+            log.error("C-STORE refused: %s", exc)
+            raise IngestError(0xA700, "index database file missing or replaced") from None
         if self.fsync:
             _fsync_path(temp_path)
         with self._sop_locks[hash(sop) % len(self._sop_locks)]:
@@ -322,7 +340,15 @@ class InstanceStore:
             _fsync_path(final.parent, directory=True)  # the new name itself
         return Outcome.STORED
 
-    def _index(self, ds: Dataset, rel: str, size: int, calling_ae: str | None, only_if_missing: bool) -> None:
+    def index_stored_file(self, path: Path) -> bool:
+        """Index a file already in store/ (`msfollowup index rebuild`); False when its row exists."""
+        ds, study, series, sop = _read_header(path)
+        rel = path.relative_to(self.root).as_posix()
+        if rel != self.relative_path(study, series, sop):
+            raise IngestError(0xC000, "file name does not match its Study/Series/SOP Instance UIDs")
+        return self._index(ds, rel, path.stat().st_size, None, only_if_missing=True)
+
+    def _index(self, ds: Dataset, rel: str, size: int, calling_ae: str | None, only_if_missing: bool) -> bool:
         """Upsert the study, series and instance rows in one transaction.
 
         Constant Core statements with parameters rather than ORM loads: this runs once per received
@@ -350,7 +376,7 @@ class InstanceStore:
                             where, other, study_uid)
                 raise IngestError(0xA900, f"SOPInstanceUID already in {where} {other}")
             if exists and only_if_missing:
-                return
+                return False
             self._touch_study(c, ds, study_uid, now)
             _existing_or_insert(c, _SQL.series_exists, {"b_uid": series_uid}, _SQL.new_series, lambda: dict(
                 series_uid=series_uid, study_uid=study_uid, series_number=_int(ds, "SeriesNumber"),
@@ -361,6 +387,7 @@ class InstanceStore:
                 c.execute(_SQL.update_instance, {"b_uid": sop_uid, **row})
             else:
                 c.execute(_SQL.new_instance, row)
+        return True
 
     def _touch_study(self, c: Connection, ds: Dataset, study_uid: str, now: dt.datetime) -> None:
         """Create the study row, or record the arrival (reopening a completed study)."""
@@ -383,8 +410,23 @@ class InstanceStore:
 
     # -- crash recovery
 
+    def check_index_matches_files(self) -> None:
+        """Refuse to start on an index without instances while store/ holds files (deleted, truncated
+        or replaced): the node would acknowledge new instances while every earlier one is unknown.
+        Cheap: one row from the index, the first file found under store/."""
+        with self.db.engine.connect() as c:
+            indexed = c.execute(select(Instance.sop_instance_uid).limit(1)).first() is not None
+        if indexed or not _has_file(self.root):
+            return
+        where = self.db.file or "the index database"
+        raise IndexDatabaseError(
+            f"{where} has no instances but {self.root} holds received files (index deleted, truncated or "
+            f"replaced?); run `{REBUILD_HINT}` to rebuild the index from the files, then start again"
+        )
+
     def recover(self) -> dict[str, int]:
         """Finish what a crash interrupted: see the module docstring. Returns counts for the log."""
+        self.check_index_matches_files()
         counts = {"indexed": 0, "discarded": 0}
         for entry in sorted(self.tmp.iterdir()):
             if not entry.is_file():
