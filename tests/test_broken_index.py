@@ -173,3 +173,34 @@ def test_unusable_index_file_gives_one_message_naming_it_and_the_rebuild_command
     assert "moved aside to" in out.stderr and "2 instances indexed" in out.stdout
     assert list(node.data_dir.glob("index.sqlite3.unusable-*")), "the unusable file was not kept"
     assert _indexed_sops(node) == {str(ds.SOPInstanceUID) for ds in acknowledged}
+
+
+# --- item 7: health commits a real write -----------------------------------------------------------
+
+
+def test_healthz_fails_the_database_check_when_the_index_cannot_take_writes(tmp_path: Path) -> None:
+    """The index on its own small disk fills up: C-STOREs fail 0xA7xx, and /healthz must say so (a
+    rolled-back probe never reached the disk and passed)."""
+    from test_faults import _fill, _tmpfs
+
+    with _tmpfs(tmp_path / "db", "2m") as db_fs:
+        http_port = free_port()
+        node = RunningNode(tmp_path / "node", stable_seconds=30, sections={
+            "storage": {"database": f"sqlite:///{db_fs / 'index.sqlite3'}"}, "http": {"port": http_port}}).start()
+        try:
+            acknowledged = [mr_dataset() for _ in range(2)]
+            assert store(node, acknowledged) == [0, 0]
+            assert healthz(http_port)[0] == 200
+            (db_fs / "fill").mkdir()
+            _fill(db_fs / "fill")
+            statuses = store(node, [mr_dataset() for _ in range(3)])
+            assert all(s is not None and 0xA700 <= s <= 0xA7FF for s in statuses), statuses
+            status, body = healthz(http_port)
+            assert status == 503 and body["checks"]["database"] != "ok", body  # type: ignore[index]
+            assert "full" in str(body["checks"]), body
+            for f in (db_fs / "fill").iterdir():
+                f.unlink()
+            assert healthz(http_port)[0] == 200
+            assert store(node, [mr_dataset()]) == [0]
+        finally:
+            node.stop()
