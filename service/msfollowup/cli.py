@@ -66,7 +66,8 @@ def _cmd_studies(args: argparse.Namespace) -> int:
         return 0
     print(f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  VER  SERIES  INSTANCES  LAST RECEIVED")
     for r in rows:
-        print(f"{r['study_instance_uid']:<64}  {r['state']:<9}  {r['version']:>3}  {r['series']:>6}  {r['instances']:>9}  {r['last_received']}")
+        print(f"{r['study_instance_uid']:<64}  {r['state']:<9}  {r['version']:>3}  {r['series']:>6}  {r['instances']:>9}  {r['last_received']}"
+              + (f"  {r['failure_reason']}" if r.get("failure_reason") else ""))
     return 0
 
 

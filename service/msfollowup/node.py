@@ -404,8 +404,10 @@ class Node:
             return _status(STATUS_OUT_OF_RESOURCES, f"cannot store: {spool.error.strerror}")
         try:
             temp = Path(event.dataset_path)
+            request = cast(C_STORE, event.request)
             result = self.store.ingest_file(
-                temp, calling_ae=calling, expected_sop=str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
+                temp, calling_ae=calling, expected_sop=str(request.AffectedSOPInstanceUID),
+                expected_sop_class=str(request.AffectedSOPClassUID),
             )
         except IngestError as exc:
             self._count(event, "failed")

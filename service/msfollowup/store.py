@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import Executable
 
+from msfollowup import structure
 from msfollowup.db import REBUILD_HINT, Base, Database, IndexDatabaseError, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ CHUNK = 1 << 20
 class StudyState(str, Enum):
     RECEIVING = "receiving"
     COMPLETE = "complete"
+    FAILED = "failed"  # a later stage could not process this version: not retried until the study changes
 
 
 class Study(Base):
@@ -69,6 +71,8 @@ class Study(Base):
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     # Set by MPPS COMPLETED: the study may complete without waiting for stable_seconds.
     complete_requested: Mapped[bool] = mapped_column(default=False)
+    # Why the state is failed: the stage and the exception type (never a value from the data).
+    failure_reason: Mapped[str | None] = mapped_column(String(200))
 
 
 class Series(Base):
@@ -270,15 +274,24 @@ class InstanceStore:
 
     # -- ingest
 
-    def ingest_file(self, temp_path: Path, calling_ae: str | None = None, expected_sop: str | None = None) -> IngestResult:
+    def ingest_file(self, temp_path: Path, calling_ae: str | None = None, expected_sop: str | None = None,
+                    expected_sop_class: str | None = None) -> IngestResult:
         """Make a complete Part 10 file at `temp_path` (in self.tmp) durable and indexed.
 
         The caller owns `temp_path` and removes it afterwards (pynetdicom does so for received files).
         Raises IngestError with the status to answer; nothing is linked into the store in that case.
+        The encoded structure is checked first: a file a later stage cannot read is never acknowledged.
         """
+        try:
+            structure.check_file(temp_path)
+        except structure.Malformed as exc:
+            raise IngestError(0xC000, f"malformed: {exc}") from None
         ds, study, series, sop = _read_header(temp_path)
         if expected_sop is not None and sop != expected_sop.strip("\x00 "):
             raise IngestError(0xA900, "SOPInstanceUID in the data set differs from the C-STORE request")
+        sop_class = ds.get("SOPClassUID")
+        if expected_sop_class is not None and sop_class and str(sop_class).strip("\x00 ") != expected_sop_class.strip("\x00 "):
+            raise IngestError(0xA900, "SOPClassUID in the data set differs from the C-STORE request")
         try:
             self.db.check_file()  # a removed or replaced index would take the row and lose it on restart
         except IndexDatabaseError as exc:
@@ -406,7 +419,8 @@ class InstanceStore:
         state, version = row.state, row.version
         if state == StudyState.COMPLETE.value:
             log.info("study reopened by a late instance study=%s version=%d", study_uid, version)
-        c.execute(_SQL.reopen_study, {**key, "state": StudyState.RECEIVING.value, "last_received": now})
+        c.execute(_SQL.reopen_study, {**key, "state": StudyState.RECEIVING.value, "last_received": now,
+                                      "failure_reason": None})
 
     # -- crash recovery
 
@@ -470,6 +484,20 @@ class InstanceStore:
         return int(n)
 
 
+def mark_failed(db: Database, study_uid: str, reason: str) -> bool:
+    """A complete study a later stage could not process: failed, with the reason, once (no retry loop).
+    A late instance reopens it (state receiving) and the next version is tried afresh."""
+    st = cast(Table, Study.__table__)
+    with db.engine.begin() as c:
+        changed = c.execute(
+            st.update().where(st.c.study_uid == study_uid, st.c.state == StudyState.COMPLETE.value)
+            .values(state=StudyState.FAILED.value, failure_reason=reason[:200])
+        ).rowcount
+    if changed:
+        log.error("study failed study=%s reason=%s (not retried; see msfollowup studies)", study_uid, reason)
+    return bool(changed)
+
+
 def study_summaries(db: Database) -> list[dict[str, Any]]:
     """Rows for `msfollowup studies`: state, version, counts, receive times (no patient data)."""
     with db.session() as s:
@@ -494,6 +522,7 @@ def study_summaries(db: Database) -> list[dict[str, Any]]:
                 "first_received": st.first_received.isoformat(),
                 "last_received": st.last_received.isoformat(),
                 "completed_at": st.completed_at.isoformat() if st.completed_at else None,
+                "failure_reason": st.failure_reason,
             }
             for st in studies
         ]
