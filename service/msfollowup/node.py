@@ -7,10 +7,8 @@ a failure status, but we map the failures we understand to precise statuses ours
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +27,7 @@ from sqlalchemy.exc import OperationalError
 from msfollowup import audit, netcompat
 from msfollowup.config import Config
 from msfollowup.metrics import Metrics
+from msfollowup.spool import SpoolFile, spool_factory
 from msfollowup.store import IngestError, InstanceStore, IngestResult, Outcome
 from msfollowup.tls import server_context
 
@@ -105,72 +104,6 @@ def _disable_nagle(event: Event) -> None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class SpoolFile:
-    """The file pynetdicom streams a received data set into: in the store's tmp/, and ENOSPC-proof.
-
-    pynetdicom writes from its network thread; an OSError there aborts the association, the sender
-    gets no status and the partial file stays behind. This file instead records the first error, gives
-    the space back (truncate to 0) and drops the rest of the data set, so the C-STORE handler can answer
-    Out of Resources. Unbuffered: pynetdicom flushes after every fragment anyway.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.error: OSError | None = None
-        self._fd: int | None = None
-        # pynetdicom writes from the network thread, an abort discards from the association thread:
-        # the lock keeps a write from landing on a descriptor number already closed and reused.
-        self._lock = threading.Lock()
-        self.name = str(folder / "unavailable.part")
-        try:
-            self._fd, self.name = tempfile.mkstemp(dir=folder, suffix=".part")
-        except OSError as exc:  # no inode / no descriptor left: same answer as a full disk
-            self.error = exc
-        self.file = self  # pynetdicom calls `.file.flush()`
-
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        with self._lock:
-            while self.error is None and self._fd is not None and view:
-                try:
-                    view = view[os.write(self._fd, view):]
-                except OSError as exc:
-                    self._fail(exc)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def _fail(self, exc: OSError) -> None:
-        self.error = exc
-        if self._fd is not None:
-            try:
-                os.ftruncate(self._fd, 0)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        with self._lock:
-            fd, self._fd = self._fd, None
-            if fd is not None:
-                os.close(fd)
-
-    def discard(self) -> None:
-        """Close and remove: the data set never arrived completely."""
-        self.error = self.error or OSError("discarded")
-        self.close()
-        try:
-            os.unlink(self.name)
-        except FileNotFoundError:
-            pass
-
-
-def _spool_factory(folder: Path) -> Callable[..., SpoolFile]:
-    def make(*_args: Any, **_kwargs: Any) -> SpoolFile:  # NamedTemporaryFile's signature, arguments unused
-        return SpoolFile(folder)
-
-    return make
-
-
 class Node:
     """One AE serving the configured address; `start()` returns once it is listening."""
 
@@ -188,7 +121,7 @@ class Node:
         # Received data sets are streamed to a file instead of memory (bounded memory for multi-GB
         # enhanced objects): a SpoolFile in the store's tmp/, so the finished file can be hard-linked
         # into place (same filesystem, no copy) and a full disk is answered instead of aborting.
-        netcompat.stream_datasets_to(_spool_factory(store.tmp))
+        netcompat.stream_datasets_to(spool_factory(store.tmp))
         self._stats: dict[int, _AssocStats] = {}
         # Associations that passed access control and still run: the only ones holding a slot.
         self._admitted: set[Association] = set()
