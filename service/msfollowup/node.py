@@ -130,7 +130,6 @@ class Node:
         self.handlers: ExtraHandlers = [
             (evt.EVT_CONN_OPEN, _disable_nagle),
             (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_REJECTED, self._on_limit),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, self._on_finished),
             (evt.EVT_ABORTED, self._on_finished),
@@ -271,7 +270,7 @@ class Node:
         netcompat.reject(assoc, 0x02, 0x03, 0x02)  # rejected-transient, local limit exceeded
 
     def _on_limit(self, event: Event) -> None:
-        """`max_associations` reached (or pynetdicom's own rejection, which cannot be the limit any more)."""
+        """`max_associations` reached: log, count, audit (pynetdicom's own checks are all off, see _build_ae)."""
         rq = event.assoc.requestor.primitive  # in EVT_REQUESTED the requestor's AE title is only here
         calling = str(rq.calling_ae_title if rq is not None else event.assoc.requestor.ae_title).strip()
         host = str(event.assoc.requestor.address)
