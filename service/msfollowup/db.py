@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import DateTime, Engine, create_engine, event, make_url
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -128,6 +128,8 @@ class Database:
             create_schema(self.engine)
         except DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
             self.engine.dispose()
+            if isinstance(exc, OperationalError):  # unreachable, locked, no permission: not the file's content
+                raise
             where = self.file or make_url(url).render_as_string(hide_password=True)
             reason = str(getattr(exc, "orig", exc)).partition("\n")[0][:200]
             raise IndexDatabaseError(
