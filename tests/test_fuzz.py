@@ -537,6 +537,45 @@ def test_random_mwl_identifiers_never_crash_or_hang(
         assert fuzz_node.echo()
 
 
+# --- hostile connections: port scans, stalled and oversized requests ---------------------------------
+
+HOSTILE_HOST = "127.0.0.3"  # another host as far as the node's per-host limits can tell (loopback)
+PEER_ACTIONS = st.lists(st.one_of(
+    st.tuples(st.just("close")),  # connect and close: a port scan, a TCP health check
+    st.tuples(st.just("stall"), st.binary(min_size=1, max_size=12)),  # a few bytes, then silence
+    st.tuples(st.just("header"), st.integers(0, 255), st.sampled_from([0, 6, 200, 0x10000, 0x7FFFFFFF, 0xFFFFFFFF])
+              | st.integers(0, 0xFFFFFFFF)),  # a PDU header, then silence
+), min_size=1, max_size=24)
+
+
+@settings(**FUZZ, suppress_health_check=[HealthCheck.too_slow])
+@given(actions=PEER_ACTIONS)
+@example(actions=[("close",)] * 20)  # issue 12: 20 connect+close gave senders "Local Limit Exceeded" for ~30 s
+@example(actions=[("header", 0x01, 200)] * 16)  # issue 12: 16 stalled A-ASSOCIATE-RQ headers were never dropped
+@example(actions=[("header", 0x01, 0xFFFFFFFF)])  # issue 12: a 4 GiB request was read before access control
+@example(actions=[("stall", b"\x01\x00\x00")] * 24)  # more half-open connections than one host may hold
+def test_hostile_connections_never_lock_out_a_sender(fuzz_node: RunningNode, actions: list[tuple[Any, ...]]) -> None:
+    held: list[socket.socket] = []
+    try:
+        for action in actions:
+            try:
+                s = socket.create_connection(("127.0.0.1", fuzz_node.port), timeout=5, source_address=(HOSTILE_HOST, 0))
+            except OSError:
+                continue  # refused (a limit): that is an answer too
+            if action[0] == "close":
+                s.close()
+                continue
+            held.append(s)
+            payload = action[1] if action[0] == "stall" else struct.pack(">BBL", action[1], 0, action[2])
+            with contextlib.suppress(OSError):
+                s.sendall(payload)
+        with _time_limit(20):
+            assert fuzz_node.echo(), "a sender was locked out while hostile connections were open"
+    finally:
+        for s in held:
+            s.close()
+
+
 # --- a data set cut off in the middle of a P-DATA-TF -------------------------------------------
 
 

@@ -268,3 +268,38 @@ def test_unusable_tls_files_stop_start_up_with_a_clear_error(tmp_path: Path, pki
     assert res.returncode == 2, res.stderr
     assert expected in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_stalled_association_requests_after_a_valid_handshake_are_dropped_and_lock_out_nobody(
+        tmp_path: Path, pki: Pki) -> None:
+    """issue 12: 16 peers that complete the TLS handshake, send a PDU header and stop were never dropped."""
+    import struct
+    import time
+
+    node = TlsNode(tmp_path / "node", pki, sections={"node": {"acse_timeout": 2, "max_associations": 4}}).start()
+    try:
+        stalled = []
+        for _ in range(16):
+            raw = socket.create_connection(("127.0.0.1", node.port), timeout=5, source_address=("127.0.0.3", 0))
+            try:
+                tls = _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1")
+            except (ssl.SSLError, OSError):
+                raw.close()  # refused by the per-host cap: an answer too
+                continue
+            tls.sendall(struct.pack(">BBL", 0x01, 0, 200))
+            stalled.append(tls)
+        assert stalled, "no hostile connection got through the handshake"
+        assert node.echo(), "a TLS sender was locked out by stalled peers"
+        deadline = time.monotonic() + 6
+        for tls in stalled:
+            tls.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                assert tls.recv(1) == b"", "the node sent data to a stalled peer"
+            except (TimeoutError, socket.timeout):
+                raise AssertionError("a stalled peer was not dropped at the ARTIM deadline") from None
+            except (ssl.SSLError, OSError):
+                pass  # reset: dropped
+            tls.close()
+        assert node.echo()
+    finally:
+        node.stop()

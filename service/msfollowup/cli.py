@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from msfollowup import cli_db
 from msfollowup import cli_notify  # issue 15
+from msfollowup import cli_index
 from msfollowup.config import Config, ConfigError, load_config
 from msfollowup.core.errors import MsFollowupError
 
@@ -68,7 +69,8 @@ def _cmd_studies(args: argparse.Namespace) -> int:
         return 0
     print(f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  VER  SERIES  INSTANCES  LAST RECEIVED")
     for r in rows:
-        print(f"{r['study_instance_uid']:<64}  {r['state']:<9}  {r['version']:>3}  {r['series']:>6}  {r['instances']:>9}  {r['last_received']}")
+        print(f"{r['study_instance_uid']:<64}  {r['state']:<9}  {r['version']:>3}  {r['series']:>6}  {r['instances']:>9}  {r['last_received']}"
+              + (f"  {r['failure_reason']}" if r.get("failure_reason") else ""))
     return 0
 
 
@@ -485,6 +487,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     _add_audit_commands,
     cli_db.register,
     cli_notify.register,  # issue 15: `notifications`
+    cli_index.register,
 ]
 from msfollowup import cli_web  # noqa: E402 - web users and API tokens
 

@@ -22,12 +22,13 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Integer, func, insert, select, text
+from sqlalchemy import Integer, Table, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from msfollowup.db import Base, Database, UTCDateTime, utcnow
@@ -228,7 +229,7 @@ def database_gauges(db: Database) -> list[GaugeMetricFamily]:
 
 
 class HealthProbe(Base):
-    """Written in a rolled-back transaction by /healthz: proves the database accepts writes."""
+    """One row per database, updated and committed by /healthz: proves the database takes writes."""
 
     __tablename__ = "health_probes"
 
@@ -237,13 +238,21 @@ class HealthProbe(Base):
 
 
 def check_database(db: Database) -> None:
-    """SELECT 1, then an INSERT that is rolled back (nothing accumulates, nothing is shared)."""
-    with db.engine.connect() as conn:
+    """The index file is still the one opened at start, and a write is committed.
+
+    A rolled-back insert proves nothing: SQLite writes nothing before COMMIT, so a read-only or full
+    index passed while every C-STORE failed. The probe row is updated in place (nothing accumulates);
+    two nodes racing to create it on one database both end with a committed write."""
+    db.check_file()
+    table = cast(Table, HealthProbe.__table__)
+    for _ in range(2):
         try:
-            conn.execute(text("SELECT 1"))
-            conn.execute(insert(HealthProbe).values(at=utcnow()))
-        finally:
-            conn.rollback()
+            with db.engine.begin() as conn:
+                if conn.execute(update(table).where(table.c.id == 1).values(at=utcnow())).rowcount == 0:
+                    conn.execute(insert(table).values(id=1, at=utcnow()))
+            return
+        except IntegrityError:  # the other node inserted row 1 first: update it now
+            continue
 
 
 def check_storage(folder: Path) -> None:

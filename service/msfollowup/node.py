@@ -7,10 +7,8 @@ a failure status, but we map the failures we understand to precise statuses ours
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -19,24 +17,21 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, dimse_messages, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import OperationalError
 
-from msfollowup import audit
+from msfollowup import audit, netcompat
 from msfollowup.config import Config
 from msfollowup.metrics import Metrics
+from msfollowup.spool import SpoolFile, spool_factory
 from msfollowup.store import IngestError, InstanceStore, IngestResult, Outcome
-from msfollowup.tls import AssociationServer, server_context
+from msfollowup.tls import server_context
 
 log = logging.getLogger(__name__)
-
-# Received data sets are streamed to a temporary file instead of memory (bounded memory for
-# multi-GB enhanced objects). pynetdicom only offers this as a process-wide switch.
-_config.STORE_RECV_CHUNKED_DATASET = True
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -83,6 +78,8 @@ class _AssocStats:
     audit: list[audit.Entry] = field(default_factory=list)  # written when the association ends
 
 
+HALF_OPEN_PER_HOST = 8  # connections of one host still without an A-ASSOCIATE-RQ
+HALF_OPEN_TOTAL = 64
 _INSTANCE_OUTCOMES = {"stored": "stored", "duplicates": "duplicate", "failed": "failed"}
 _AUDIT_BATCH = 500  # a long association flushes its audit entries every so many
 _PENDING = (0xFF00, 0xFF01)
@@ -102,76 +99,9 @@ def _disable_nagle(event: Event) -> None:
     A response is several small writes in a row; with Nagle the last one waits for the peer's delayed
     ACK (~40 ms on Linux): every C-STORE and C-FIND answer would pay it. DCMTK disables Nagle too.
     """
-    transport = getattr(event.assoc.dul, "socket", None)
-    raw = getattr(transport, "socket", None)
+    raw = netcompat.raw_socket(event.assoc)
     if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class SpoolFile:
-    """The file pynetdicom streams a received data set into: in the store's tmp/, and ENOSPC-proof.
-
-    pynetdicom writes from its network thread; an OSError there aborts the association, the sender
-    gets no status and the partial file stays behind. This file instead records the first error, gives
-    the space back (truncate to 0) and drops the rest of the data set, so the C-STORE handler can answer
-    Out of Resources. Unbuffered: pynetdicom flushes after every fragment anyway.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.error: OSError | None = None
-        self._fd: int | None = None
-        # pynetdicom writes from the network thread, an abort discards from the association thread:
-        # the lock keeps a write from landing on a descriptor number already closed and reused.
-        self._lock = threading.Lock()
-        self.name = str(folder / "unavailable.part")
-        try:
-            self._fd, self.name = tempfile.mkstemp(dir=folder, suffix=".part")
-        except OSError as exc:  # no inode / no descriptor left: same answer as a full disk
-            self.error = exc
-        self.file = self  # pynetdicom calls `.file.flush()`
-
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        with self._lock:
-            while self.error is None and self._fd is not None and view:
-                try:
-                    view = view[os.write(self._fd, view):]
-                except OSError as exc:
-                    self._fail(exc)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def _fail(self, exc: OSError) -> None:
-        self.error = exc
-        if self._fd is not None:
-            try:
-                os.ftruncate(self._fd, 0)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        with self._lock:
-            fd, self._fd = self._fd, None
-            if fd is not None:
-                os.close(fd)
-
-    def discard(self) -> None:
-        """Close and remove: the data set never arrived completely."""
-        self.error = self.error or OSError("discarded")
-        self.close()
-        try:
-            os.unlink(self.name)
-        except FileNotFoundError:
-            pass
-
-
-def _spool_factory(folder: Path) -> Callable[..., SpoolFile]:
-    def make(*_args: Any, **_kwargs: Any) -> SpoolFile:  # NamedTemporaryFile's signature, arguments unused
-        return SpoolFile(folder)
-
-    return make
 
 
 class Node:
@@ -188,17 +118,18 @@ class Node:
         self.cfg = cfg
         self.store = store
         self.metrics = metrics or Metrics()
-        # pynetdicom streams a received data set into a NamedTemporaryFile (a module global is its only
-        # hook): make that a SpoolFile in the store's tmp/, so the finished file can be hard-linked into
-        # place (same filesystem, no copy) and a full disk is answered instead of aborting.
-        dimse_messages.NamedTemporaryFile = _spool_factory(store.tmp)  # type: ignore[assignment]
+        # Received data sets are streamed to a file instead of memory (bounded memory for multi-GB
+        # enhanced objects): a SpoolFile in the store's tmp/, so the finished file can be hard-linked
+        # into place (same filesystem, no copy) and a full disk is answered instead of aborting.
+        netcompat.stream_datasets_to(spool_factory(store.tmp))
         self._stats: dict[int, _AssocStats] = {}
+        # Associations that passed access control and still run: the only ones holding a slot.
+        self._admitted: set[Association] = set()
         self._lock = threading.Lock()
         self.ae = self._build_ae(extra_contexts or [])
         self.handlers: ExtraHandlers = [
             (evt.EVT_CONN_OPEN, _disable_nagle),
             (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_REJECTED, self._on_limit),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, self._on_finished),
             (evt.EVT_ABORTED, self._on_finished),
@@ -206,7 +137,7 @@ class Node:
             (evt.EVT_C_STORE, self._on_store),
             *(self._instrument(h) for h in extra_handlers or []),
         ]
-        self.server: ThreadedAssociationServer | None = None
+        self.server: netcompat.GuardedServer | None = None
         self._serving: threading.Thread | None = None
         self.ssl_context = self._ssl_context()  # now: a bad [node.tls] file stops start-up with a clear error
 
@@ -215,7 +146,9 @@ class Node:
     def _build_ae(self, extra_contexts: list[str]) -> AE:
         node = self.cfg.node
         ae = AE(ae_title=node.ae_title)
-        ae.maximum_associations = node.max_associations
+        # pynetdicom counts every connection from its TCP accept on; our limit is in _on_requested and
+        # counts only associations that passed access control. Its own check must never come first.
+        ae.maximum_associations = 1_000_000
         ae.network_timeout = node.network_timeout
         ae.acse_timeout = node.acse_timeout
         ae.dimse_timeout = node.dimse_timeout
@@ -236,12 +169,13 @@ class Node:
 
     def start(self) -> tuple[str, int]:
         node = self.cfg.node
-        # What ae.start_server(block=False) does, with our server class (TLS handshake off the accept loop).
-        server = self.ae.make_server(
-            (node.host, node.port), evt_handlers=self.handlers, ssl_context=self.ssl_context,
-            server_class=AssociationServer, handshake_timeout=node.acse_timeout,
+        limits = netcompat.Limits(
+            artim_seconds=node.acse_timeout, pdu_seconds=node.network_timeout, max_pdu=node.max_pdu,
+            half_open_per_host=HALF_OPEN_PER_HOST, half_open_total=max(HALF_OPEN_TOTAL, 2 * node.max_associations),
         )
-        self.ae._servers.append(server)  # where AE.shutdown() and server.shutdown() expect it
+        server = netcompat.make_guarded_server(
+            self.ae, (node.host, node.port), self.handlers, self.ssl_context, node.acse_timeout, limits,
+        )
         self._serving = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
         self._serving.start()
         self.server = server
@@ -252,17 +186,39 @@ class Node:
         """The accept loop is running (for the systemd watchdog)."""
         return self.server is not None and self._serving is not None and self._serving.is_alive()
 
+    def check_health(self) -> None:
+        """For /healthz: the node accepts, and a sender can get an association slot."""
+        if not self.is_serving():
+            raise RuntimeError("not accepting associations")
+        limit = self.cfg.node.max_associations
+        with self._lock:
+            used = len(self._live_admitted())
+        if used >= limit:
+            raise RuntimeError(f"all {limit} association slots in use")
+        server = self.server
+        if server is not None and server.half_open() >= server.limits.half_open_total:
+            raise RuntimeError(f"{server.limits.half_open_total} connections without an A-ASSOCIATE-RQ (limit)")
+
     def stop(self, grace_seconds: float) -> int:
-        """Stop accepting, let running associations finish for up to `grace_seconds`, abort the rest."""
-        if self.server is not None:
-            self.server.shutdown()  # closes the listening socket; running associations continue
-            self.server = None
+        """Stop accepting, let running associations finish for up to `grace_seconds`, then cut the rest.
+
+        Whatever the peers do, this returns within about grace_seconds + 2 s: the remaining connections
+        are shut down under pynetdicom (its own abort can wait forever on a peer that stopped reading).
+        """
+        server, self.server = self.server, None
+        if server is not None:
+            server.shutdown()  # closes the listening socket; running associations continue
         deadline = time.monotonic() + grace_seconds
         while self.ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
         left = self.ae.active_associations
         for assoc in left:
-            assoc.abort()
+            assoc.abort(block=False)
+        if server is not None:
+            server.cut_all()
+        cut_deadline = time.monotonic() + 2.0
+        while self.ae.active_associations and time.monotonic() < cut_deadline:
+            time.sleep(0.05)
         return len(left)
 
     # -- access control and per-association log line
@@ -286,6 +242,7 @@ class Node:
         elif not self._allowed(calling, host):
             reason, diag = "calling AE title/host not on the allow-list", 0x03
         if reason is None:
+            self._admit(event)
             return
         log.warning("association rejected calling_ae=%s host=%s called_ae=%s reason=%s", calling, host, called, reason)
         self.metrics.inc("associations_total", {"result": "rejected"})
@@ -293,13 +250,30 @@ class Node:
         audit.write_safely(self.store.db, [audit.Entry(
             audit.ASSOCIATION_REJECTED, actor_ae=calling, actor_host=host, detail={"called_ae": called, "reason": reason}
         )])
-        assoc.acse.send_reject(0x01, 0x01, diag)
-        assoc.is_rejected = True
-        assoc.kill()
+        netcompat.reject(assoc, 0x01, 0x01, diag)
+
+    def _live_admitted(self) -> set[Association]:
+        """The admitted associations still running (called with the lock held)."""
+        self._admitted = {a for a in self._admitted if a.is_alive() and not (a.is_released or a.is_aborted)}
+        return self._admitted
+
+    def _admit(self, event: Event) -> None:
+        """Take a slot for an association that passed access control, or reject it (transient)."""
+        assoc = event.assoc
+        with self._lock:
+            full = len(self._live_admitted()) >= self.cfg.node.max_associations
+            if not full:
+                self._admitted.add(assoc)
+        if not full:
+            return
+        self._on_limit(event)
+        netcompat.reject(assoc, 0x02, 0x03, 0x02)  # rejected-transient, local limit exceeded
 
     def _on_limit(self, event: Event) -> None:
-        """pynetdicom's own rejection: `max_associations` reached (ours happen in _on_requested)."""
-        calling, host = str(event.assoc.requestor.ae_title).strip(), str(event.assoc.requestor.address)
+        """`max_associations` reached: log, count, audit (pynetdicom's own checks are all off, see _build_ae)."""
+        rq = event.assoc.requestor.primitive  # in EVT_REQUESTED the requestor's AE title is only here
+        calling = str(rq.calling_ae_title if rq is not None else event.assoc.requestor.ae_title).strip()
+        host = str(event.assoc.requestor.address)
         log.warning("association rejected calling_ae=%s host=%s reason=too many associations", calling, host)
         self.metrics.inc("associations_total", {"result": "rejected"})
         self.metrics.inc("associations_rejected_total", {"reason": "limit"})
@@ -317,7 +291,7 @@ class Node:
 
     def _on_finished(self, event: Event) -> None:
         # A data set cut off by an abort or a closed socket: its partial temp file goes now.
-        partial = getattr(getattr(event.assoc.dimse, "message", None), "_data_set_file", None)
+        partial = netcompat.partial_spool(event.assoc)
         if isinstance(partial, SpoolFile):
             partial.discard()
         with self._lock:
@@ -351,19 +325,21 @@ class Node:
 
     def _on_store(self, event: Event) -> Dataset | int:
         calling = str(event.assoc.requestor.ae_title).strip()
-        if getattr(event.request, "_dataset_path", None) is None:  # Command Data Set Type 0x0101
+        if netcompat.dataset_path(event.request) is None:  # Command Data Set Type 0x0101
             self._count(event, "failed")
             log.warning("C-STORE without a data set calling_ae=%s", calling)
             return _status(STATUS_PROCESSING_FAILURE, "C-STORE request without a data set")
-        spool = getattr(event.request, "_dataset_file", None)
+        spool = netcompat.dataset_spool(event.request)
         if isinstance(spool, SpoolFile) and spool.error is not None:
             self._count(event, "failed")
             log.error("C-STORE out of resources while receiving calling_ae=%s error=%s", calling, spool.error.strerror)
             return _status(STATUS_OUT_OF_RESOURCES, f"cannot store: {spool.error.strerror}")
         try:
             temp = Path(event.dataset_path)
+            request = cast(C_STORE, event.request)
             result = self.store.ingest_file(
-                temp, calling_ae=calling, expected_sop=str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
+                temp, calling_ae=calling, expected_sop=str(request.AffectedSOPInstanceUID),
+                expected_sop_class=str(request.AffectedSOPClassUID),
             )
         except IngestError as exc:
             self._count(event, "failed")

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from msfollowup.classify import SeriesClassification, classify_study, read_headers
 from msfollowup.config import Config
 from msfollowup.db import Base, Database, UTCDateTime, utcnow
-from msfollowup.store import InstanceStore, Study, StudyState
+from msfollowup.store import InstanceStore, Study, StudyState, mark_failed
 from msfollowup.validate import ValidationResult, validate_study
 from msfollowup.worker import PollingWorker
 
@@ -145,9 +145,15 @@ class Pipeline:
 
     # -- stage 2: reports, worklist, next exam
 
-    def pending_followups(self) -> list[int]:
+    def pending_followups(self) -> list[tuple[int, str]]:
+        """(check id, study UID) of checks whose follow-up is due; not for a study marked failed."""
         with self.db.session() as s:
-            return list(s.scalars(select(StudyCheck.id).where(StudyCheck.followup_done.is_(False)).order_by(StudyCheck.id)))
+            rows = s.execute(
+                select(StudyCheck.id, StudyCheck.study_uid).join(Study, Study.study_uid == StudyCheck.study_uid)
+                .where(StudyCheck.followup_done.is_(False), Study.state != StudyState.FAILED.value)
+                .order_by(StudyCheck.id)
+            ).all()
+        return [(i, u) for i, u in rows]
 
     def followup(self, check_id: int) -> None:
         with self.db.session() as s:
@@ -187,22 +193,24 @@ class Pipeline:
     def run_pending(self) -> int:
         n = 0
         for study_uid, version in self.unchecked():
-            n += self._isolated(f"study={study_uid} version={version} check", self.check, study_uid, version)
-        for check_id in self.pending_followups():
-            n += self._isolated(f"check_id={check_id} follow-up", self.followup, check_id)
+            n += self._isolated(f"study={study_uid} version={version} check", study_uid, "check", self.check,
+                                study_uid, version)
+        for check_id, study_uid in self.pending_followups():
+            n += self._isolated(f"check_id={check_id} follow-up", study_uid, "follow-up", self.followup, check_id)
         return n
 
-    @staticmethod
-    def _isolated(what: str, stage: Callable[..., object], *args: Any) -> int:
+    def _isolated(self, what: str, study_uid: str, stage_name: str, stage: Callable[..., object], *args: Any) -> int:
         """Run one study's stage; a failure caused by that study's data must not hold up every later
-        study (it is retried next pass). The database being down still ends the pass. Logged without
-        the exception's message: parsers quote element values (a birth date, a name) in it."""
+        study, nor be retried every pass: the study is marked failed with the reason (store.mark_failed).
+        The database being down still ends the pass. Logged without the exception's message: parsers
+        quote element values (a birth date, a name) in it."""
         try:
             stage(*args)
         except OperationalError:
             raise
-        except Exception as exc:  # noqa: BLE001 - logged, retried at the next pass
+        except Exception as exc:  # noqa: BLE001 - logged, the study marked failed
             log.error("%s failed: %s\n%s", what, type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+            mark_failed(self.db, study_uid, f"{stage_name} failed: {type(exc).__name__}")
             return 0
         return 1
 

@@ -148,7 +148,7 @@ class Service:
         checks: dict[str, Callable[[], None]] = {
             "database": lambda: check_database(self.db),
             "storage": lambda: check_storage(self.store.tmp),
-            "node": lambda: _require(self.node.is_serving(), "not accepting associations"),
+            "node": self.node.check_health,
         }
         if self.cfg.scheduler.enabled:
             checks["scheduler"] = lambda: _require(self.scheduler is not None and self.scheduler.running, "not running")

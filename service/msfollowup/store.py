@@ -34,7 +34,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import Executable
 
-from msfollowup.db import Base, Database, UTCDateTime, utcnow
+from msfollowup import structure
+from msfollowup.db import REBUILD_HINT, Base, Database, IndexDatabaseError, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ CHUNK = 1 << 20
 class StudyState(str, Enum):
     RECEIVING = "receiving"
     COMPLETE = "complete"
+    FAILED = "failed"  # a later stage could not process this version: not retried until the study changes
 
 
 class Study(Base):
@@ -69,6 +71,8 @@ class Study(Base):
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     # Set by MPPS COMPLETED: the study may complete without waiting for stable_seconds.
     complete_requested: Mapped[bool] = mapped_column(default=False)
+    # Why the state is failed: the stage and the exception type (never a value from the data).
+    failure_reason: Mapped[str | None] = mapped_column(String(200))
 
 
 class Series(Base):
@@ -103,7 +107,7 @@ class _SQL:
     """The per-instance index statements on the plain tables, built once (compiled forms are cached)."""
 
     _i, _se, _st = (cast(Table, m.__table__) for m in (Instance, Series, Study))
-    instance_exists = select(_i.c.sop_instance_uid).where(_i.c.sop_instance_uid == bindparam("b_uid"))
+    instance_exists = select(_i.c.study_uid, _i.c.series_uid).where(_i.c.sop_instance_uid == bindparam("b_uid"))
     new_instance = _i.insert()
     update_instance = _i.update().where(_i.c.sop_instance_uid == bindparam("b_uid"))
     series_exists = select(_se.c.series_uid).where(_se.c.series_uid == bindparam("b_uid"))
@@ -201,6 +205,28 @@ def _existing_or_insert(c: Connection, probe: Executable, key: dict[str, str], i
     return None
 
 
+def _read_header(path: Path) -> tuple[Dataset, str, str, str]:
+    """The index attributes of a Part 10 file and its checked Study/Series/SOP Instance UIDs."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=_INDEX_TAGS)
+        meta = ds.file_meta
+        # Elements are decoded lazily, here: an unknown VR raises NotImplementedError.
+        study = check_uid("StudyInstanceUID", ds.get("StudyInstanceUID"))
+        series = check_uid("SeriesInstanceUID", ds.get("SeriesInstanceUID"))
+        sop = check_uid("SOPInstanceUID", ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID"))
+        check_uid("SOPClassUID", ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID"))
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
+        raise IngestError(0xC000, f"cannot parse the data set: {type(exc).__name__}") from None
+    return ds, study, series, sop
+
+
+def _has_file(root: Path) -> bool:
+    for _folder, _dirs, files in os.walk(root):
+        if any(f.endswith(".dcm") for f in files):
+            return True
+    return False
+
+
 def _same_bytes(a: Path, b: Path) -> bool:
     if a.stat().st_size != b.stat().st_size:
         return False
@@ -248,24 +274,29 @@ class InstanceStore:
 
     # -- ingest
 
-    def ingest_file(self, temp_path: Path, calling_ae: str | None = None, expected_sop: str | None = None) -> IngestResult:
+    def ingest_file(self, temp_path: Path, calling_ae: str | None = None, expected_sop: str | None = None,
+                    expected_sop_class: str | None = None) -> IngestResult:
         """Make a complete Part 10 file at `temp_path` (in self.tmp) durable and indexed.
 
         The caller owns `temp_path` and removes it afterwards (pynetdicom does so for received files).
         Raises IngestError with the status to answer; nothing is linked into the store in that case.
+        The encoded structure is checked first: a file a later stage cannot read is never acknowledged.
         """
         try:
-            ds = dcmread(temp_path, stop_before_pixels=True, specific_tags=_INDEX_TAGS)
-            meta = ds.file_meta
-            # Elements are decoded lazily, here: an unknown VR raises NotImplementedError.
-            study = check_uid("StudyInstanceUID", ds.get("StudyInstanceUID"))
-            series = check_uid("SeriesInstanceUID", ds.get("SeriesInstanceUID"))
-            sop = check_uid("SOPInstanceUID", ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID"))
-            sop_class = check_uid("SOPClassUID", ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID"))
-        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
-            raise IngestError(0xC000, f"cannot parse the data set: {type(exc).__name__}") from None
+            structure.check_file(temp_path)
+        except structure.Malformed as exc:
+            raise IngestError(0xC000, f"malformed: {exc}") from None
+        ds, study, series, sop = _read_header(temp_path)
         if expected_sop is not None and sop != expected_sop.strip("\x00 "):
             raise IngestError(0xA900, "SOPInstanceUID in the data set differs from the C-STORE request")
+        sop_class = ds.get("SOPClassUID")
+        if expected_sop_class is not None and sop_class and str(sop_class).strip("\x00 ") != expected_sop_class.strip("\x00 "):
+            raise IngestError(0xA900, "SOPClassUID in the data set differs from the C-STORE request")
+        try:
+            self.db.check_file()  # a removed or replaced index would take the row and lose it on restart
+        except IndexDatabaseError as exc:
+            log.error("C-STORE refused: %s", exc)
+            raise IngestError(0xA700, "index database file missing or replaced") from None
         if self.fsync:
             _fsync_path(temp_path)
         with self._sop_locks[hash(sop) % len(self._sop_locks)]:
@@ -322,7 +353,15 @@ class InstanceStore:
             _fsync_path(final.parent, directory=True)  # the new name itself
         return Outcome.STORED
 
-    def _index(self, ds: Dataset, rel: str, size: int, calling_ae: str | None, only_if_missing: bool) -> None:
+    def index_stored_file(self, path: Path) -> bool:
+        """Index a file already in store/ (`msfollowup index rebuild`); False when its row exists."""
+        ds, study, series, sop = _read_header(path)
+        rel = path.relative_to(self.root).as_posix()
+        if rel != self.relative_path(study, series, sop):
+            raise IngestError(0xC000, "file name does not match its Study/Series/SOP Instance UIDs")
+        return self._index(ds, rel, path.stat().st_size, None, only_if_missing=True)
+
+    def _index(self, ds: Dataset, rel: str, size: int, calling_ae: str | None, only_if_missing: bool) -> bool:
         """Upsert the study, series and instance rows in one transaction.
 
         Constant Core statements with parameters rather than ORM loads: this runs once per received
@@ -339,9 +378,18 @@ class InstanceStore:
             path=rel, size=size, received_at=now, calling_ae=calling_ae,
         )
         with self.db.engine.begin() as c:
-            exists = c.execute(_SQL.instance_exists, {"b_uid": sop_uid}).first() is not None
+            stored = c.execute(_SQL.instance_exists, {"b_uid": sop_uid}).first()
+            exists = stored is not None
+            if stored is not None and (stored.study_uid, stored.series_uid) != (study_uid, series_uid):
+                # Acknowledged under another study or series: never moved silently (the caller takes
+                # the new copy's link back). The sender learns which study holds it.
+                where = "study" if stored.study_uid != study_uid else "series"
+                other = stored.study_uid if where == "study" else stored.series_uid
+                log.warning("SOP Instance UID conflict: already stored in another %s=%s, refused study=%s",
+                            where, other, study_uid)
+                raise IngestError(0xA900, f"SOPInstanceUID already in {where} {other}")
             if exists and only_if_missing:
-                return
+                return False
             self._touch_study(c, ds, study_uid, now)
             _existing_or_insert(c, _SQL.series_exists, {"b_uid": series_uid}, _SQL.new_series, lambda: dict(
                 series_uid=series_uid, study_uid=study_uid, series_number=_int(ds, "SeriesNumber"),
@@ -352,6 +400,7 @@ class InstanceStore:
                 c.execute(_SQL.update_instance, {"b_uid": sop_uid, **row})
             else:
                 c.execute(_SQL.new_instance, row)
+        return True
 
     def _touch_study(self, c: Connection, ds: Dataset, study_uid: str, now: dt.datetime) -> None:
         """Create the study row, or record the arrival (reopening a completed study)."""
@@ -370,12 +419,28 @@ class InstanceStore:
         state, version = row.state, row.version
         if state == StudyState.COMPLETE.value:
             log.info("study reopened by a late instance study=%s version=%d", study_uid, version)
-        c.execute(_SQL.reopen_study, {**key, "state": StudyState.RECEIVING.value, "last_received": now})
+        c.execute(_SQL.reopen_study, {**key, "state": StudyState.RECEIVING.value, "last_received": now,
+                                      "failure_reason": None})
 
     # -- crash recovery
 
+    def check_index_matches_files(self) -> None:
+        """Refuse to start on an index without instances while store/ holds files (deleted, truncated
+        or replaced): the node would acknowledge new instances while every earlier one is unknown.
+        Cheap: one row from the index, the first file found under store/."""
+        with self.db.engine.connect() as c:
+            indexed = c.execute(select(Instance.sop_instance_uid).limit(1)).first() is not None
+        if indexed or not _has_file(self.root):
+            return
+        where = self.db.file or "the index database"
+        raise IndexDatabaseError(
+            f"{where} has no instances but {self.root} holds received files (index deleted, truncated or "
+            f"replaced?); run `{REBUILD_HINT}` to rebuild the index from the files, then start again"
+        )
+
     def recover(self) -> dict[str, int]:
         """Finish what a crash interrupted: see the module docstring. Returns counts for the log."""
+        self.check_index_matches_files()
         counts = {"indexed": 0, "discarded": 0}
         for entry in sorted(self.tmp.iterdir()):
             if not entry.is_file():
@@ -419,6 +484,20 @@ class InstanceStore:
         return int(n)
 
 
+def mark_failed(db: Database, study_uid: str, reason: str) -> bool:
+    """A complete study a later stage could not process: failed, with the reason, once (no retry loop).
+    A late instance reopens it (state receiving) and the next version is tried afresh."""
+    st = cast(Table, Study.__table__)
+    with db.engine.begin() as c:
+        changed = c.execute(
+            st.update().where(st.c.study_uid == study_uid, st.c.state == StudyState.COMPLETE.value)
+            .values(state=StudyState.FAILED.value, failure_reason=reason[:200])
+        ).rowcount
+    if changed:
+        log.error("study failed study=%s reason=%s (not retried; see msfollowup studies)", study_uid, reason)
+    return bool(changed)
+
+
 def study_summaries(db: Database) -> list[dict[str, Any]]:
     """Rows for `msfollowup studies`: state, version, counts, receive times (no patient data)."""
     with db.session() as s:
@@ -443,6 +522,7 @@ def study_summaries(db: Database) -> list[dict[str, Any]]:
                 "first_received": st.first_received.isoformat(),
                 "last_received": st.last_received.isoformat(),
                 "completed_at": st.completed_at.isoformat() if st.completed_at else None,
+                "failure_reason": st.failure_reason,
             }
             for st in studies
         ]
