@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from msfollowup import cli_db
+from msfollowup import cli_db, cli_nodes
 from msfollowup.config import Config, ConfigError, load_config
 from msfollowup.core.errors import MsFollowupError
 
@@ -515,6 +515,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     _add_worklist_commands,
     _add_audit_commands,
     cli_db.register,
+    cli_nodes.register,
 ]
 
 

@@ -39,6 +39,7 @@ SCHEMA_MODULES = (
     "msfollowup.audit",
     "msfollowup.metrics",
     "msfollowup.jobs",
+    "msfollowup.cluster.model",
 )
 BASELINE = "0001_baseline"  # the schema of release 0.1.0 (create_all at commit 9b0320c)
 LEGACY_MARKER_TABLE = "studies"  # present in every database a 0.1.0 node ever opened
