@@ -338,7 +338,7 @@ def test_rolling_restart_after_db_upgrade_loses_nothing_acknowledged(tmp_path: P
         t.join(30)
         assert len(acknowledged) >= 10, "the sender kept sending through the restarts"
         with cluster.db.session() as s:
-            rows = dict(s.execute(select(Instance.sop_instance_uid, Instance.path)).tuples().all())
+            rows = dict(s.execute(select(Instance.sop_instance_uid, Instance.path)).all())
         assert acknowledged <= set(rows), "an acknowledged instance is missing from the index"
         assert all((cluster.shared / "store" / rows[uid]).is_file() for uid in acknowledged)
         assert "Traceback" not in cluster.logs()
