@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,29 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ingest import make_set, send  # noqa: E402
-from nodeutil import RunningNode, free_port  # noqa: E402
+from nodeutil import RunningNode, TcpBalancer  # noqa: E402
 from pgutil import PostgresServer, server_binaries  # noqa: E402
-
-HAPROXY = Path("/usr/sbin/haproxy")
-
-
-def haproxy_config(front: int, backends: list[int]) -> str:
-    servers = "\n".join(f"    server n{i} 127.0.0.1:{port} check" for i, port in enumerate(backends))
-    return f"""global
-    maxconn 256
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 120s
-    timeout server 120s
-frontend dicom
-    bind 127.0.0.1:{front}
-    default_backend msfollowup
-backend msfollowup
-    balance roundrobin
-{servers}
-"""
-
 
 def run(pg: PostgresServer, root: Path, n_nodes: int, batches: list[list[Path]]) -> tuple[str, float]:
     url = pg.new_database(f"bench{n_nodes}")
@@ -57,18 +35,13 @@ def run(pg: PostgresServer, root: Path, n_nodes: int, batches: list[list[Path]])
         "cluster": {"enabled": True, "node_name": f"node{i}"},
         "node": {"max_associations": 32},
     }) for i in range(n_nodes)]
-    proxy: subprocess.Popen[bytes] | None = None
+    proxy: TcpBalancer | None = None
     try:
         for node in nodes:
             node.start(timeout=60)
-        if HAPROXY.exists():
-            front = free_port()
-            cfg = root / f"haproxy{n_nodes}.cfg"
-            cfg.write_text(haproxy_config(front, [n.port for n in nodes]))
-            proxy = subprocess.Popen([str(HAPROXY), "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-            time.sleep(1.0)
-            targets, how = [front] * len(batches), "haproxy"
+        if TcpBalancer.available():
+            proxy = TcpBalancer(root / f"lb{n_nodes}", [n.port for n in nodes]).__enter__()
+            targets, how = [proxy.port] * len(batches), "haproxy"
         else:
             targets, how = [nodes[i % n_nodes].port for i in range(len(batches))], "round robin"
         start = time.perf_counter()
@@ -78,8 +51,7 @@ def run(pg: PostgresServer, root: Path, n_nodes: int, batches: list[list[Path]])
         return how, time.perf_counter() - start
     finally:
         if proxy is not None:
-            proxy.terminate()
-            proxy.wait(10)
+            proxy.__exit__()
         for node in nodes:
             if node.proc is not None and node.proc.poll() is None:
                 node.stop()

@@ -6,7 +6,8 @@ the PACS, a pynetdicom storage SCP) and scheduled (one worklist item, one .wl fi
 leader's death hands the periodic jobs to another node within leader_timeout_seconds; a node killed
 in the middle of a check loses its lease and the study is still checked once; a node on the wrong
 storage root, with a name in use, or on a newer database refuses to start; a second node on a SQLite
-index refuses; a rolling restart after `msfollowup db upgrade` loses nothing acknowledged.
+index refuses; a rolling restart after `msfollowup db upgrade` loses nothing acknowledged (through
+Debian's HAProxy when installed, as deployed).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from msfollowup.jobs import SchedulerJob
 from msfollowup.pipeline import StudyCheck
 from msfollowup.store import Instance
 from msfollowup.worklist import ScheduledStep
-from nodeutil import DCMTK, RunningNode, write_config
+from nodeutil import DCMTK, RunningNode, TcpBalancer, write_config
 
 needs_pg = pytest.mark.skipif(PG_MISSING is not None, reason=str(PG_MISSING))
 needs_dcmtk = pytest.mark.skipif(not (DCMTK / "storescu").exists(), reason="DCMTK not installed")
@@ -302,18 +303,20 @@ def test_rolling_restart_after_db_upgrade_loses_nothing_acknowledged(tmp_path: P
         acknowledged: set[str] = set()
         stop = threading.Event()
 
+        balancer = TcpBalancer(tmp_path / "lb", [n.port for n in nodes]) if TcpBalancer.available() else None
+        # through the load balancer, else round robin over the nodes (a sender that knows them all)
+        ports = itertools.cycle([balancer.port] if balancer is not None else [n.port for n in nodes])
+
         def sender() -> None:
             ae = AE(ae_title="STORESCU")
             for sop_class in sorted({str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in files}):
                 ae.add_requested_context(sop_class)
             ae.acse_timeout = ae.network_timeout = 5
-            rr = itertools.cycle(nodes)
             for path in itertools.cycle(files):
                 if stop.is_set():
                     return
-                node = next(rr)
                 try:
-                    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+                    assoc = ae.associate("127.0.0.1", next(ports), ae_title=nodes[0].ae_title)
                     if not assoc.is_established:
                         continue
                     ds = pydicom.dcmread(path)
@@ -324,6 +327,8 @@ def test_rolling_restart_after_db_upgrade_loses_nothing_acknowledged(tmp_path: P
                 except Exception:  # noqa: BLE001 - the node went down under us: not acknowledged
                     continue
 
+        if balancer is not None:
+            balancer.__enter__()
         t = threading.Thread(target=sender)
         t.start()
         up = subprocess.run([sys.executable, "-m", "msfollowup", "db", "upgrade", "--config",
@@ -336,6 +341,8 @@ def test_rolling_restart_after_db_upgrade_loses_nothing_acknowledged(tmp_path: P
         time.sleep(1.0)
         stop.set()
         t.join(30)
+        if balancer is not None:
+            balancer.__exit__()
         assert len(acknowledged) >= 10, "the sender kept sending through the restarts"
         with cluster.db.session() as s:
             rows = dict(s.execute(select(Instance.sop_instance_uid, Instance.path)).all())
