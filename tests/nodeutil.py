@@ -234,8 +234,9 @@ class TcpBalancer:
 
     BINARY = Path("/usr/sbin/haproxy")
 
-    def __init__(self, folder: Path, ports: Sequence[int]) -> None:
+    def __init__(self, folder: Path, ports: Sequence[int], ae_title: str = "MSFOLLOWUP") -> None:
         self.port = free_port()
+        self.ae_title = ae_title
         servers = "\n".join(f"    server n{i} 127.0.0.1:{p}" for i, p in enumerate(ports))
         self.config = folder / "haproxy.cfg"
         folder.mkdir(parents=True, exist_ok=True)
@@ -253,13 +254,19 @@ class TcpBalancer:
     def __enter__(self) -> TcpBalancer:
         self.proc = subprocess.Popen([str(self.BINARY), "-f", str(self.config), "-db"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Ready = a C-ECHO through it succeeds (a bare TCP probe would be passed on to a node and reset
+        # there: a connection reset logged by the node).
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError("haproxy did not listen")
+            ae = AE(ae_title="ECHOSCU")
+            ae.add_requested_context("1.2.840.10008.1.1")
+            ae.acse_timeout = ae.network_timeout = 2
+            assoc = ae.associate("127.0.0.1", self.port, ae_title=self.ae_title)
+            if assoc.is_established:
+                assoc.release()
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("haproxy did not pass a C-ECHO on")
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
