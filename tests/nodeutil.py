@@ -226,3 +226,49 @@ def dataset_bytes(path: Path) -> bytes:
     assert raw[132:136] == b"\x02\x00\x00\x00"
     group_len = int.from_bytes(raw[140:144], "little")
     return raw[144 + group_len:]
+
+
+class TcpBalancer:
+    """Debian's HAProxy in TCP mode, round robin per connection, in front of `ports` on loopback (the
+    load balancer of docs/cluster.md); `available()` is False when it is not installed."""
+
+    BINARY = Path("/usr/sbin/haproxy")
+
+    def __init__(self, folder: Path, ports: Sequence[int], ae_title: str = "MSFOLLOWUP") -> None:
+        self.port = free_port()
+        self.ae_title = ae_title
+        servers = "\n".join(f"    server n{i} 127.0.0.1:{p}" for i, p in enumerate(ports))
+        self.config = folder / "haproxy.cfg"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            "global\n    maxconn 256\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 120s\n"
+            f"    timeout server 120s\n    retries 2\n    option redispatch\nfrontend dicom\n"
+            f"    bind 127.0.0.1:{self.port}\n    default_backend nodes\nbackend nodes\n    balance roundrobin\n"
+            f"{servers}\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def available(cls) -> bool:
+        return cls.BINARY.exists()
+
+    def __enter__(self) -> TcpBalancer:
+        self.proc = subprocess.Popen([str(self.BINARY), "-f", str(self.config), "-db"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Ready = a C-ECHO through it succeeds (a bare TCP probe would be passed on to a node and reset
+        # there: a connection reset logged by the node).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ae = AE(ae_title="ECHOSCU")
+            ae.add_requested_context("1.2.840.10008.1.1")
+            ae.acse_timeout = ae.network_timeout = 2
+            assoc = ae.associate("127.0.0.1", self.port, ae_title=self.ae_title)
+            if assoc.is_established:
+                assoc.release()
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("haproxy did not pass a C-ECHO on")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(10)

@@ -13,9 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from msfollowup import cli_db
-from msfollowup import cli_notify  # issue 15
-from msfollowup import cli_index
+from msfollowup import cli_db, cli_index, cli_nodes, cli_notify
 from msfollowup.config import Config, ConfigError, load_config
 from msfollowup.core.errors import MsFollowupError
 
@@ -488,6 +486,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     cli_db.register,
     cli_notify.register,  # issue 15: `notifications`
     cli_index.register,
+    cli_nodes.register,
 ]
 from msfollowup import cli_web  # noqa: E402 - web users and API tokens
 

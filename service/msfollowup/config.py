@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from msfollowup.live.config import LiveConfig  # issue 15
 from msfollowup.notify.config import NotifyConfig  # issue 15
@@ -138,6 +138,18 @@ class HttpConfig(_Section):
     port: int | None = Field(default=None, ge=0, le=65535)  # None: no HTTP endpoint
 
 
+class ClusterConfig(_Section):
+    """Several nodes on one PostgreSQL database and one shared storage root (docs/cluster.md)."""
+
+    enabled: bool = False
+    node_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # unique per node
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    # A stage lease not renewed for this long (its node died) is taken over by another node.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    # A dead leader is replaced within this bound (periodic jobs, worklist export).
+    leader_timeout_seconds: float = Field(default=30.0, ge=3)
+
+
 class Config(_Section):
     node: NodeConfig = NodeConfig()
     storage: StorageConfig = StorageConfig()
@@ -151,6 +163,20 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     live: LiveConfig = LiveConfig()
     notify: NotifyConfig = NotifyConfig()
+    cluster: ClusterConfig = ClusterConfig()  # cluster mode: see msfollowup.cluster
+
+    @model_validator(mode="after")
+    def _cluster_needs_postgresql(self) -> Config:
+        if self.cluster.enabled:
+            if not self.cluster.node_name:
+                raise ValueError("cluster.node_name: required when cluster.enabled (a name unique per node)")
+            if not self.storage.database_url.startswith("postgresql"):
+                raise ValueError("cluster.enabled needs storage.database = a PostgreSQL URL: a SQLite index "
+                                 "cannot be shared between nodes")
+            if self.cluster.lease_seconds < 2 * self.cluster.heartbeat_seconds:
+                raise ValueError("cluster.lease_seconds: must be at least twice cluster.heartbeat_seconds "
+                                 "(a lease is renewed by the heartbeat)")
+        return self
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

@@ -44,6 +44,7 @@ SCHEMA_MODULES = (
     "msfollowup.app.results",
     "msfollowup.app.accounts",
     "msfollowup.app.reviews",
+    "msfollowup.cluster.model",
 )
 BASELINE = "0001_baseline"  # the schema of release 0.1.0 (create_all at commit 9b0320c)
 LEGACY_MARKER_TABLE = "studies"  # present in every database a 0.1.0 node ever opened

@@ -11,7 +11,7 @@ import json
 import logging
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -47,6 +47,14 @@ class StudyCheck(Base):
 log = logging.getLogger(__name__)
 
 
+class StageLeases(Protocol):
+    """Cluster mode (msfollowup.cluster.leases): which node runs a stage of a study."""
+
+    def claim(self, key: str) -> bool: ...
+    def finish(self, key: str) -> None: ...
+    def release(self, key: str) -> None: ...
+
+
 class Pipeline:
     """Runs the stages after completion. Every stage is driven by what the database says is missing,
     so a crash at any point is finished by the next pass (here or on another node)."""
@@ -55,6 +63,7 @@ class Pipeline:
         self.db = db
         self.cfg = cfg
         self.store = store
+        self.leases: StageLeases | None = None  # cluster mode: set by the service
 
     # -- stage 1: classify + validate
 
@@ -193,11 +202,27 @@ class Pipeline:
     def run_pending(self) -> int:
         n = 0
         for study_uid, version in self.unchecked():
-            n += self._isolated(f"study={study_uid} version={version} check", study_uid, "check", self.check,
-                                study_uid, version)
+            n += self._leased(f"check:{study_uid}:{version}", f"study={study_uid} version={version} check",
+                              study_uid, "check", self.check, study_uid, version)
         for check_id, study_uid in self.pending_followups():
-            n += self._isolated(f"check_id={check_id} follow-up", study_uid, "follow-up", self.followup, check_id)
+            n += self._leased(f"followup:{check_id}", f"check_id={check_id} follow-up", study_uid, "follow-up",
+                              self.followup, check_id)
         return n
+
+    def _leased(self, key: str, what: str, study_uid: str, stage_name: str, stage: Callable[..., object],
+                *args: Any) -> int:
+        """Cluster mode: run the stage only on the node holding its lease; finished -> done, failed ->
+        given back for the next pass (of any node)."""
+        if self.leases is None:
+            return self._isolated(what, study_uid, stage_name, stage, *args)
+        if not self.leases.claim(key):
+            return 0
+        ran = 0
+        try:
+            ran = self._isolated(what, study_uid, stage_name, stage, *args)
+        finally:
+            (self.leases.finish if ran else self.leases.release)(key)
+        return ran
 
     def _isolated(self, what: str, study_uid: str, stage_name: str, stage: Callable[..., object], *args: Any) -> int:
         """Run one study's stage; a failure caused by that study's data must not hold up every later

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from msfollowup import jobs, sdnotify, worklist
+from msfollowup import cluster, jobs, sdnotify, worklist
 from msfollowup.completion import CompletionWorker
 from msfollowup.config import Config, ConfigError, LoggingConfig
 from msfollowup.db import Database
@@ -99,7 +99,16 @@ class Service:
         cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(cfg.storage.database_url, cfg.storage.busy_timeout_seconds, cfg.storage.auto_upgrade)
         self.store = InstanceStore(cfg.storage.data_dir, self.db, cfg.storage.duplicate_policy, cfg.storage.fsync)
-        self.pipeline = Pipeline(self.db, cfg, self.store)
+        # --- cluster hook (msfollowup.cluster): own tmp/ per node, stage leases, export by the leader only
+        self.cluster = cluster.ClusterRuntime(cfg, self.db) if cfg.cluster.enabled else None
+        self._data_dir_lock: cluster.DataDirLock | None = None
+        stage_cfg = cluster.stage_config(cfg)
+        if self.cluster is not None:
+            self.store.tmp = self.cluster.tmp_dir
+        # --- end cluster hook
+        self.pipeline = Pipeline(self.db, stage_cfg, self.store)
+        if self.cluster is not None:
+            self.pipeline.leases = self.cluster.leases
         self.pipeline_worker = PipelineWorker(self.pipeline)
         self.metrics = Metrics()
         self.completion = CompletionWorker(
@@ -107,7 +116,7 @@ class Service:
         )
         self.node = Node(
             cfg, self.store,
-            extra_handlers=worklist.event_handlers(self.db, cfg),
+            extra_handlers=worklist.event_handlers(self.db, stage_cfg),
             extra_contexts=list(worklist.SUPPORTED_CONTEXTS),
             metrics=self.metrics,
         )
@@ -120,6 +129,11 @@ class Service:
         self.http: Any = None  # msfollowup.web.server.WebServer when [http] port is set
 
     def start(self) -> tuple[str, int]:
+        # cluster hook: before recovery touches tmp/, make sure this node may use the storage root
+        if self.cluster is not None:
+            self.cluster.join()
+        else:
+            self._data_dir_lock = cluster.DataDirLock(self.cfg.storage.data_dir).acquire()
         counts = self.store.recover()
         if any(counts.values()):
             log.warning("recovered after an interrupted run: indexed=%d discarded=%d", counts["indexed"], counts["discarded"])
@@ -130,13 +144,33 @@ class Service:
             self.live.start()
         if self.notify is not None:  # issue 15
             self.notify.start()
-        if self.cfg.scheduler.enabled:
+        if self.cluster is not None:
+            self._start_cluster()
+        elif self.cfg.scheduler.enabled:
             self.scheduler = jobs.start_scheduler(self)
         if self.cfg.http.port is not None:  # before the node: once it answers C-ECHO, the web answers too
             self.http = _start_web(self)
         self.address = self.node.start()
         log.info("listening ae_title=%s host=%s port=%d", self.cfg.node.ae_title, *self.address)
+        if self.cluster is not None:
+            self.cluster.set_address("%s:%d" % self.address)
         return self.address
+
+    def _start_cluster(self) -> None:
+        """Cluster hook: the periodic jobs and the worklist export run on the leader only."""
+        assert self.cluster is not None
+        scheduler = jobs.Scheduler(self, jobs.default_jobs(self.cfg)) if self.cfg.scheduler.enabled else None
+        if scheduler is not None:
+            scheduler.node_id = self.cluster.name  # scheduler_jobs.claimed_by names the node
+        cfg = self.cfg
+
+        def export() -> None:
+            with self.db.session() as s:
+                worklist.sync_export(s, cfg)
+
+        self.cluster.start(run_jobs=scheduler.run_due if scheduler else None,
+                           on_leadership=scheduler.sync if scheduler else None,
+                           export=export if cfg.worklist.export_dir is not None else None)
 
     def _on_complete(self, study_uid: str, version: int) -> None:
         self.metrics.inc("studies_completed_total")
@@ -150,7 +184,9 @@ class Service:
             "storage": lambda: check_storage(self.store.tmp),
             "node": self.node.check_health,
         }
-        if self.cfg.scheduler.enabled:
+        if self.cluster is not None:
+            checks["cluster"] = self.cluster.check_heartbeat
+        elif self.cfg.scheduler.enabled:
             checks["scheduler"] = lambda: _require(self.scheduler is not None and self.scheduler.running, "not running")
         return checks
 
@@ -167,7 +203,9 @@ class Service:
             alive["live"] = self.live.is_alive()
         if self.notify is not None:  # issue 15
             alive["notify"] = self.notify.is_alive()
-        if self.cfg.scheduler.enabled:
+        if self.cluster is not None:
+            alive["cluster"] = self.cluster.alive()
+        elif self.cfg.scheduler.enabled:
             alive["scheduler"] = self.scheduler is not None and self.scheduler.running
         if self.http is not None:
             alive["http"] = self.http.is_alive()
@@ -188,6 +226,10 @@ class Service:
             self.notify.stop()
         self.completion.stop()
         self.pipeline_worker.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
+        if self._data_dir_lock is not None:
+            self._data_dir_lock.release()
         self.db.dispose()
         log.info("stopped")
 
