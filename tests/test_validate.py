@@ -222,7 +222,8 @@ def test_3d_voxel_tolerance(prof: Profile) -> None:
         flair = v3d("T2_FLAIR", thick=edge, minute=7, contrast="post")
         return req(validate_study(routine(flair=flair), profile), "resolution.t2_flair")
 
-    assert flair_result(1.1, prof).status == "pass"  # default tolerance 0.1 mm
+    assert flair_result(1.1, prof).status == "fail"  # 002 "1 mm3": the tolerance is rounding only (0.02 mm)
+    assert flair_result(1.01, prof).status == "pass"
     assert flair_result(1.2, prof).status == "fail"
     assert "1 x 1 x 1.2 mm" in flair_result(1.2, prof).message
     assert flair_result(1.1, with_limits(prof, tolerance_3d_mm=0.0)).status == "fail"

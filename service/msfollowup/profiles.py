@@ -51,7 +51,8 @@ class Limits(_Model):
     pixel_spacing_2d_max_mm: float = Field(gt=0)
     tolerance_2d_mm: float = Field(ge=0)
     voxel_edge_3d_max_mm: float = Field(gt=0)
-    tolerance_3d_mm: float = Field(ge=0)
+    # Floating-point representation only (002: "1 mm3"): a larger tolerance would pass 1.1 mm voxels.
+    tolerance_3d_mm: float = Field(ge=0, le=0.02)
     contrast_delay_min_minutes: float = Field(ge=0)
     reference_field_strength_tolerance_t: float = Field(ge=0)
     reference_voxel_tolerance_mm: float = Field(ge=0)
