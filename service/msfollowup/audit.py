@@ -40,9 +40,11 @@ MPPS_CREATE = "mpps.create"
 MPPS_SET = "mpps.set"
 REPORT_DELIVERED = "report.delivered"
 PLAN_CHANGE = "plan.change"
+STUDY_ACCEPT = "study.accept"  # a QA lead accepted an unverifiable study (it now counts)
+STUDY_REFERENCE = "study.reference"  # a user designated the reference study of a purpose
 ACTIONS = frozenset({
     ASSOCIATION_RELEASED, ASSOCIATION_ABORTED, ASSOCIATION_REJECTED, STORE, QUERY_MWL,
-    MPPS_CREATE, MPPS_SET, REPORT_DELIVERED, PLAN_CHANGE,
+    MPPS_CREATE, MPPS_SET, REPORT_DELIVERED, PLAN_CHANGE, STUDY_ACCEPT, STUDY_REFERENCE,
 })
 
 

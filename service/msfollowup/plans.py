@@ -18,12 +18,14 @@ from typing import Any
 from sqlalchemy import Date, Float, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from msfollowup import audit
+from msfollowup import audit, clock, study_review
 from msfollowup.db import Base, UTCDateTime, utcnow
+from msfollowup.followup.due import safety_rules_applying
 from msfollowup.followup.dates import DAYS_PER_MONTH, add_months, add_offset, months_between
 from msfollowup.followup.due import compute_due, counts_as_compliant, rule_applies
 from msfollowup.followup.model import (
     CHANGE_KEYS,
+    ClinicalEvent,
     JCV_VALUES,
     DueExam,
     ExamRecord,
@@ -55,6 +57,9 @@ __all__ = [
 ]  # fmt: skip
 
 
+UNDETERMINED = "undetermined"  # StudyCheck.purpose of a study no purpose could be decided for
+
+
 class MonitoringPlan(Base):
     __tablename__ = "monitoring_plans"
 
@@ -68,6 +73,9 @@ class MonitoringPlan(Base):
     flags_json: Mapped[str] = mapped_column(Text, default="{}")  # {"flag": "YYYY-MM-DD" set on}
     override_interval_months: Mapped[float | None] = mapped_column(Float)
     override_protocol: Mapped[str | None] = mapped_column(String(64))
+    dmt_stop: Mapped[dt.date | None] = mapped_column(Date)  # current drug stopped, no successor yet
+    jcv_date: Mapped[dt.date | None] = mapped_column(Date)  # day of the JCV serostatus test
+    events_json: Mapped[str] = mapped_column(Text, default="[]")  # dated clinical events, oldest first
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_by: Mapped[str] = mapped_column(String(128))
@@ -113,6 +121,10 @@ def _row_to_plan(row: MonitoringPlan) -> PlanData:
         flags=flags,
         override_interval_months=row.override_interval_months,
         override_protocol=row.override_protocol,
+        dmt_stop=row.dmt_stop,
+        jcv_date=row.jcv_date,
+        events=tuple(ClinicalEvent(e["kind"], dt.date.fromisoformat(e["date"]), e.get("note", ""))
+                     for e in json.loads(row.events_json or "[]")),
     )
 
 
@@ -143,7 +155,9 @@ def set_plan(
     now = utcnow()
     row = session.get(MonitoringPlan, patient_id)
     old = _row_to_plan(row) if row is not None else PlanData(patient_id=patient_id)
-    new = apply_changes(old, changes, rules, today or dt.date.today())  # the clinic's day
+    day = today or clock.today()  # the clinic's day
+    new = apply_changes(old, changes, rules, day)
+    _refuse_relaxing_override(session, old, new, rules, day)
     diff = _diff(old, new)
     if row is None:
         diff = {"plan": {"old": None, "new": "created"}, **diff}
@@ -155,11 +169,27 @@ def set_plan(
     row.previous_dmt, row.switch_date, row.jcv = new.previous_dmt, new.switch_date, new.jcv
     row.flags_json = json.dumps({k: iso(v) for k, v in sorted(new.flags.items())})
     row.override_interval_months, row.override_protocol = new.override_interval_months, new.override_protocol
+    row.dmt_stop, row.jcv_date = new.dmt_stop, new.jcv_date
+    row.events_json = json.dumps([e.to_json() for e in new.events])
     row.updated_at, row.updated_by = now, author
     session.add(MonitoringPlanChange(patient_id=patient_id, changed_at=now, author=author, changes_json=json.dumps(diff)))
     audit.record(session, audit.PLAN_CHANGE, actor_user=author, patient_id=patient_id, detail={"fields": sorted(diff)})
     session.flush()
     return new
+
+
+def _refuse_relaxing_override(session: Session, old: PlanData, new: PlanData, rules: IntervalRules,
+                              today: dt.date) -> None:
+    """Issue 10 item 6: an override is refused while a safety rule (PML surveillance, new deficit, switch
+    vigilance) applies, naming the rule; a safety rule that starts later still counts (due.py)."""
+    setting = (new.override_interval_months is not None and new.override_interval_months != old.override_interval_months) \
+        or (new.override_protocol is not None and new.override_protocol != old.override_protocol)
+    if not setting:
+        return
+    blocking = safety_rules_applying(new, exam_history(session, new.patient_id, rules), today, rules)
+    if blocking:
+        names = ", ".join(f"{r.id} ({r.source.split(' (')[0]})" for r in blocking)
+        raise PlanError(f"override: refused, safety rule(s) apply: {names}; an override may not relax them")
 
 
 def plan_history(session: Session, patient_id: str) -> list[PlanChange]:
@@ -194,10 +224,15 @@ def exam_history(session: Session, patient_id: str, rules: IntervalRules | None 
     from msfollowup.pipeline import StudyCheck
 
     rules = rules or load_interval_rules()
-    latest: dict[str, StudyCheck] = {}
-    for row in session.scalars(select(StudyCheck).where(StudyCheck.patient_id == patient_id)):
-        if row.study_uid not in latest or row.version > latest[row.study_uid].version:
-            latest[row.study_uid] = row
+    latest: dict[tuple[str, str], StudyCheck] = {}
+    top: dict[str, int] = {}
+    rows = list(session.scalars(select(StudyCheck).where(StudyCheck.patient_id == patient_id)))
+    for row in rows:
+        top[row.study_uid] = max(top.get(row.study_uid, 0), row.version)
+    for row in rows:
+        if row.version == top[row.study_uid]:
+            latest[(row.study_uid, row.purpose)] = row
+    ok = study_review.accepted(session, sorted(top))
     exams = [
         ExamRecord(
             study_uid=r.study_uid,
@@ -205,9 +240,11 @@ def exam_history(session: Session, patient_id: str, rules: IntervalRules | None 
             profile_id=r.profile_id,
             verdict=r.verdict,
             failed=_failed_ids(r.result_json) if r.verdict != "compliant" else (),
-            purpose=rules.purpose_of(r.profile_id),
+            purpose=r.purpose,
+            accepted=(r.study_uid, r.purpose) in ok,
         )
-        for r in latest.values()
+        # A study whose purpose could not be decided is for review: never a failed brain exam.
+        for r in latest.values() if r.purpose != UNDETERMINED
     ]
     return sorted(exams, key=lambda e: (e.date, e.study_uid))
 
@@ -228,19 +265,23 @@ def due_for_all(session: Session, today: dt.date, rules: IntervalRules) -> list[
     return sorted(out, key=lambda d: (d.latest, d.target, d.patient_id, d.purpose))
 
 
-def profile_for_patient(session: Session, patient_id: str, today: dt.date, rules: IntervalRules) -> str:
-    """Profile the validator should use for a newly arrived (brain) study of this patient."""
-    for due in refresh_patient(session, patient_id, today, rules):
-        if due.purpose == "brain":
+def profile_for_patient(session: Session, patient_id: str, today: dt.date, rules: IntervalRules,
+                        purpose: str = "brain", exclude_study: str | None = None) -> str:
+    """Profile a newly arrived study of this purpose is checked against: what the plan asked for on the
+    study's date (`today`), the study itself left out of the history."""
+    plan = get_plan(session, patient_id)
+    exams = [e for e in exam_history(session, patient_id, rules) if e.study_uid != exclude_study]
+    for due in compute_due(plan, exams, today, rules, patient_id=patient_id):
+        if due.purpose == purpose:
             return due.profile_id
-    return _site_default_profile(rules)
+    return _site_default_profile(rules, purpose)
 
 
-def _site_default_profile(rules: IntervalRules) -> str:
+def _site_default_profile(rules: IntervalRules, purpose: str = "brain") -> str:
     for rule in rules.rules:
-        if rule.id in rules.site_default and rule.purpose == "brain":
+        if rule.id in rules.site_default and rule.purpose == purpose:
             return rule.profile
-    return rules.richness[0]
+    return next((p for p in rules.richness if rules.purpose_of(p) == purpose), rules.richness[0])
 
 
 

@@ -493,6 +493,7 @@ def close_for_study(
     accession: str | None,
     patient_id: str | None,
     study_date: str | dt.date | None,
+    purposes: frozenset[str] | None = None,
 ) -> ScheduledStep | None:
     """A study arrived (with or without MPPS): close the step it fulfils, if one is recognisable.
 

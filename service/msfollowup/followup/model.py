@@ -10,13 +10,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from msfollowup.followup.rules import IntervalRules
+from msfollowup.followup.drugs import DrugError
+from msfollowup.followup.rules import RECORDED_EVENTS, IntervalRules
 
 JCV_VALUES: tuple[str, ...] = ("positive", "negative", "unknown")
 
 
 class PlanError(ValueError):
     """A plan change that cannot be applied; the message names the field and the bad value."""
+
+
+@dataclass(frozen=True)
+class ClinicalEvent:
+    """A dated clinical event (relapse-brain, relapse-spinal, pml-suspected): each schedules its own exam."""
+
+    kind: str
+    date: dt.date
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "date": self.date.isoformat(), "note": self.note}
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,9 @@ class PlanData:
     flags: Mapping[str, dt.date | None] = field(default_factory=dict)  # flag -> day it was set
     override_interval_months: float | None = None
     override_protocol: str | None = None
+    dmt_stop: dt.date | None = None  # the current drug was stopped (no successor yet)
+    jcv_date: dt.date | None = None  # day of the JCV test
+    events: tuple[ClinicalEvent, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -44,6 +60,9 @@ class PlanData:
             "flags": {k: iso(v) for k, v in sorted(self.flags.items())},
             "override_interval_months": self.override_interval_months,
             "override_protocol": self.override_protocol,
+            "dmt_stop": iso(self.dmt_stop),
+            "jcv_date": iso(self.jcv_date),
+            "events": [e.to_json() for e in self.events],
         }
 
 
@@ -55,6 +74,7 @@ class ExamRecord:
     verdict: str
     failed: tuple[str, ...]  # requirement ids not passed
     purpose: str = "brain"
+    accepted: bool = False  # an unverifiable study a QA lead accepted (`study accept`): it counts
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,13 @@ class DueExam:
     recall: bool
     recall_items: tuple[str, ...]
     based_on_study: str | None
+    # What decided, for `due --json`, the report and the worklist: one entry per rule (id, source, what
+    # it decided: window / protocol / both), the override if one decided, the series required, and
+    # unverifiable studies waiting for a QA decision (they do not reset the clock).
+    decided_by: tuple[Mapping[str, Any], ...] = ()
+    override: Mapping[str, Any] | None = None
+    required_series: tuple[str, ...] = ()
+    review: tuple[str, ...] = ()
 
     def overdue(self, today: dt.date) -> bool:
         return today > self.latest
@@ -87,6 +114,13 @@ class DueExam:
             "recall": self.recall,
             "recall_items": list(self.recall_items),
             "based_on_study": self.based_on_study,
+            "window": {"earliest": self.earliest.isoformat(), "target": self.target.isoformat(),
+                       "latest": self.latest.isoformat()},
+            "profile": self.profile_id,
+            "required_series": list(self.required_series),
+            "rules": [dict(r) for r in self.decided_by],
+            "override": dict(self.override) if self.override else None,
+            "review": list(self.review),
         }
 
 
@@ -95,12 +129,15 @@ def iso(d: dt.date | None) -> str | None:
 
 
 # Plan fields a change may name, and the CLI/CSV spelling of the others.
-_DATE_FIELDS = ("diagnosed", "dmt_start", "switch_date")
+_DATE_FIELDS = ("diagnosed", "dmt_start", "switch_date", "dmt_stop", "jcv_date")
 _NAME_FIELDS = ("dmt", "previous_dmt")
 CHANGE_KEYS = (
     "diagnosed", "dmt", "dmt_start", "previous_dmt", "switch_date", "jcv", "set_flags", "clear_flags",
-    "override_interval", "override_protocol", "clear_override",
+    "override_interval", "override_protocol", "clear_override", "dmt_stop", "jcv_date", "add_events",
 )  # fmt: skip
+# Flags that are really dated events: setting one records an event (a second relapse is a second event,
+# not a flag that is already set). new_deficit becomes relapse-spinal when the patient has spinal symptoms.
+EVENT_FLAGS = ("new_deficit", "pml_suspected")
 
 
 def parse_date(value: Any, name: str) -> dt.date | None:
@@ -173,7 +210,11 @@ def apply_changes(
             new[key] = parse_date(changes[key], key)
     for key in _NAME_FIELDS:
         if key in changes:
-            new[key] = _parse_name(changes[key], key)
+            name = _parse_name(changes[key], key)
+            try:
+                new[key] = rules.drugs.normalize(name, key) if name else None
+            except DrugError as exc:
+                raise PlanError(str(exc)) from None
     if "jcv" in changes:
         jcv = str(changes["jcv"] or "unknown").strip().lower()
         if jcv not in JCV_VALUES:
@@ -184,11 +225,19 @@ def apply_changes(
         if item not in rules.flags:
             raise PlanError(f"clear_flag: unknown flag {item!r} (known: {', '.join(rules.flags)})")
         flags.pop(item, None)
+    events = list(plan.events)
     for item in _names(changes.get("set_flags"), "set_flags"):
         name, since = _parse_flag(item, rules.flags, today)
         explicit = "=" in item
         flags[name] = since if explicit or name not in flags else flags[name]
+        if name in EVENT_FLAGS:
+            kind = "pml-suspected" if name == "pml_suspected" else (
+                "relapse-spinal" if "spinal_symptoms" in flags else "relapse-brain")
+            events.append(ClinicalEvent(kind, since, f"flag {name}"))
     new["flags"] = flags
+    for raw in changes.get("add_events") or ():
+        events.append(_parse_event(raw, today))
+    new["events"] = tuple(sorted(dict.fromkeys(events), key=lambda e: (e.date, e.kind)))
     if changes.get("clear_override"):
         new["override_interval_months"] = None
         new["override_protocol"] = None
@@ -204,9 +253,34 @@ def apply_changes(
     return result
 
 
+def _parse_event(raw: Any, today: dt.date) -> ClinicalEvent:
+    if not isinstance(raw, Mapping):
+        raise PlanError("event: must be a table of kind, date, note")
+    kind = str(raw.get("kind") or "").strip().lower()
+    if kind not in RECORDED_EVENTS:
+        raise PlanError(f"event kind: {kind[:30]!r} is not one of {', '.join(RECORDED_EVENTS)}")
+    day = parse_date(raw.get("date"), f"event {kind} date") or today
+    if day > today:
+        raise PlanError(f"event {kind} date: {day} is after today ({today})")
+    note = str(raw.get("note") or "").strip()
+    if len(note) > 200:
+        raise PlanError("event note: at most 200 characters")
+    return ClinicalEvent(kind, day, note)
+
+
 def _check_consistent(plan: PlanData) -> None:
+    """Refuse contradictory dates, naming the fields."""
     if plan.dmt_start is not None and plan.dmt is None:
         raise PlanError("dmt_start: a start date needs the drug name (dmt)")
     if plan.switch_date is not None and plan.previous_dmt is None:
         raise PlanError("switch_date: a switch date needs the previous drug (previous_dmt)")
+    if plan.dmt_stop is not None and plan.dmt_start is not None and plan.dmt_stop < plan.dmt_start:
+        raise PlanError(f"dmt_stop: {plan.dmt_stop} is before dmt_start {plan.dmt_start}")
+    if plan.dmt_stop is not None and plan.dmt is None:
+        raise PlanError("dmt_stop: a stop date needs the drug name (dmt)")
+    if plan.switch_date is not None and plan.dmt_start is not None and plan.dmt_start < plan.switch_date:
+        raise PlanError(f"dmt_start: {plan.dmt_start} is before switch_date {plan.switch_date} "
+                        "(the new therapy cannot start before the switch)")
+    if plan.jcv_date is not None and plan.jcv == "unknown":
+        raise PlanError("jcv_date: a test date needs a result (jcv positive or negative)")
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from msfollowup.followup.dates import Unit, add_offset
+from msfollowup.followup.drugs import Vocabulary, load_vocabulary
+from msfollowup.profiles import Profile, load_profiles
 
 INTERVALS_FILE = "intervals.toml"
 Severity = Literal["required", "recommended"]
@@ -62,15 +64,21 @@ _NUMBER_OPS = ("lt", "le", "gt", "ge")
 VARIABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "dmt": ("string", _STRING_OPS),
     "previous_dmt": ("string", _STRING_OPS),
-    "dmt_risk": ("string", _STRING_OPS),  # PML-risk class of the current drug (drugs.toml)
-    "previous_dmt_risk": ("string", _STRING_OPS),  # ... of the drug before the last switch
+    "dmt_pml_risk": ("string", _STRING_OPS),  # PML-risk class of the current drug (drugs.toml)
+    "previous_dmt_pml_risk": ("string", _STRING_OPS),  # ... of the drug before the last switch
+    "previous_dmt_infection_risk": ("string", _STRING_OPS),  # opportunistic-infection class of that drug
+    "events": ("events", ("has", "lacks")),  # dated clinical events of these kinds were recorded
     "jcv": ("string", _STRING_OPS),
     "months_on_dmt": ("number", _NUMBER_OPS),
     "months_since_switch": ("number", _NUMBER_OPS),
     "months_since_diagnosis": ("number", _NUMBER_OPS),
     "flags": ("flags", ("has", "lacks")),
 }
-PLAN_DATES = ("dmt_start", "switch_date", "diagnosed")
+PLAN_DATES = ("dmt_start", "switch_date", "diagnosed", "dmt_stop")
+# Dated events: recorded by a clinician (relapse-*, pml-suspected) or implied by the therapy courses
+# (therapy-stop of a high infection-risk drug, therapy-start after such a switch).
+EVENT_KINDS = ("relapse-brain", "relapse-spinal", "pml-suspected", "therapy-stop", "therapy-start-after-switch")
+RECORDED_EVENTS = EVENT_KINDS[:3]
 
 
 def _condition_value(kind: str, op: str, value: Any, flags: tuple[str, ...]) -> Any:
@@ -78,13 +86,14 @@ def _condition_value(kind: str, op: str, value: Any, flags: tuple[str, ...]) -> 
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError("must be a number")
         return float(value)
-    if kind == "flags":
+    if kind in ("flags", "events"):
         names = [value] if isinstance(value, str) else value
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError("must be a flag name or a list of flag names")
-        unknown = [n for n in names if n not in flags]
+            raise ValueError(f"must be a name or a list of names of {kind}")
+        known = flags if kind == "flags" else EVENT_KINDS
+        unknown = [n for n in names if n not in known]
         if unknown:
-            raise ValueError(f"unknown flag {unknown[0]!r} (not in flags)")
+            raise ValueError(f"unknown {kind[:-1]} {unknown[0]!r} (known: {', '.join(known)})")
         return tuple(names)
     if op in ("in", "not_in"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -127,14 +136,20 @@ class Rule(_Model):
     window_days: Window | None = None
     when: tuple[Condition, ...] = ()
     description: str = ""
-    not_before: str | None = None  # plan date or flag: no window opens before it
-    event: str | None = None  # dated event kind: one exam per event, counted from the event date
-    # Period: the rule applies from `starts` (a plan date) for `lasts_months`, then ends.
-    lasts_months: float | None = Field(default=None, gt=0)
-    # A fixed reference point: `anchor` months after the plan date `not_before`; interim scans do not move it.
-    reference_months: tuple[float, ...] = ()
+    not_before: str | None = None  # plan date, flag or event kind: no window opens before it
+    event: str | None = None  # event kind: one exam per event, its window counted from the event date
+    # Period: the rule applies from the plan date `period_from` for `period_months`, then ends (no exam
+    # of the rule is planned after the end, whatever the conditions said at the last exam).
+    period_from: str | None = None
+    period_months: float | None = Field(default=None, gt=0)
+    # Fixed points counted from `not_before` (e.g. 6 and 12 months after treatment start). `window` is
+    # the window of the first one and is shifted to the others; an exam before a point's earliest date
+    # (an interim scan) does not answer it, so interim scans do not move the reference scan.
+    milestones: tuple[float, ...] = ()
     overridable: bool = True
-    safety: bool = False  # PML surveillance, new deficit, switch vigilance: an override never relaxes it
+    # PML surveillance, new deficit, switch vigilance: a plan override never relaxes it, and setting an
+    # override while it applies is refused with its name.
+    safety: bool = False
 
     @field_validator("when", mode="before")
     @classmethod
@@ -157,7 +172,20 @@ class Rule(_Model):
     def _one_window(self) -> Rule:
         if (self.window is None) == (self.window_days is None):
             raise ValueError("needs exactly one of window (months) or window_days")
+        if (self.period_from is None) != (self.period_months is None):
+            raise ValueError("period_from and period_months go together")
+        if self.milestones and (self.window is None or self.not_before not in PLAN_DATES):
+            raise ValueError("milestones need a window in months and not_before naming a plan date")
+        if self.event is not None and self.event not in EVENT_KINDS:
+            raise ValueError(f"event must be one of {', '.join(EVENT_KINDS)}")
+        if self.period_from is not None and self.period_from not in PLAN_DATES:
+            raise ValueError(f"period_from must be one of {', '.join(PLAN_DATES)}")
         return self
+
+    @property
+    def fixed(self) -> bool:
+        """Not suppressed by a plan override."""
+        return self.safety or not self.overridable
 
     @property
     def interval(self) -> Window:
@@ -187,6 +215,8 @@ class IntervalRules(_Model):
     override_earliest_fraction: float
     override_latest_fraction: float
     source_path: str = ""
+    drugs: Vocabulary = Field(default_factory=load_vocabulary)
+    profiles: Mapping[str, Profile] = Field(default_factory=load_profiles)
 
     def purpose_of(self, profile_id: str) -> str:
         return self.purposes.get(profile_id.split("+")[0], "brain")
@@ -223,10 +253,8 @@ def _rule(raw: Any, index: int, flags: tuple[str, ...], richness: tuple[str, ...
         raise _err(loc, f"profile {rule.profile!r} is not listed in [profiles].richness")
     if purposes.get(rule.profile, "brain") != rule.purpose:
         raise _err(loc, f"purpose {rule.purpose!r} does not match the purpose of profile {rule.profile!r}")
-    if rule.not_before is not None and rule.not_before not in PLAN_DATES and rule.not_before not in flags:
-        raise _err(loc, f"not_before must be a flag or one of {', '.join(PLAN_DATES)}")
-    if rule.event is not None and rule.event not in flags:
-        raise _err(loc, f"event {rule.event!r} is not a known flag")
+    if rule.not_before is not None and rule.not_before not in PLAN_DATES + EVENT_KINDS + flags:
+        raise _err(loc, f"not_before must be a flag, an event kind or one of {', '.join(PLAN_DATES)}")
     return rule
 
 
@@ -251,7 +279,8 @@ def _fraction(raw: Any, where: str) -> float:
     return float(raw)
 
 
-def parse_interval_rules(data: Mapping[str, Any], source: str = "<data>") -> IntervalRules:
+def parse_interval_rules(data: Mapping[str, Any], source: str = "<data>", directory: Path | None = None
+                         ) -> IntervalRules:
     """Validate the parsed TOML; every error names `source` and the offending key."""
 
     def where(key: str) -> str:
@@ -296,6 +325,8 @@ def parse_interval_rules(data: Mapping[str, Any], source: str = "<data>") -> Int
         override_earliest_fraction=_fraction(override.get("earliest_fraction", 0.9), where("override.earliest_fraction")),
         override_latest_fraction=_fraction(override.get("latest_fraction", 1.1), where("override.latest_fraction")),
         source_path=source,
+        drugs=load_vocabulary(directory),
+        profiles=load_profiles(directory),
     )
 
 
@@ -337,4 +368,4 @@ def load_interval_rules(directory: Path | None = None) -> IntervalRules:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise IntervalRulesError(f"{source}: not valid TOML: {exc}") from None
-    return parse_interval_rules(data, source)
+    return parse_interval_rules(data, source, directory)
