@@ -61,7 +61,9 @@ def _cmd_studies(args: argparse.Namespace) -> int:
     cfg = _config(args)
     rows = study_summaries(_database(cfg))
     if args.json:
-        _print_json(rows)
+        from msfollowup.study_review import purposes_and_verdicts
+
+        _print_json(purposes_and_verdicts(_database(cfg), rows))  # issue 10: each study's purposes and verdicts
         return 0
     print(f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  VER  SERIES  INSTANCES  LAST RECEIVED")
     for r in rows:
@@ -100,10 +102,9 @@ def _reschedule(session: Session, args: argparse.Namespace, patient_ids: list[st
 
 
 def _today(args: argparse.Namespace) -> dt.date:
-    from msfollowup.plans import parse_date
+    from msfollowup.cli_patient import today
 
-    day = parse_date(args.today, "--today") if getattr(args, "today", None) else None
-    return day or dt.date.today()
+    return today(args)  # --today, else MSFOLLOWUP_TODAY, else the local date
 
 
 def _plan_changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -149,7 +150,7 @@ def _cmd_patient_set(args: argparse.Namespace) -> int:
 
     db, rules = _plan_context(args)
     with db.session() as s:
-        plan = set_plan(s, args.patient_id, _plan_changes(args), args.author, rules=rules)
+        plan = set_plan(s, args.patient_id, _plan_changes(args), args.author, rules=rules, today=_today(args))
         due = refresh_patient(s, args.patient_id, _today(args), rules)
         _reschedule(s, args, [args.patient_id])
     _print_json({"plan": plan.to_json(), "due": [d.to_json() for d in due]})
@@ -195,7 +196,7 @@ def _cmd_patient_import(args: argparse.Namespace) -> int:
     db, rules = _plan_context(args)
     try:
         with open(args.file, newline="", encoding="utf-8-sig") as fh, db.session() as s:
-            applied = import_plans_csv(s, fh, args.author, rules)
+            applied = import_plans_csv(s, fh, args.author, rules, today=_today(args))
             _reschedule(s, args, sorted(set(applied)))
     except (OSError, UnicodeDecodeError) as exc:
         print(f"msfollowup: {args.file}: cannot read: {exc}", file=sys.stderr)
@@ -224,6 +225,7 @@ def _add_plan_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     from msfollowup.plans import JCV_VALUES, default_author
 
     patient = sub.add_parser("patient", help="monitoring plans").add_subparsers(dest="patient_command", required=True)
+    __import__("msfollowup.cli_patient").cli_patient.register(patient)  # therapy, event, jcv
     p = patient.add_parser("set", help="create or change a monitoring plan (every change is kept)")
     p.add_argument("patient_id")
     p.add_argument("--dmt", help="current disease-modifying therapy")
@@ -237,7 +239,7 @@ def _add_plan_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--override-interval", help="manual interval in months")
     p.add_argument("--override-protocol", help="manual protocol profile id")
     p.add_argument("--clear-override", action="store_true")
-    p.add_argument("--today", help=argparse.SUPPRESS)
+    p.add_argument("--today", help="the clinic's day (YYYY-MM-DD; default: MSFOLLOWUP_TODAY, else today)")
     p.set_defaults(func=_plan_errors(_cmd_patient_set))
     q = patient.add_parser("show", help="plan, history and next due exams of one patient")
     q.add_argument("patient_id")
@@ -246,6 +248,7 @@ def _add_plan_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     q.set_defaults(func=_plan_errors(_cmd_patient_show))
     r = patient.add_parser("import", help="apply a CSV of plans in one transaction (a bad row applies nothing)")
     r.add_argument("file")
+    r.add_argument("--today", help="the clinic's day (YYYY-MM-DD; default: MSFOLLOWUP_TODAY, else today)")
     r.set_defaults(func=_plan_errors(_cmd_patient_import))
     for x in (p, r):
         x.add_argument("--author", default=default_author(), help="who made the change (default: OS user)")
@@ -512,6 +515,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     _add_plan_commands,
     _add_worklist_commands,
     _add_audit_commands,
+    lambda sub: __import__("msfollowup.cli_study").cli_study.register(sub),  # study accept / reference
 ]
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from msfollowup import audit
-from msfollowup.db import Base, UTCDateTime, utcnow
+from msfollowup.db import Base, Database, UTCDateTime, utcnow
 
 ACCEPT = "accept"
 REFERENCE = "reference"
@@ -123,3 +124,33 @@ def designated_reference(session: Session, patient_id: str, purpose: str) -> str
         StudyDecision.kind == REFERENCE, StudyDecision.patient_id == patient_id, StudyDecision.purpose == purpose
     ).order_by(StudyDecision.decided_at.desc(), StudyDecision.id.desc()).limit(1)).first()
     return row
+
+
+def purposes_and_verdicts(db: Database, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`studies --json`: each study summary with the purposes of its latest checked version and their
+    verdicts, profile, evidence, and whether a QA lead accepted or designated it."""
+    import json
+
+    from msfollowup.pipeline import StudyCheck
+
+    with db.session() as s:
+        checks = list(s.scalars(select(StudyCheck)))
+        decisions = list(s.scalars(select(StudyDecision)))
+    top: dict[str, int] = {}
+    for c in checks:
+        top[c.study_uid] = max(top.get(c.study_uid, 0), c.version)
+    by_study: dict[str, list[dict[str, Any]]] = {}
+    for c in sorted(checks, key=lambda c: c.id):
+        if c.version != top[c.study_uid]:
+            continue
+        try:
+            evidence = json.loads(c.result_json).get("purpose", {}).get("evidence")
+        except (ValueError, AttributeError):
+            evidence = None
+        kinds = sorted({d.kind for d in decisions if d.study_uid == c.study_uid and d.purpose == c.purpose})
+        by_study.setdefault(c.study_uid, []).append({
+            "purpose": c.purpose, "verdict": c.verdict, "profile_id": c.profile_id, "version": c.version,
+            "evidence": evidence, "accepted": ACCEPT in kinds, "reference": REFERENCE in kinds,
+            "review": c.purpose == "undetermined" or (c.verdict == "unverifiable" and ACCEPT not in kinds),
+        })
+    return [r | {"purposes": by_study.get(str(r.get("study_instance_uid")), [])} for r in rows]
