@@ -524,7 +524,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for register in REGISTRARS:
         register(sub)
+    _today_everywhere(parser)
     return parser
+
+
+def _today_everywhere(parser: argparse.ArgumentParser) -> None:
+    """One clock: every command takes --today (the clinic's day); main() hands it to msfollowup.clock."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any(isinstance(a, argparse._SubParsersAction) for a in child._actions) and \
+                        "--today" not in child._option_string_actions:
+                    child.add_argument("--today", help="the clinic's day (YYYY-MM-DD; default: MSFOLLOWUP_TODAY)")
+                _today_everywhere(child)
 
 
 def _quiet_value_warnings() -> None:
@@ -540,6 +552,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_value_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "today", None):
+        import os
+
+        from msfollowup.clock import ENV
+
+        os.environ[ENV] = args.today  # one clock for everything this command computes
     try:
         rc: int = args.func(args)
     except ConfigError as exc:

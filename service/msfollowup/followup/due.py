@@ -359,6 +359,7 @@ def compute_due(plan: PlanData | None, exams: Sequence[ExamRecord], today: dt.da
                 patient_id: str | None = None) -> list[DueExam]:
     """The next due exam of every purpose (brain first). `plan=None`: the site default only."""
     pid = patient_id if patient_id is not None else (plan.patient_id if plan else "")
+    exams = [e for e in exams if e.date <= today]  # as of `today`: a later study has not happened yet
     out: list[DueExam] = []
     for purpose in _purposes(plan, exams, today, rules):
         due = _decide(plan, purpose, [e for e in exams if e.purpose == purpose], today, rules, pid)
