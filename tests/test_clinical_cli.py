@@ -206,3 +206,18 @@ def test_due_json_has_profile_series_window_rules_with_sources(config: Path) -> 
     assert brain["recall_items"] == ["sequence.t1_post"] and brain["profile"] == "ms-brain-routine@t1_post"
     assert brain["required_series"] == ["Post-contrast T1"]
     assert all(r["source"] for r in brain["rules"])
+
+
+def test_csv_import_takes_dated_events_and_refuses_inconsistent_rows(config: Path, tmp_path: Path) -> None:
+    """Issue 10 item 2: "CLI and CSV import both take the events"; 004: each new myelopathic deficit is
+    imaged ("MRI cervical and thoracic spine") within days of its own date."""
+    good = tmp_path / "events.csv"
+    good.write_text("patient_id,dmt,dmt_start,flags,events\n"
+                    f"{PID},Ocrevus,2020-01-01,spinal_symptoms,relapse-spinal=2026-06-12\n", encoding="utf-8")
+    assert run(config, "patient", "import", str(good)).returncode == 0
+    spine = due(config)["spine"]
+    assert spine["rule_ids"][0] == "new-deficit-spine" and spine["target"] == "2026-06-12"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patient_id,dmt,dmt_start,dmt_stop\nPAT-CLIN-2,fingolimod,2025-05-01,2025-01-01\n", encoding="utf-8")
+    proc = run(config, "patient", "import", str(bad))
+    assert proc.returncode == 2 and "line 2" in proc.stderr and "dmt_stop" in proc.stderr and "dmt_start" in proc.stderr

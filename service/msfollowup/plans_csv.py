@@ -14,7 +14,7 @@ from msfollowup.followup.rules import IntervalRules
 
 CSV_COLUMNS = (
     "patient_id", "diagnosed", "dmt", "dmt_start", "previous_dmt", "switch_date", "jcv", "flags",
-    "clear_flags", "override_interval", "override_protocol", "clear_override",
+    "clear_flags", "override_interval", "override_protocol", "clear_override", "dmt_stop", "jcv_date", "events",
 )  # fmt: skip
 _TRUE = ("1", "true", "yes", "y", "x")
 
@@ -32,9 +32,11 @@ def _split_names(cell: str) -> list[str]:
 
 
 def _row_changes(row: Mapping[str, str]) -> dict[str, Any]:
-    """Empty cells leave a field unchanged; flags are separated by ';', '|' or spaces."""
+    """Empty cells leave a field unchanged; flags are separated by ';', '|' or spaces; events are
+    `kind=YYYY-MM-DD` items (relapse-brain=2026-03-01;relapse-spinal=2026-06-10), each one dated event."""
     changes: dict[str, Any] = {}
-    for key in ("diagnosed", "dmt", "dmt_start", "previous_dmt", "switch_date", "jcv", "override_interval", "override_protocol"):
+    for key in ("diagnosed", "dmt", "dmt_start", "previous_dmt", "switch_date", "jcv", "override_interval",
+                "override_protocol", "dmt_stop", "jcv_date"):
         value = (row.get(key) or "").strip()
         if value:
             changes[key] = value
@@ -42,6 +44,14 @@ def _row_changes(row: Mapping[str, str]) -> dict[str, Any]:
         changes["set_flags"] = _split_names(row["flags"])
     if (row.get("clear_flags") or "").strip():
         changes["clear_flags"] = _split_names(row["clear_flags"])
+    if (row.get("events") or "").strip():
+        events = []
+        for item in _split_names(row["events"]):
+            kind, sep, date = item.partition("=")
+            if not sep or not date:
+                raise PlanError(f"events: {item[:40]!r} is not kind=YYYY-MM-DD")
+            events.append({"kind": kind, "date": date})
+        changes["add_events"] = events
     clear = (row.get("clear_override") or "").strip().lower()
     if clear:
         if clear not in _TRUE + ("0", "false", "no", "n"):
