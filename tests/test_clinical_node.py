@@ -135,3 +135,24 @@ def test_scanner_change_warns_and_later_studies_compare_with_the_most_recent(nod
     reqs = {r["id"]: r for r in report["result"]["requirements"]}
     assert reqs["reference.scanner"]["status"] == "pass"
     assert due(node, pid)["brain"]["target"] == "2027-06-10"
+
+
+def test_worklist_item_names_the_deciding_rules_and_asks_no_contrast_when_contraindicated(node: RunningNode) -> None:
+    """004 FAQ: a patient who cannot receive gadolinium is imaged without contrast; 004: a new myelopathic
+    deficit -> "MRI cervical and thoracic spine". The worklist item names the deciding rule and its source
+    and carries no Requested Contrast Agent."""
+    from sqlalchemy import select
+
+    from msfollowup.worklist import ScheduledStep, decode_identifier
+
+    pid = "CLIN-NOGD"
+    cli(node, "patient", "set", pid, "--flag", "gadolinium_contraindicated", "--flag", "spinal_symptoms")
+    cli(node, "patient", "event", pid, "relapse-spinal", "--date", "2026-06-14")
+    with node.db.session() as s:
+        step = s.scalars(select(ScheduledStep).where(ScheduledStep.patient_id == pid, ScheduledStep.purpose == "spine",
+                                                     ScheduledStep.open_key.is_not(None))).one()
+        ds = decode_identifier(step.identifier)
+    sps = ds.ScheduledProcedureStepSequence[0]
+    assert "RequestedContrastAgent" not in sps or not sps.RequestedContrastAgent
+    assert "new-deficit-spine [004]" in str(ds.ReasonForTheRequestedProcedure)
+    assert step.profile_id == "ms-spine-new-deficit~nogd"

@@ -247,14 +247,17 @@ def _decide(plan: PlanData | None, purpose: str, exams: Sequence[ExamRecord], to
     decided += [_rule_entry(rules, i, "protocol") for i in p_ids if i not in w_ids]
     decided += [_rule_entry(rules, i, "protocol (no contrast)") for i in s_ids]
     last = _last_compliant(exams, rules)
-    reason = "; ".join(f"{d['id']} ({d['source']})" for d in decided)
-    reason = f"interval: {', '.join(w_ids)}; protocol {profile}: {', '.join(p_ids)}; rules: {reason}"
-    if last is None:
-        reason += "; no compliant exam yet"
     override = None
     if plan is not None and any(i.startswith("override") for i in rule_ids):
         override = {"interval_months": plan.override_interval_months, "protocol": plan.override_protocol,
                     "decided": [i for i in rule_ids if i.startswith("override")]}
+    # Deciding rules with their sources first: the worklist's Reason for the Requested Procedure (LO, 64
+    # characters) shows the start of this text to the radiographer.
+    reason = ("OVERRIDE; " if override else "") + ", ".join(f"{d['id']} [{_short(d['source'])}]" for d in decided)
+    reason += f"; interval: {', '.join(w_ids)}; protocol {profile}: {', '.join(p_ids)}"
+    if last is None:
+        reason += "; no compliant exam yet"
+    if override:
         reason += "; decided by a plan override"
     due = DueExam(
         patient_id=patient_id, purpose=purpose, profile_id=profile, earliest=best_w[0], target=best_w[1],
@@ -264,6 +267,12 @@ def _decide(plan: PlanData | None, purpose: str, exams: Sequence[ExamRecord], to
         review=tuple(e.study_uid for e in exams if needs_review(e, rules) and (last is None or e.date >= last.date)),
     )
     return _with_recall(due, plan, exams, rules)
+
+
+def _short(source: str) -> str:
+    """Seed numbers of a source ("002 Detection of adverse effects (...); 001" -> "002;001")."""
+    seeds = [w for w in source.replace(";", " ").replace(",", " ").split() if w.isdigit() and len(w) == 3]
+    return ";".join(dict.fromkeys(seeds)) or source[:12]
 
 
 def _substituted(rules: IntervalRules, plan: PlanData | None, parts: set[str]) -> set[str]:
@@ -338,8 +347,8 @@ def _with_recall(due: DueExam, plan: PlanData | None, exams: Sequence[ExamRecord
         target=min(r_t, due.target),
         latest=min(r_l, due.latest),
         rule_ids=("recall",) + due.rule_ids,
-        reason=f"recall: study {latest.study_uid} was {latest.verdict} ({', '.join(items)}); repeat only "
-               f"{', '.join(missing) if missing else 'the whole protocol'}; regular {due.reason}",
+        reason=f"recall: repeat only {', '.join(missing) if missing else 'the whole protocol'} (study "
+               f"{latest.study_uid} was {latest.verdict}: {', '.join(items)}); regular {due.reason}",
         recall=True,
         recall_items=tuple(items),
         based_on_study=latest.study_uid,
