@@ -156,3 +156,25 @@ def test_worklist_item_names_the_deciding_rules_and_asks_no_contrast_when_contra
     assert "RequestedContrastAgent" not in sps or not sps.RequestedContrastAgent
     assert "new-deficit-spine [004]" in str(ds.ReasonForTheRequestedProcedure)
     assert step.profile_id == "ms-spine-new-deficit~nogd"
+
+
+def test_study_of_undetermined_purpose_is_for_review_not_a_failed_brain_exam(node: RunningNode, tmp_path: Path) -> None:
+    """Issue 10 item 1: "A study whose purpose cannot be decided is marked for review, never recalled as a
+    failed brain exam" (no BodyPartExamined, no anatomy in the descriptions, no worklist item)."""
+    import pydicom
+
+    pid = "CLIN-UNDETERMINED"
+    cli(node, "patient", "set", pid, "--dmt", "ocrelizumab", "--dmt-start", "2018-01-01")
+    study = generate_study(tmp_path / "nobody", patient_id=pid, patient_name="TEST^CLINICAL", study_date="20260610",
+                           seed=18, defects=["missing_t1_post"], **SMALL)
+    for f in study.files:
+        ds = pydicom.dcmread(f)
+        if "BodyPartExamined" in ds:
+            del ds.BodyPartExamined
+        ds.save_as(f)
+    assert node.storescu(study.files).returncode == 0
+    node.wait_complete(study.study_uid)
+    (check,) = purposes(node, study.study_uid)
+    assert check["purpose"] == "undetermined" and check["review"]
+    brain = due(node, pid)["brain"]
+    assert not brain["recall"] and not brain["recall_items"]
