@@ -39,11 +39,11 @@ def _svc() -> Service:
 
 def overdue_job() -> int:
     """Count patients past the latest date of their window (a log line; the web page will list them)."""
-    from msfollowup import plans
+    from msfollowup import clock, plans
 
     svc = _svc()
     rules = plans.load_interval_rules(svc.cfg.validation.protocols_dir)
-    today = dt.date.today()
+    today = clock.today()  # the one clock (MSFOLLOWUP_TODAY in tests)
     with svc.db.session() as s:
         overdue = [d for d in plans.due_for_all(s, today, rules) if d.overdue(today)]
     if overdue:
