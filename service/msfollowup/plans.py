@@ -182,11 +182,15 @@ def _refuse_relaxing_override(session: Session, old: PlanData, new: PlanData, ru
                               today: dt.date) -> None:
     """Issue 10 item 6: an override is refused while a safety rule (PML surveillance, new deficit, switch
     vigilance) applies, naming the rule; a safety rule that starts later still counts (due.py)."""
-    setting = (new.override_interval_months is not None and new.override_interval_months != old.override_interval_months) \
-        or (new.override_protocol is not None and new.override_protocol != old.override_protocol)
-    if not setting:
+    affected: set[str] = set()
+    if new.override_interval_months is not None and new.override_interval_months != old.override_interval_months:
+        affected.add("brain")  # the interval override applies to the brain item
+    if new.override_protocol is not None and new.override_protocol != old.override_protocol:
+        affected.add(rules.purpose_of(new.override_protocol))
+    if not affected:
         return
-    blocking = safety_rules_applying(new, exam_history(session, new.patient_id, rules), today, rules)
+    blocking = [r for r in safety_rules_applying(new, exam_history(session, new.patient_id, rules), today, rules)
+                if r.purpose in affected]
     if blocking:
         names = ", ".join(f"{r.id} ({r.source.split(' (')[0]})" for r in blocking)
         raise PlanError(f"override: refused, safety rule(s) apply: {names}; an override may not relax them")
