@@ -173,10 +173,13 @@ def test_unknown_contrast_makes_a_post_contrast_requirement_unverifiable() -> No
                                 **{**T1_SE, "SeriesDescription": "T1 3D"})])
     assert study[0].contrast == "unknown"
     result = validate_study(study, profile)
-    post = [r for r in result.requirements if "post" in r.id.lower() or "post" in r.label.lower()]
-    assert post, [r.id for r in result.requirements]
-    assert any(r.status == "unverifiable" and "contrast is unknown" in r.message for r in post), \
-        [(r.id, r.status, r.message) for r in post]
+    t1 = [r for r in result.requirements if r.id in ("sequence.t1_pre", "sequence.t1_post")]
+    assert len(t1) == 2, [r.id for r in result.requirements]
+    # Never a pass from silence: the lone T1 leaves the pre-contrast T1 unverifiable ("contrast is unknown"),
+    # and since one series cannot be both, the post-contrast T1 is missing (validate._one_series_cannot_be_both).
+    by = {r.id: r for r in t1}
+    assert by["sequence.t1_pre"].status == "unverifiable" and "contrast is unknown" in by["sequence.t1_pre"].message
+    assert by["sequence.t1_post"].status == "fail"
 
 
 # Anatomy ----------------------------------------------------------------------------------------------

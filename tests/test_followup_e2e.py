@@ -63,7 +63,9 @@ def test_plan_study_report_and_next_exam_on_the_worklist(tmp_path: Path) -> None
                    "--jcv", "positive", "--author", "e2e-test")
         assert res.returncode == 0, res.stderr
 
-        study = generate_study(tmp_path / "gen", profile="ms-brain-pml-screening", vendor="siemens", slices=4,
+        # The patient's first exam here is the baseline: every applicable rule's series together (issue 10
+        # item 4: PML screening + efficacy monitoring = FLAIR, T2, DWI, T1 pre/post, the PML-suspected set).
+        study = generate_study(tmp_path / "gen", profile="ms-brain-pml-suspected", vendor="siemens", slices=4,
                                seed=77, patient_id=PATIENT, patient_name="TEST^E2E",
                                study_date=today.strftime("%Y%m%d"))
         assert node.storescu(study.files).returncode == 0

@@ -3,6 +3,7 @@ protocols/intervals.toml, then the plan tables on a real SQLite file."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 from collections.abc import Iterator
@@ -105,11 +106,11 @@ def test_treatment_start_reference_scan_at_6_months_and_follow_up_at_12(rules: I
     assert ref.rule_ids == ("treatment-start",)
     reference = exam(D(2026, 7, 20))
     follow = only(compute_due(plan, [pre, reference], D(2026, 8, 1), rules))
-    assert follow.target == D(2027, 1, 20)  # ~12 months after the start
+    assert follow.target == D(2027, 1, 15)  # 12 months after the start (002), not after the reference scan
     assert "treatment-start" in follow.rule_ids
     # The promised 12-month follow-up is not lost when the patient crosses 12 months without it.
     missed = only(compute_due(plan, [pre, reference], D(2027, 3, 1), rules))
-    assert missed.target == D(2027, 1, 20) and missed.latest < D(2027, 3, 1)
+    assert missed.target == D(2027, 1, 15) and missed.latest < D(2027, 3, 1)
     # After the 12-month follow-up: yearly.
     after = only(compute_due(plan, [pre, reference, exam(D(2027, 1, 18))], D(2027, 2, 1), rules))
     assert after.target == D(2028, 1, 18)
@@ -139,7 +140,8 @@ def test_natalizumab_jcv_negative_yearly_with_pml_screening_protocol(rules: Inte
     plan = PlanData(PID, dmt="natalizumab", dmt_start=D(2022, 1, 1), jcv="negative")
     due = only(compute_due(plan, [exam(D(2026, 5, 1), profile="ms-brain-pml-screening")], D(2026, 6, 15), rules))
     assert window(due) == (D(2027, 4, 1), D(2027, 5, 1), D(2027, 6, 1))
-    assert due.profile_id == "ms-brain-pml-screening"
+    # The yearly PML scan is also the yearly efficacy scan: union of both protocols (issue 10 item 4).
+    assert due.profile_id == "ms-brain-pml-screening+ms-brain-routine"
     assert "natalizumab-low-risk" in due.rule_ids
     assert "natalizumab-high-risk" not in due.rule_ids
 
@@ -200,7 +202,7 @@ def test_non_compliant_study_produces_a_recall_instead_of_resetting_the_clock(ru
     assert due.recall
     assert due.recall_items == ("sequence.t1_post",)
     assert due.based_on_study == "1.2.3.99"
-    assert due.profile_id == "ms-brain-routine"
+    assert due.profile_id == "ms-brain-routine@t1_post"  # issue 10 item 5: recall only what was missing
     assert (due.target, due.latest) == (D(2026, 6, 17), D(2026, 6, 24))
     assert due.rule_ids[0] == "recall"
     # Had the failed study reset the clock, the next exam would be a year after it.
@@ -214,7 +216,10 @@ def test_unverifiable_study_is_a_recall_only_when_a_sequence_is_missing(rules: I
     plan = PlanData(PID, dmt="ocrelizumab", dmt_start=D(2020, 1, 1))
     timing = exam(D(2026, 6, 1), verdict="unverifiable", failed=("contrast_delay",))
     ok = only(compute_due(plan, [timing], D(2026, 6, 5), rules))
-    assert not ok.recall and ok.target == D(2027, 6, 1)
+    # Issue 10 item 5: unverifiable does not reset the clock (nor is it a recall): it waits for review.
+    assert not ok.recall and ok.target == D(2026, 6, 5) and ok.review == (timing.study_uid,)
+    accepted = only(compute_due(plan, [dataclasses.replace(timing, accepted=True)], D(2026, 6, 5), rules))
+    assert accepted.target == D(2027, 6, 1) and not accepted.review
     missing = exam(D(2026, 6, 1), verdict="unverifiable", failed=("sequence.t2_flair",))
     recall = only(compute_due(plan, [exam(D(2025, 9, 1)), missing], D(2026, 6, 5), rules))
     assert recall.recall and recall.recall_items == ("sequence.t2_flair",)
@@ -224,7 +229,8 @@ def test_several_rules_shortest_interval_and_richest_protocol_win_and_are_named(
     plan = PlanData(PID, dmt="natalizumab", dmt_start=D(2022, 1, 1), jcv="negative", flags={"highly_active": None})
     due = only(compute_due(plan, [exam(D(2026, 5, 1))], D(2026, 6, 15), rules))
     assert window(due) == (D(2026, 8, 1), D(2026, 9, 16), D(2026, 11, 1))  # highly active: 3-6 months
-    assert due.profile_id == "ms-brain-pml-screening"  # natalizumab: richer than routine
+    # Issue 10 item 4: the union of what both rules need (PML screening + contrast T1 of efficacy monitoring).
+    assert due.profile_id == "ms-brain-pml-screening+ms-brain-routine"
     assert due.rule_ids == ("highly-active", "natalizumab-low-risk")
     assert "highly-active" in due.reason and "natalizumab-low-risk" in due.reason
 
@@ -233,10 +239,12 @@ def test_override_from_the_plan_wins_over_rules(rules: IntervalRules) -> None:
     base = PlanData(PID, dmt="natalizumab", dmt_start=D(2022, 1, 1), jcv="positive")
     plan = PlanData(**{**base.__dict__, "override_interval_months": 6.0, "override_protocol": "ms-brain-pml-suspected"})
     due = only(compute_due(plan, [exam(D(2026, 5, 1))], D(2026, 6, 15), rules))
-    assert due.target == D(2026, 11, 1)  # 6 months, not the 3-4 months of the high-risk rule
+    # Issue 10 item 6: the override never relaxes PML surveillance: the 3-4 months of the high-risk rule stay.
+    assert due.target == D(2026, 8, 16)
     assert due.earliest < due.target < due.latest
     assert due.profile_id == "ms-brain-pml-suspected"
-    assert due.rule_ids == ("override-interval", "override-protocol")
+    assert due.rule_ids[0] == "natalizumab-high-risk" and "override-protocol" in due.rule_ids
+    assert due.override is not None
     # An immediate event is not silenced by an override.
     flagged = PlanData(**{**plan.__dict__, "flags": {"pml_suspected": D(2026, 6, 15)}})
     event = only(compute_due(flagged, [exam(D(2026, 5, 1))], D(2026, 6, 15), rules))
@@ -356,7 +364,8 @@ def test_exam_history_uses_the_latest_check_version_and_feeds_the_due_list(db: D
         assert {d.patient_id for d in everyone} == {PID, "PAT-CHECKED"}
         checked = [d for d in everyone if d.patient_id == "PAT-CHECKED"][0]
         assert checked.recall and checked.recall_items == ("sequence.t2_flair",)
-        assert profile_for_patient(s, PID, D(2026, 6, 5), rules) == "ms-brain-pml-screening"
+        # Baseline of a natalizumab patient: PML screening and efficacy monitoring together (issue 10 item 4).
+        assert profile_for_patient(s, PID, D(2026, 6, 5), rules) == "ms-brain-pml-screening+ms-brain-routine"
         assert profile_for_patient(s, "PAT-NOBODY", D(2026, 6, 5), rules) == "ms-brain-routine"
         assert refresh_patient(s, PID, D(2026, 6, 5), rules)[0].patient_id == PID
 

@@ -44,12 +44,13 @@ PLAN_CHANGE = "plan.change"
 USER_CHANGE = "user.change"
 TOKEN_CHANGE = "token.change"
 LOGIN = "user.login"
-STUDY_REVIEW = "study.review"  # accepted as compliant / chosen as reference
+STUDY_ACCEPT = "study.accept"  # a QA lead accepted an unverifiable study (it now counts)
+STUDY_REFERENCE = "study.reference"  # a user designated the reference study of a purpose
 WORKLIST_CLOSE = "worklist.close"  # an item left the worklist: performed, replaced or cancelled, and why
 ACTIONS = frozenset({
     ASSOCIATION_RELEASED, ASSOCIATION_ABORTED, ASSOCIATION_REJECTED, STORE, QUERY_MWL,
     MPPS_CREATE, MPPS_SET, REPORT_DELIVERED, PLAN_CHANGE, WORKLIST_CLOSE,
-    USER_CHANGE, TOKEN_CHANGE, LOGIN, STUDY_REVIEW,
+    USER_CHANGE, TOKEN_CHANGE, LOGIN, STUDY_ACCEPT, STUDY_REFERENCE,
 })
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from msfollowup import cli_db, cli_index, cli_nodes, cli_notify
+from msfollowup import cli_db, cli_index, cli_nodes, cli_notify, cli_patient, cli_study
 from msfollowup.config import Config, ConfigError, load_config
 from msfollowup.core.errors import MsFollowupError
 
@@ -63,7 +63,9 @@ def _cmd_studies(args: argparse.Namespace) -> int:
     cfg = _config(args)
     rows = study_summaries(_database(cfg))
     if args.json:
-        _print_json(rows)
+        from msfollowup.study_review import purposes_and_verdicts
+
+        _print_json(purposes_and_verdicts(_database(cfg), rows))  # issue 10: each study's purposes and verdicts
         return 0
     print(f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  VER  SERIES  INSTANCES  LAST RECEIVED")
     for r in rows:
@@ -103,10 +105,9 @@ def _reschedule(session: Session, args: argparse.Namespace, patient_ids: list[st
 
 
 def _today(args: argparse.Namespace) -> dt.date:
-    from msfollowup.plans import parse_date
+    from msfollowup.cli_patient import today
 
-    day = parse_date(args.today, "--today") if getattr(args, "today", None) else None
-    return day or dt.date.today()
+    return today(args)  # --today, else MSFOLLOWUP_TODAY, else the local date
 
 
 def _plan_changes(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,7 +153,7 @@ def _cmd_patient_set(args: argparse.Namespace) -> int:
 
     db, rules = _plan_context(args)
     with db.session() as s:
-        plan = set_plan(s, args.patient_id, _plan_changes(args), args.author, rules=rules)
+        plan = set_plan(s, args.patient_id, _plan_changes(args), args.author, rules=rules, today=_today(args))
         due = refresh_patient(s, args.patient_id, _today(args), rules)
         _reschedule(s, args, [args.patient_id])
     _print_json({"plan": plan.to_json(), "due": [d.to_json() for d in due]})
@@ -198,7 +199,7 @@ def _cmd_patient_import(args: argparse.Namespace) -> int:
     db, rules = _plan_context(args)
     try:
         with open(args.file, newline="", encoding="utf-8-sig") as fh, db.session() as s:
-            applied = import_plans_csv(s, fh, args.author, rules)
+            applied = import_plans_csv(s, fh, args.author, rules, today=_today(args))
             _reschedule(s, args, sorted(set(applied)))
     except (OSError, UnicodeDecodeError) as exc:
         print(f"msfollowup: {args.file}: cannot read: {exc}", file=sys.stderr)
@@ -227,6 +228,7 @@ def _add_plan_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     from msfollowup.plans import JCV_VALUES, default_author
 
     patient = sub.add_parser("patient", help="monitoring plans").add_subparsers(dest="patient_command", required=True)
+    cli_patient.register(patient)  # therapy, event, jcv
     p = patient.add_parser("set", help="create or change a monitoring plan (every change is kept)")
     p.add_argument("patient_id")
     p.add_argument("--dmt", help="current disease-modifying therapy")
@@ -240,7 +242,7 @@ def _add_plan_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--override-interval", help="manual interval in months")
     p.add_argument("--override-protocol", help="manual protocol profile id")
     p.add_argument("--clear-override", action="store_true")
-    p.add_argument("--today", help=argparse.SUPPRESS)
+    p.add_argument("--today", help="the clinic's day (YYYY-MM-DD; default: MSFOLLOWUP_TODAY, else today)")
     p.set_defaults(func=_plan_errors(_cmd_patient_set))
     q = patient.add_parser("show", help="plan, history and next due exams of one patient")
     q.add_argument("patient_id")
@@ -249,6 +251,7 @@ def _add_plan_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     q.set_defaults(func=_plan_errors(_cmd_patient_show))
     r = patient.add_parser("import", help="apply a CSV of plans in one transaction (a bad row applies nothing)")
     r.add_argument("file")
+    r.add_argument("--today", help="the clinic's day (YYYY-MM-DD; default: MSFOLLOWUP_TODAY, else today)")
     r.set_defaults(func=_plan_errors(_cmd_patient_import))
     for x in (p, r):
         x.add_argument("--author", default=default_author(), help="who made the change (default: OS user)")
@@ -487,6 +490,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]],
     cli_notify.register,  # issue 15: `notifications`
     cli_index.register,
     cli_nodes.register,
+    cli_study.register,  # study accept / reference
 ]
 from msfollowup import cli_web  # noqa: E402 - web users and API tokens
 
@@ -498,7 +502,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for register in REGISTRARS:
         register(sub)
+    _today_everywhere(parser)
     return parser
+
+
+def _today_everywhere(parser: argparse.ArgumentParser) -> None:
+    """One clock: every command takes --today (the clinic's day); main() hands it to msfollowup.clock."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any(isinstance(a, argparse._SubParsersAction) for a in child._actions) and \
+                        "--today" not in child._option_string_actions:
+                    child.add_argument("--today", help="the clinic's day (YYYY-MM-DD; default: MSFOLLOWUP_TODAY)")
+                _today_everywhere(child)
 
 
 def _quiet_value_warnings() -> None:
@@ -514,6 +530,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_value_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "today", None):
+        import os
+
+        from msfollowup.clock import ENV
+
+        os.environ[ENV] = args.today  # one clock for everything this command computes
     try:
         rc: int = args.func(args)
     except (ConfigError, MsFollowupError) as exc:  # a schema of another revision: names the command

@@ -43,7 +43,7 @@ SCHEMA_MODULES = (
     "msfollowup.notify.records",
     "msfollowup.app.results",
     "msfollowup.app.accounts",
-    "msfollowup.app.reviews",
+    "msfollowup.study_review",
     "msfollowup.cluster.model",
 )
 BASELINE = "0001_baseline"  # the schema of release 0.1.0 (create_all at commit 9b0320c)

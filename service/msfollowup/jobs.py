@@ -73,10 +73,10 @@ class SchedulerJob(Base):
 
 def overdue_job(ctx: JobContext) -> int:
     """Count patients past the latest date of their window (a log line; the web page will list them)."""
-    from msfollowup import plans
+    from msfollowup import clock, plans
 
     rules = plans.load_interval_rules(ctx.cfg.validation.protocols_dir)
-    today = dt.date.today()
+    today = clock.today()  # the one clock (MSFOLLOWUP_TODAY in tests)
     with ctx.db.session() as s:
         overdue = [d for d in plans.due_for_all(s, today, rules) if d.overdue(today)]
         from msfollowup.notify.emit import on_overdue  # issue 15

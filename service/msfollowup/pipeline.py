@@ -17,6 +17,7 @@ from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, func
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from msfollowup import clock
 from msfollowup.classify import SeriesClassification, classify_study, read_headers
 from msfollowup.config import Config
 from msfollowup.db import Base, Database, UTCDateTime, utcnow
@@ -33,13 +34,15 @@ class StudyCheck(Base):
     version: Mapped[int] = mapped_column(Integer)
     patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
     study_date: Mapped[str | None] = mapped_column(String(8))  # DICOM DA of the study
+    # What this check was for (issue 10 item 1): brain / spine / undetermined; one row per purpose.
+    purpose: Mapped[str] = mapped_column(String(16), default="brain")
     profile_id: Mapped[str] = mapped_column(String(64))
     profile_version: Mapped[str] = mapped_column(String(32))
     verdict: Mapped[str] = mapped_column(String(16))  # compliant / non-compliant / unverifiable
     result_json: Mapped[str] = mapped_column(Text)  # ValidationResult.to_json()
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
-    __table_args__ = (UniqueConstraint("study_uid", "version", name="uq_study_checks_version"),)
+    __table_args__ = (UniqueConstraint("study_uid", "version", "purpose", name="uq_study_checks_version"),)
     # False until reports are written and the patient's next exam is scheduled for this version.
     followup_done: Mapped[bool] = mapped_column(default=False)
 
@@ -81,32 +84,40 @@ class Pipeline:
             ).all()
         return [(uid, v) for uid, v in rows]
 
-    def profile_for(self, patient_id: str | None) -> str:
-        """The patient's plan decides (the interval rules' site default when there is no plan); a study
-        without a PatientID gets the configured default profile."""
-        if not patient_id:
-            return self.cfg.validation.default_profile
+    def profile_for(self, patient_id: str | None, purpose: str = "brain", study_date: str | None = None,
+                    study_uid: str | None = None) -> str:
+        """What the patient's plan asked for this purpose on the study's date (the interval rules' site
+        default when there is no plan); a study without a PatientID gets the configured default profile."""
         from msfollowup import plans
 
         rules = plans.load_interval_rules(self.cfg.validation.protocols_dir)
+        if not patient_id:
+            return self.cfg.validation.default_profile if purpose != "spine" else plans._site_default_profile(rules, purpose)
+        day = _da_date(study_date) or clock.today()
         with self.db.session() as s:
-            return plans.profile_for_patient(s, patient_id, dt.date.today(), rules)
+            return plans.profile_for_patient(s, patient_id, day, rules, purpose, exclude_study=study_uid)
 
-    def _reference_for(self, study_uid: str, patient_id: str | None) -> list[SeriesClassification] | None:
-        """The patient's baseline: the earliest compliant study before this one, if its files remain."""
+    def _reference_for(self, study_uid: str, patient_id: str | None, purpose: str = "brain",
+                       study_date: str | None = None) -> list[SeriesClassification] | None:
+        """The study to compare with: one a user designated (`study reference`), else the most recent
+        compliant (or accepted) full study of the same purpose before this one, if its files remain."""
         if not patient_id:
             return None
+        from msfollowup import study_review
+
         with self.db.session() as s:
-            ref_uid = s.scalars(
-                select(StudyCheck.study_uid)
-                .where(
-                    StudyCheck.patient_id == patient_id,
-                    StudyCheck.verdict == "compliant",
-                    StudyCheck.study_uid != study_uid,
-                )
-                .order_by(StudyCheck.study_date, StudyCheck.created_at)
-                .limit(1)
-            ).first()
+            ref_uid = study_review.designated_reference(s, patient_id, purpose)
+            if ref_uid is None or ref_uid == study_uid:
+                ok = {u for u, p in study_review.accepted(s, [r for r in s.scalars(select(StudyCheck.study_uid).where(
+                    StudyCheck.patient_id == patient_id, StudyCheck.verdict == "unverifiable"))]) if p == purpose}
+                rows = s.execute(
+                    select(StudyCheck.study_uid, StudyCheck.study_date, StudyCheck.verdict, StudyCheck.profile_id)
+                    .where(StudyCheck.patient_id == patient_id, StudyCheck.purpose == purpose,
+                           StudyCheck.study_uid != study_uid)
+                    .order_by(StudyCheck.study_date.desc(), StudyCheck.created_at.desc())
+                ).all()
+                ref_uid = next((u for u, d, v, prof in rows if "@" not in prof and (v == "compliant" or u in ok)
+                                and (not study_date or not d or d <= study_date)), None)
         if ref_uid is None:
             return None
         files = [p for paths in self.store.series_files(ref_uid).values() for p in paths if p.exists()]
@@ -115,42 +126,60 @@ class Pipeline:
         series, _, _ = read_headers(files)
         return classify_study(list(series.values()))
 
-    def check(self, study_uid: str, version: int) -> ValidationResult | None:
+    def check(self, study_uid: str, version: int) -> list[ValidationResult] | None:
+        """One check per purpose of the study (brain, spine; both for a combined session), each against
+        its own profile; a study of undetermined purpose is checked against the brain profile for the
+        report but marked for review."""
+        from msfollowup import purpose as purposes
+        from msfollowup.profiles import get_profile, load_profiles
+
         with self.db.session() as s:
             study = s.get(Study, study_uid)
             if study is None:
                 return None
-            patient_id, study_date = study.patient_id, study.study_date
+            patient_id, study_date, accession = study.patient_id, study.study_date, study.accession_number
         files = [p for paths in self.store.series_files(study_uid).values() for p in paths]
         series, errors, _ = read_headers(files)
         for message in errors:
             log.warning("study=%s unreadable instance: %s", study_uid, message)
         classified = classify_study(list(series.values()))
-        from msfollowup.profiles import get_profile
-
-        profile = get_profile(self.profile_for(patient_id), self.cfg.validation.protocols_dir)
-        reference = self._reference_for(study_uid, patient_id)
-        result = validate_study(classified, profile, reference)
+        profiles = load_profiles(self.cfg.validation.protocols_dir)
+        regions = next(iter(profiles.values())).regions if profiles else ()
+        with self.db.session() as s:
+            found = purposes.study_purposes(s, study_uid, accession, classified, regions)
+        rows, results = [], []
+        for sp in found:
+            judged_as = "brain" if sp.purpose == purposes.UNDETERMINED else sp.purpose
+            profile_id = sp.profile_id or self.profile_for(patient_id, judged_as, study_date, study_uid)
+            profile = get_profile(profile_id, self.cfg.validation.protocols_dir)
+            reference = self._reference_for(study_uid, patient_id, judged_as, study_date)
+            result = validate_study(classified, profile, reference)
+            doc = result.to_json() | {"purpose": {"purpose": sp.purpose, "evidence": sp.evidence,
+                                                  "regions": list(sp.regions)}}
+            results.append(result)
+            rows.append(StudyCheck(
+                study_uid=study_uid, version=version, patient_id=patient_id, study_date=study_date,
+                purpose=sp.purpose, profile_id=result.profile_id, profile_version=result.profile_version,
+                verdict=result.verdict, result_json=json.dumps(doc, default=str), created_at=utcnow(),
+            ))
         try:
             with self.db.session() as s:
-                chk = StudyCheck(
-                    study_uid=study_uid, version=version, patient_id=patient_id, study_date=study_date,
-                    profile_id=result.profile_id, profile_version=result.profile_version, verdict=result.verdict,
-                    result_json=json.dumps(result.to_json(), default=str), created_at=utcnow(),
-                )
-                s.add(chk)
-                s.flush()
                 from msfollowup.app.results import record_check  # rows the compliance dashboard sums up
-
-                record_check(s, chk.id, study_uid, version, patient_id, study_date, json.loads(chk.result_json))
                 from msfollowup.notify.emit import on_study_checked  # issue 15: same transaction as the check
 
-                on_study_checked(s, self.cfg, study_uid, version, result.to_json())
+                for row in rows:
+                    s.add(row)
+                    s.flush()
+                    doc = json.loads(row.result_json)
+                    record_check(s, row.id, study_uid, version, patient_id, study_date, doc, purpose=row.purpose)
+                    on_study_checked(s, self.cfg, study_uid, version, doc)
         except IntegrityError:
             log.info("study=%s version=%d already checked by another worker", study_uid, version)
             return None
-        log.info("study checked study=%s version=%d profile=%s verdict=%s", study_uid, version, result.profile_id, result.verdict)
-        return result
+        for row in rows:
+            log.info("study checked study=%s version=%d purpose=%s profile=%s verdict=%s", study_uid, version,
+                     row.purpose, row.profile_id, row.verdict)
+        return results
 
     # -- stage 2: reports, worklist, next exam
 
@@ -189,9 +218,13 @@ class Pipeline:
             study = s.get(Study, study_uid)
             if study is None:
                 return
-            worklist.close_for_study(s, study_uid, study.accession_number, patient_id, study.study_date)
+            found = frozenset(s.scalars(select(StudyCheck.purpose).where(
+                StudyCheck.study_uid == study_uid, StudyCheck.version == version,
+                StudyCheck.purpose != "undetermined")))
+            worklist.close_for_study(s, study_uid, study.accession_number, patient_id, study.study_date,
+                                     purposes=found or None)
             if patient_id:
-                schedule_patient(s, self.cfg, patient_id, dt.date.today())
+                schedule_patient(s, self.cfg, patient_id, clock.today())
 
     # Stages after validation, in data-flow order; each is idempotent for one (study, version).
     followup_stages: list[Callable[[Pipeline, str, int, str | None, dict[str, Any]], None]] = [
@@ -253,6 +286,15 @@ def schedule_patient(session: Session, cfg: Config, patient_id: str, today: dt.d
     ).first() or worklist.Demographics(patient_id=patient_id, patient_name=None)
     return [worklist.schedule_due(session, due, demographics, cfg, today=today)
             for due in plans.refresh_patient(session, patient_id, today, rules)]
+
+
+def _da_date(value: str | None) -> dt.date | None:
+    if value and len(value.strip()) == 8 and value.strip().isdigit():
+        try:
+            return dt.datetime.strptime(value.strip(), "%Y%m%d").date()
+        except ValueError:
+            return None
+    return None
 
 
 class PipelineWorker(PollingWorker):

@@ -51,7 +51,8 @@ class Limits(_Model):
     pixel_spacing_2d_max_mm: float = Field(gt=0)
     tolerance_2d_mm: float = Field(ge=0)
     voxel_edge_3d_max_mm: float = Field(gt=0)
-    tolerance_3d_mm: float = Field(ge=0)
+    # Floating-point representation only (002: "1 mm3"): a larger tolerance would pass 1.1 mm voxels.
+    tolerance_3d_mm: float = Field(ge=0, le=0.02)
     contrast_delay_min_minutes: float = Field(ge=0)
     reference_field_strength_tolerance_t: float = Field(ge=0)
     reference_voxel_tolerance_mm: float = Field(ge=0)
@@ -112,6 +113,8 @@ class SequenceRule(_Model):
     prefer_acquisition: Literal["2D", "3D"] | None = None
     allow_derived: bool = False  # e.g. ADC/trace maps, which are derived by nature
     resolution: Literal["required", "informational", "off"] = "required"
+    # required: a failure makes the study non-compliant; recommended: a warning in every report.
+    severity: Literal["required", "recommended"] = "required"
 
 
 class Constraints(_Model):
@@ -119,6 +122,7 @@ class Constraints(_Model):
     source: tuple[str, ...] = ()
     limits: Limits
     regions: tuple[Region, ...] = ()
+    severity: Mapping[str, Literal["required", "recommended"]] = Field(default_factory=dict)
 
 
 class Profile(_Model):
@@ -136,6 +140,9 @@ class Profile(_Model):
     sequences: tuple[SequenceRule, ...]
     regions: tuple[Region, ...] = ()
     limits: Limits
+    # Severity of the checks that are not sequences (e.g. "reference.scanner" = "recommended": 002
+    # says the same scanner is "ideally" used). Keys are requirement id prefixes; default required.
+    severity: Mapping[str, Literal["required", "recommended"]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
@@ -227,7 +234,11 @@ def _merge(entry: Traversable, base: Mapping[str, Any], data: dict[str, Any]) ->
             by_name[Region.model_validate(r).name] = r
         except ValidationError as exc:
             raise ProfileError(_format(str(entry), exc, ("regions", i))) from None
-    return {**data, "limits": {**base.get("limits", {}), **limits}, "regions": list(by_name.values())}
+    severity = data.get("severity", {})
+    if not isinstance(severity, dict):
+        raise ProfileError(f"{entry}: invalid profile data\n  severity: must be a table of requirement = severity")
+    return {**data, "limits": {**base.get("limits", {}), **limits}, "regions": list(by_name.values()),
+            "severity": {**base.get("severity", {}), **severity}}
 
 
 def _constraints(folders: list[Traversable]) -> dict[str, Any]:
@@ -241,7 +252,8 @@ def _constraints(folders: list[Traversable]) -> dict[str, Any]:
             merged = Constraints.model_validate(_merge(entry, base, _read(entry)))
         except ValidationError as exc:
             raise ProfileError(_format(str(entry), exc)) from None
-        base = {"limits": merged.limits.model_dump(), "regions": [r.model_dump() for r in merged.regions]}
+        base = {"limits": merged.limits.model_dump(), "regions": [r.model_dump() for r in merged.regions],
+                "severity": dict(merged.severity)}
     if not base:
         raise ProfileError(f"no {CONSTRAINTS_FILE} found in {', '.join(map(str, folders))}")
     return base
@@ -285,7 +297,12 @@ def load_profiles(directory: Path | None = None) -> dict[str, Profile]:
 
 
 def get_profile(profile_id: str, directory: Path | None = None) -> Profile:
+    """A profile file by id, or a composed id (see compose.py: `a+b`, `a@seq,seq`, `~nogd`)."""
     profiles = load_profiles(directory)
+    if any(c in profile_id for c in "+@~"):
+        from msfollowup.compose import compose_id
+
+        return compose_id(profile_id, profiles)
     try:
         return profiles[profile_id]
     except KeyError:

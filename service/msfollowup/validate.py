@@ -15,6 +15,7 @@ How a study is judged:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ class RequirementResult:
     message: str  # one sentence a radiographer understands
     informational: bool = False  # reported, never changes the verdict
     label: str = ""  # what was required, e.g. "T2 FLAIR (or PD)"
+    # "recommended": a failure is a warning shown in the report, never a recall (informational is then set)
+    severity: str = "required"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +51,7 @@ class RequirementResult:
             "label": self.label,
             "status": self.status,
             "informational": self.informational,
+            "severity": self.severity,
             "measured": self.measured,
             "limit": self.limit,
             "series": list(self.series),
@@ -556,7 +560,35 @@ def _chosen(profile: Profile, series: Sequence[SeriesClassification]
     ctx = _Context(profile, series)
     instances = _instances(profile)
     post_count = sum(1 for i in instances if i.rule.contrast == "post")
-    return [(inst, *_choose(ctx, inst, post_count)) for inst in instances]
+    chosen = [(inst, *_choose(ctx, inst, post_count)) for inst in instances]
+    return _one_series_cannot_be_both(chosen)
+
+
+def _one_series_cannot_be_both(
+    chosen: list[tuple[_Instance, SeriesClassification | None, _Checks | None, RequirementResult]],
+) -> list[tuple[_Instance, SeriesClassification | None, _Checks | None, RequirementResult]]:
+    """A pre- and a post-contrast requirement of the same kind and region both left unverifiable by the
+    same single series of unknown contrast: that series can answer one of them at most, so one is surely
+    missing and the study is non-compliant, not merely unverifiable (issue 13 keeps the contrast state
+    "unknown"; this only counts series). The post-contrast one is called missing: a post-contrast series
+    nearly always records its agent, so a lone T1 without contrast evidence is the pre-contrast one far more
+    often, and the recall for the post-contrast T1 is what brings the patient back for what is needed."""
+    def key(inst: _Instance) -> tuple[tuple[str, ...], str | None]:
+        return tuple(inst.rule.any_of), inst.region.name if inst.region else None
+
+    undecided = {(key(inst), inst.rule.contrast): r for inst, _, _, r in chosen
+                 if inst.rule.contrast in ("pre", "post") and r.status == "unverifiable"}
+    out = []
+    for inst, best, checks, result in chosen:
+        pre = undecided.get((key(inst), "pre"))
+        if inst.rule.contrast == "post" and result.status == "unverifiable" and pre is not None \
+                and len(set(result.series) | set(pre.series)) == 1:
+            (lone,) = set(result.series)
+            result = dataclasses.replace(result, status="fail", message=(
+                f"{inst.label} missing: the only candidate ({lone}) may be the pre-contrast series, whether it "
+                "was acquired before or after contrast is unknown, and one series cannot be both"))
+        out.append((inst, best, checks, result))
+    return out
 
 
 def validate_study(
@@ -584,6 +616,7 @@ def validate_study(
         ref_uid = reference[0].facts.study_instance_uid
         results += _reference_results(profile, series, reference, chosen)
     results.append(_exam_length(limits, series))
+    results = [_with_severity(profile, r) for r in results]
     return ValidationResult(
         study_instance_uid=series[0].facts.study_instance_uid if series else "",
         profile_id=profile.id,
@@ -595,6 +628,25 @@ def validate_study(
         checked_at=now or dt.datetime.now(dt.timezone.utc),
         profile_summary=profile.summary(),
     )
+
+
+def _severity(profile: Profile, requirement_id: str) -> str:
+    """A sequence's own severity for its sequence/resolution/contrast/reference checks, else the profile's
+    [severity] table by id prefix (longest match), else required."""
+    parts = requirement_id.split(".")
+    for seq in profile.sequences:
+        if seq.id in parts[1:2] or (parts[0] == "contrast_delay" and seq.id in parts[1:2]):
+            if seq.severity == "recommended":
+                return "recommended"
+    matches = [k for k in profile.severity if requirement_id == k or requirement_id.startswith(k + ".")]
+    return profile.severity[max(matches, key=len)] if matches else "required"
+
+
+def _with_severity(profile: Profile, r: RequirementResult) -> RequirementResult:
+    if r.informational or _severity(profile, r.id) != "recommended":
+        return r
+    msg = r.message if r.status == "pass" else f"Recommended, not required: {r.message}"
+    return dataclasses.replace(r, severity="recommended", informational=True, message=msg)
 
 
 def _reference_results(profile: Profile, series: Sequence[SeriesClassification],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
@@ -128,12 +129,9 @@ def ref_of(session: Session, patient_id: str) -> int:
     return patient_ref(session, patient_id)
 
 
-def drug_names(rules: plans.IntervalRules) -> list[str]:
-    """The therapy names the interval rules know (offered in the plan form; others are allowed)."""
-    names: set[str] = set()
-    for rule in rules.rules:
-        for cond in rule.conditions:
-            if cond.variable in ("dmt", "previous_dmt"):
-                values = cond.value if isinstance(cond.value, (list, tuple, set, frozenset)) else [cond.value]
-                names |= {str(v) for v in values}
-    return sorted(names)
+def drug_names(protocols_dir: Path | None = None) -> list[str]:
+    """Generic and brand names of the site's drug vocabulary (protocols/drugs.toml), offered in the plan
+    form; the form refuses any other name as the CLI does (`unlisted:NAME` for a drug not in the list)."""
+    from msfollowup.followup.drugs import load_vocabulary
+
+    return sorted({n for d in load_vocabulary(protocols_dir).drug for n in (d.name, *d.brands)}, key=str.lower)

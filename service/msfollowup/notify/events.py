@@ -77,8 +77,11 @@ def study_checked(cfg: NotifyConfig, result: dict[str, Any], study: dict[str, An
         return None
     uid = str(study["study_instance_uid"])
     profile = result.get("profile") or {}
+    # A combined brain + spine session is one check per purpose: each purpose's verdict is its own event.
+    purpose = str((result.get("purpose") or {}).get("purpose") or "brain")
     body = {
         "study": {**study, "version": version, "link": _link(cfg, uid)},
+        "purpose": purpose,
         "profile": {"id": profile.get("id"), "version": profile.get("version"), "title": profile.get("title")},
         "verdict": result.get("verdict"),
         "missing": _items(result, "fail", missing=True),
@@ -86,7 +89,8 @@ def study_checked(cfg: NotifyConfig, result: dict[str, Any], study: dict[str, An
         "unverifiable": _items(result, "unverifiable"),
     }
     scanners = tuple(s for s in (study.get("scanner"), study.get("station_name")) if s)
-    return Occurrence(event, f"{event}|{uid}|v{version}", body, scanners, profile.get("id"), uid, patient)
+    key = f"{event}|{uid}|v{version}" + ("" if purpose == "brain" else f"|{purpose}")
+    return Occurrence(event, key, body, scanners, profile.get("id"), uid, patient)
 
 
 def patient_overdue(cfg: NotifyConfig, patient_id: str, purpose: str, profile_id: str, target: dt.date,

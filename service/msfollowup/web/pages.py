@@ -248,7 +248,7 @@ def _patient(request: Request, ref: int, who: Principal, error: str | None = Non
     except patients.PatientError as exc:
         raise HTTPException(404, str(exc)) from None
     return render(request, "patient.html", who, status=status, d=data, error=error, flags=rules.flags,
-                  drugs=patients.drug_names(rules), jcv_values=("unknown", "negative", "positive"),
+                  drugs=patients.drug_names(ctx.cfg.validation.protocols_dir), jcv_values=("unknown", "negative", "positive"),
                   saved=request.query_params.get("saved"))
 
 

@@ -1,4 +1,4 @@
-"""Web application (issue 14): accounts, API tokens, sessions, study reviews, and one row per check and
+"""Web application (issue 14): accounts, API tokens, sessions, and one row per check and
 per requirement result so the compliance dashboard aggregates in SQL (study_results, requirement_results,
 patient_refs: internal patient numbers for URLs without patient IDs).
 
@@ -107,28 +107,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_study_results_study_uid'), ['study_uid'], unique=False)
         batch_op.create_index('ix_study_results_week', ['latest', 'scanner', 'profile_id', 'week', 'verdict', 'reviewed_verdict', 'study_date'], unique=False)
 
-    op.create_table('study_reviews',
-    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
-    sa.Column('check_id', sa.Integer(), nullable=False),
-    sa.Column('study_uid', sa.String(length=64), nullable=False),
-    sa.Column('action', sa.String(length=16), nullable=False),
-    sa.Column('reason', sa.Text(), nullable=False),
-    sa.Column('author', sa.String(length=128), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['check_id'], ['study_checks.id'], ),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('study_reviews', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_study_reviews_check_id'), ['check_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_study_reviews_study_uid'), ['study_uid'], unique=False)
-
 
 def downgrade() -> None:
-    with op.batch_alter_table('study_reviews', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_study_reviews_study_uid'))
-        batch_op.drop_index(batch_op.f('ix_study_reviews_check_id'))
-
-    op.drop_table('study_reviews')
     with op.batch_alter_table('study_results', schema=None) as batch_op:
         batch_op.drop_index('ix_study_results_week')
         batch_op.drop_index(batch_op.f('ix_study_results_study_uid'))
