@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicom_fixtures import generate_study  # noqa: E402
-from msfollowup.classify import classify_study, read_headers  # noqa: E402
-from msfollowup.profiles import load_profiles  # noqa: E402
-from msfollowup.validate import validate_study  # noqa: E402
+from msfollowup.dicom.classify import classify_study, read_headers  # noqa: E402
+from msfollowup.site.profiles import load_profiles  # noqa: E402
+from msfollowup.check.validate import validate_study  # noqa: E402
 
 VENDORS = ("siemens", "ge", "philips", "canon")
 PROFILES = ("ms-brain-routine", "ms-brain-pml-screening", "ms-brain-no-contrast", "ms-spine-new-deficit")

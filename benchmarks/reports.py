@@ -20,12 +20,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicom_fixtures import generate_study  # noqa: E402
-from msfollowup.classify import classify_study, read_headers  # noqa: E402
-from msfollowup.config import Config, StorageConfig  # noqa: E402
+from msfollowup.dicom.classify import classify_study, read_headers  # noqa: E402
+from msfollowup.site.config import Config, StorageConfig  # noqa: E402
 from msfollowup.db import Database  # noqa: E402
-from msfollowup.report import write_reports  # noqa: E402
-from msfollowup.store import InstanceStore  # noqa: E402
-from msfollowup.validate import validate_study  # noqa: E402
+from msfollowup.reports.files import write_reports  # noqa: E402
+from msfollowup.files.store import InstanceStore  # noqa: E402
+from msfollowup.check.validate import validate_study  # noqa: E402
 
 
 def _setup(root: Path, instances: int) -> tuple[Config, Database, str, object]:

@@ -36,15 +36,15 @@ from sqlalchemy import insert
 
 from msfollowup.app import accounts
 from msfollowup.app.results import PatientRef, RequirementRow, StudyResult, month_key, week_key
-from msfollowup.config import Config, HttpConfig, StorageConfig
+from msfollowup.site.config import Config, HttpConfig, StorageConfig
 from msfollowup.db import Database, utcnow
-from msfollowup.metrics import Metrics
-from msfollowup.pipeline import StudyCheck
-from msfollowup.plans import MonitoringPlan
-from msfollowup.store import Study
+from msfollowup.app.metrics import Metrics
+from msfollowup.db.checks import StudyCheck
+from msfollowup.app.plans import MonitoringPlan
+from msfollowup.files.store import Study
 from msfollowup.web.app import WebContext
 from msfollowup.web.server import WebServer
-from msfollowup.worklist import ScheduledStep
+from msfollowup.app.worklist import ScheduledStep
 
 TARGET_P95_MS = 300.0
 SCANNERS = [f"MRI{n} / SN{1000 + n}" for n in range(12)]

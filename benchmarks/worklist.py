@@ -38,11 +38,12 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 from sqlalchemy import insert
 
-from msfollowup import worklist
-from msfollowup.config import Config
+from msfollowup.net import worklist_scp
+from msfollowup.app import worklist
+from msfollowup.site.config import Config
 from msfollowup.db import Database, utcnow
-from msfollowup.profiles import get_profile
-from msfollowup.worklist import Demographics, ScheduledStep
+from msfollowup.site.profiles import get_profile
+from msfollowup.app.worklist import Demographics, ScheduledStep
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from nodeutil import worklist_scp  # noqa: E402
@@ -246,7 +247,7 @@ def main() -> int:
         populate(db, args.items)
         print(f"inserted {args.items} open items in {time.perf_counter() - t0:.1f} s")
         # The real C-FIND handler wrapped in a clock, bound after the originals (the last bound is kept).
-        clock = ServiceClock(next(h[1] for h in worklist.event_handlers(db, Config()) if h[0] is evt.EVT_C_FIND))
+        clock = ServiceClock(next(h[1] for h in worklist_scp.event_handlers(db, Config()) if h[0] is evt.EVT_C_FIND))
         with worklist_scp(db, Config(), [(evt.EVT_C_FIND, clock), (evt.EVT_CONN_OPEN, _on_open)]) as port:
             scu = AE(ae_title="MRSCANNER0")
             scu.add_requested_context(ModalityWorklistInformationFind)

@@ -43,7 +43,7 @@ class Technique:
     """Vendor-neutral physics of one sequence type (typical values of a clinical brain/spine protocol)."""
 
     name: str
-    kind: str  # one of msfollowup.classify.KINDS
+    kind: str  # one of msfollowup.dicom.classify.KINDS
     acquisition: str  # "2D" / "3D"
     scanning_sequence: tuple[str, ...]
     sequence_variant: tuple[str, ...]

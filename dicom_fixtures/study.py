@@ -20,7 +20,7 @@ class GeneratedSeries:
     series_uid: str
     series_number: int
     description: str
-    expected_kind: str  # one of msfollowup.classify.KINDS
+    expected_kind: str  # one of msfollowup.dicom.classify.KINDS
     expected_acquisition: str | None  # "2D" / "3D"; None when the headers cannot say (enhanced derived)
     expected_derived: bool
     expected_contrast: str | None  # "pre" / "post" relative to gadolinium; None for the localizer

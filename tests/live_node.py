@@ -16,9 +16,9 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException
 
-from msfollowup.config import load_config
-from msfollowup.live import http as live_http
-from msfollowup.service import Service, setup_logging
+from msfollowup.site.config import load_config
+from msfollowup.web import live as live_http
+from msfollowup.runtime.service import Service, setup_logging
 
 
 def main(config_path: str, port: int, token: str) -> int:

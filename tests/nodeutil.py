@@ -17,12 +17,13 @@ from typing import Any, TypeVar
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
 
-from msfollowup import worklist
-from msfollowup.config import Config, load_config
+from msfollowup.net import worklist_scp as mwl_scp
+from msfollowup.app import worklist
+from msfollowup.site.config import Config, load_config
 from msfollowup.db import Database, utcnow
-from msfollowup.pipeline import StudyCheck
-from msfollowup.plans import DueExam
-from msfollowup.store import Instance, Study
+from msfollowup.db.checks import StudyCheck
+from msfollowup.app.plans import DueExam
+from msfollowup.files.store import Instance, Study
 
 T = TypeVar("T")
 DCMTK = Path("/usr/bin")
@@ -70,7 +71,7 @@ def worklist_scp(db: Database, cfg: Config, extra_handlers: Sequence[tuple[Any, 
     for uid in worklist.SUPPORTED_CONTEXTS:
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[*worklist.event_handlers(db, cfg), *extra_handlers])
+                             evt_handlers=[*mwl_scp.event_handlers(db, cfg), *extra_handlers])
     assert server is not None
     try:
         yield int(server.server_address[1])

@@ -23,8 +23,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import delete, select, update
 
 from dicom_fixtures import generate_study
-from msfollowup import audit
-from msfollowup.audit import AuditError, AuditEvent
+from msfollowup.db import audit
+from msfollowup.db.audit import AuditError, AuditEvent
 from msfollowup.db import Database
 from nodeutil import DCMTK, RunningNode, free_port
 from test_report_fixtures import StoreSCP

@@ -25,7 +25,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from msfollowup.classify import (
+from msfollowup.dicom.classify import (
     KINDS,
     SeriesClassification,
     classify_series,

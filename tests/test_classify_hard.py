@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
-from msfollowup.classify import (
+from msfollowup.dicom.classify import (
     SeriesClassification,
     classify_series,
     classify_study,
@@ -20,7 +20,7 @@ from msfollowup.classify import (
     regions_of,
     study_anatomy,
 )
-from msfollowup.classify.tokens import contrast_said
+from msfollowup.dicom.classify.tokens import contrast_said
 from test_classify import SAG, _frame, enhanced, mr, save, series
 
 SIEMENS_SWI: dict[str, Any] = dict(ScanningSequence="GR", SequenceVariant=["SP", "OSP"], MRAcquisitionType="3D",
@@ -165,8 +165,8 @@ def test_study_without_contrast_says_pre_only_when_it_says_so() -> None:
 
 
 def test_unknown_contrast_makes_a_post_contrast_requirement_unverifiable() -> None:
-    from msfollowup.profiles import get_profile
-    from msfollowup.validate import validate_study
+    from msfollowup.site.profiles import get_profile
+    from msfollowup.check.validate import validate_study
 
     profile = get_profile("ms-brain-routine")
     study = classify_study([_at(0, SeriesNumber=1, SliceThickness="1", MRAcquisitionType="3D",

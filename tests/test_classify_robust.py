@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import generate_uid
 
-from msfollowup.classify import classify_series, read_headers
+from msfollowup.dicom.classify import classify_series, read_headers
 
 try:
     from test_realdata import REALDATA

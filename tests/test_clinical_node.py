@@ -146,7 +146,7 @@ def test_worklist_item_names_the_deciding_rules_and_asks_no_contrast_when_contra
     and carries no Requested Contrast Agent."""
     from sqlalchemy import select
 
-    from msfollowup.worklist import ScheduledStep, decode_identifier
+    from msfollowup.app.worklist import ScheduledStep, decode_identifier
 
     pid = "CLIN-NOGD"
     cli(node, "patient", "set", pid, "--flag", "gadolinium_contraindicated", "--flag", "spinal_symptoms")

@@ -31,15 +31,15 @@ from sqlalchemy import func, select, text
 
 from conftest import PG_MISSING
 from dicom_fixtures import generate_study
-from msfollowup.cli_nodes import node_rows
-from msfollowup.cluster.identity import MARKER_FILE
-from msfollowup.cluster.model import StageLease
-from msfollowup.config import ConfigError, load_config
+from msfollowup.cli.nodes import node_rows
+from msfollowup.app.cluster.identity import MARKER_FILE
+from msfollowup.db.cluster import StageLease
+from msfollowup.site.config import ConfigError, load_config
 from msfollowup.db import Database
-from msfollowup.jobs import SchedulerJob
-from msfollowup.pipeline import StudyCheck
-from msfollowup.store import Instance
-from msfollowup.worklist import ScheduledStep
+from msfollowup.runtime.jobs import SchedulerJob
+from msfollowup.db.checks import StudyCheck
+from msfollowup.files.store import Instance
+from msfollowup.app.worklist import ScheduledStep
 from nodeutil import DCMTK, RunningNode, TcpBalancer, write_config
 
 needs_pg = pytest.mark.skipif(PG_MISSING is not None, reason=str(PG_MISSING))

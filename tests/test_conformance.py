@@ -20,8 +20,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 
 from dicom_fixtures import generate_study
-from msfollowup import worklist
-from msfollowup.config import load_config
+from msfollowup.app import worklist
+from msfollowup.site.config import load_config
 from nodeutil import DCMTK, RunningNode, due_exam
 
 pytestmark = pytest.mark.skipif(not (DCMTK / "storescu").exists(), reason="DCMTK not installed (apt-get install dcmtk)")

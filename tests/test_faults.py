@@ -23,7 +23,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from dicom_fixtures import generate_study
-from msfollowup.config import load_config
+from msfollowup.site.config import load_config
 from nodeutil import DCMTK, RunningNode, dataset_bytes
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicom_fixtures import generate_study
-from msfollowup.profiles import get_profile
+from msfollowup.site.profiles import get_profile
 from nodeutil import DCMTK, RunningNode, free_port
 from test_report_fixtures import StoreSCP
 

@@ -50,7 +50,7 @@ def _served(node: RunningNode, n: int = 2) -> list[str]:
 
 
 def _indexed(node: RunningNode, sops: list[str]) -> None:
-    from msfollowup.store import Instance
+    from msfollowup.files.store import Instance
 
     with node.db.session() as s:
         found = {i.sop_instance_uid for i in s.query(Instance).filter(Instance.sop_instance_uid.in_(sops))}
@@ -230,7 +230,7 @@ def test_concurrent_hostile_load_never_stops_a_sender(node: _Node) -> None:
 
 
 def test_same_sop_instance_uid_in_a_second_study_is_refused_and_the_first_stays(node: _Node) -> None:
-    from msfollowup.store import Instance
+    from msfollowup.files.store import Instance
 
     first = mr_dataset()
     sop = str(first.SOPInstanceUID)

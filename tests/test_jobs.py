@@ -13,13 +13,13 @@ import pytest
 from sqlalchemy import select, text, update
 
 from dicom_fixtures import generate_study
-from msfollowup import jobs
-from msfollowup.completion import complete_due
-from msfollowup.config import Config
-from msfollowup.report import Report
-from msfollowup.service import Service
-from msfollowup.store import Instance, Study
-from msfollowup.worklist import ScheduledStep, open_items
+from msfollowup.runtime import jobs
+from msfollowup.app.completion import complete_due
+from msfollowup.site.config import Config
+from msfollowup.reports.files import Report  # noqa: E402
+from msfollowup.runtime.service import Service
+from msfollowup.files.store import Instance, Study
+from msfollowup.app.worklist import ScheduledStep, open_items
 
 
 def _ingest(service: Service, files: list[Path]) -> None:

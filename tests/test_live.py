@@ -18,13 +18,13 @@ import httpx
 import pytest
 
 from dicom_fixtures import generate_study
-from msfollowup.classify import classify_study, read_headers
-from msfollowup.config import load_config
+from msfollowup.dicom.classify import classify_study, read_headers
+from msfollowup.site.config import load_config
 from msfollowup.db import Database
-from msfollowup.live import records
-from msfollowup.live.broker import Broker
-from msfollowup.live.provisional import Expected, StudyContext, initials, provisional_check
-from msfollowup.profiles import get_profile
+from msfollowup.db import provisional as records
+from msfollowup.app.live.broker import Broker
+from msfollowup.check.provisional import Expected, StudyContext, initials, provisional_check
+from msfollowup.site.profiles import get_profile
 from nodeutil import DCMTK, free_port, write_config
 
 HERE = Path(__file__).resolve().parent

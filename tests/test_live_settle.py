@@ -12,12 +12,12 @@ from pathlib import Path
 from sqlalchemy import update
 
 from dicom_fixtures import generate_study
-from msfollowup.config import Config
+from msfollowup.site.config import Config
 from msfollowup.db import Database, utcnow
-from msfollowup.live import records
-from msfollowup.live.broker import Broker
-from msfollowup.live.settle import LiveChecker
-from msfollowup.store import InstanceStore, Study
+from msfollowup.db import provisional as records
+from msfollowup.app.live.broker import Broker
+from msfollowup.app.live.settle import LiveChecker
+from msfollowup.files.store import InstanceStore, Study
 
 
 def _ingest(store: InstanceStore, files: list[Path]) -> None:

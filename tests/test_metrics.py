@@ -20,8 +20,8 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification  
 from sqlalchemy import func, select
 
 from dicom_fixtures import generate_study
-from msfollowup.metrics import LATENCY_BUCKETS, HealthProbe, Metrics
-from msfollowup.worklist import ScheduledStep
+from msfollowup.app.metrics import LATENCY_BUCKETS, HealthProbe, Metrics
+from msfollowup.app.worklist import ScheduledStep
 from nodeutil import DCMTK, RunningNode, dataset_bytes, free_port
 
 pytestmark = pytest.mark.skipif(not (DCMTK / "storescu").exists(), reason="DCMTK not installed (apt-get install dcmtk)")
@@ -225,7 +225,7 @@ def test_registry_refuses_labels_outside_the_declared_sets() -> None:
 
 def test_associations_beyond_the_limit_are_counted_and_audited(tmp_path: Path) -> None:
     """pynetdicom rejects these itself (max_associations), not our allow-list: still counted."""
-    from msfollowup import audit
+    from msfollowup.db import audit
 
     http_port = free_port()
     node = RunningNode(tmp_path / "node", sections={"node": {"max_associations": 1}, "http": {"port": http_port}}).start()
@@ -264,7 +264,7 @@ def test_healthz_503_when_the_index_is_locked_longer_than_a_probe_may_wait(node:
     """Another writer holds the SQLite write lock: the probe's write waits, /healthz answers in time."""
     import sqlite3
 
-    from msfollowup.metrics import CHECK_TIMEOUT
+    from msfollowup.app.metrics import CHECK_TIMEOUT
 
     locker = sqlite3.connect(node.data_dir / "index.sqlite3", timeout=5, isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")

@@ -16,11 +16,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, MetaData, Table, insert, select, text
 
-from msfollowup import cli, dbmigrate
-from msfollowup.config import Config
+from msfollowup import cli
+
+from msfollowup.db import migrate as dbmigrate
+from msfollowup.site.config import Config
 from msfollowup.db import Database, make_engine
-from msfollowup.jobs import SchedulerJob
-from msfollowup.service import Service
+from msfollowup.runtime.jobs import SchedulerJob
+from msfollowup.runtime.service import Service
 
 DATA = Path(__file__).resolve().parent / "data"
 T0 = dt.datetime(2026, 1, 5, 9, 30, tzinfo=dt.timezone.utc)

@@ -14,11 +14,11 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from msfollowup import worklist
-from msfollowup.config import Config, WorklistConfig
+from msfollowup.app import worklist
+from msfollowup.site.config import Config, WorklistConfig
 from msfollowup.db import Database, utcnow
-from msfollowup.store import Instance, Series, Study
-from msfollowup.worklist import Demographics, PerformedStep, ScheduledStep
+from msfollowup.files.store import Instance, Series, Study
+from msfollowup.app.worklist import Demographics, PerformedStep, ScheduledStep
 from nodeutil import due_exam, worklist_scp
 
 

@@ -26,12 +26,12 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import select
 
 from dicom_fixtures import generate_study
-from msfollowup.config import Config, ConfigError, load_config
+from msfollowup.site.config import Config, ConfigError, load_config
 from msfollowup.db import Database
-from msfollowup.notify import emit, events
-from msfollowup.notify.config import NotifyDestination
-from msfollowup.notify.records import DELIVERED, NotificationDelivery
-from msfollowup.notify.worker import NotifyWorker, backoff_seconds
+from msfollowup.app.notify import emit, events
+from msfollowup.site.notify_config import NotifyDestination
+from msfollowup.db.notifications import DELIVERED, NotificationDelivery
+from msfollowup.app.notify.worker import NotifyWorker, backoff_seconds
 from nodeutil import RunningNode, free_port
 
 OPENSSL = shutil.which("openssl")

@@ -30,9 +30,9 @@ from test_report_fixtures import (  # noqa: E402
 )
 
 from msfollowup import cli  # noqa: E402
-from msfollowup.config import Config, Destination  # noqa: E402
+from msfollowup.site.config import Config, Destination  # noqa: E402
 from msfollowup.db import Database, utcnow  # noqa: E402
-from msfollowup.outbox import (  # noqa: E402
+from msfollowup.app.outbox import (  # noqa: E402
     DELIVERED,
     PENDING,
     SENDING,
@@ -42,7 +42,7 @@ from msfollowup.outbox import (  # noqa: E402
     is_delivered_status,
     list_deliveries,
 )
-from msfollowup.report import write_reports  # noqa: E402
+from msfollowup.reports.files import write_reports  # noqa: E402
 
 
 def _setup(tmp_path: Path, port: int, database: str | None = None, **report: Any) -> tuple[Config, Database, str, str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from msfollowup.config import load_config
+from msfollowup.site.config import load_config
 from msfollowup.db import Database
 from nodeutil import add_study_check
 

@@ -12,25 +12,24 @@ from pathlib import Path
 import pytest
 
 from msfollowup.db import Database
-from msfollowup.plans import (
+from msfollowup.app.plans import (
     DueExam,
     ExamRecord,
     IntervalRules,
     IntervalRulesError,
     PlanData,
     PlanError,
-    PlanImportError,
     compute_due,
     due_for_all,
     exam_history,
     get_plan,
-    import_plans_csv,
     load_interval_rules,
     plan_history,
     profile_for_patient,
     refresh_patient,
     set_plan,
 )
+from msfollowup.app.plans_csv import PlanImportError, import_plans_csv
 from nodeutil import add_study_check
 
 D = dt.date

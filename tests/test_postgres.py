@@ -14,11 +14,11 @@ import pydicom
 import pytest
 
 from dicom_fixtures import generate_study
-from msfollowup.completion import complete_due
-from msfollowup.config import Config
+from msfollowup.app.completion import complete_due
+from msfollowup.site.config import Config
 from msfollowup.db import Database
-from msfollowup.service import Service
-from msfollowup.store import InstanceStore, Outcome, study_summaries
+from msfollowup.runtime.service import Service
+from msfollowup.files.store import InstanceStore, Outcome, study_summaries
 from conftest import PG_MISSING
 from nodeutil import DCMTK, RunningNode
 

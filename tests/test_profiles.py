@@ -8,10 +8,10 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from msfollowup.classify import SeriesClassification, SeriesFacts
-from msfollowup.profiles import (CONSTRAINTS_FILE, ProfileError, UnknownProfileError, get_profile, load_profiles,
+from msfollowup.dicom.classify import SeriesClassification, SeriesFacts
+from msfollowup.site.profiles import (CONSTRAINTS_FILE, ProfileError, UnknownProfileError, get_profile, load_profiles,
                                  packaged_dir)
-from msfollowup.validate import validate_study
+from msfollowup.check.validate import validate_study
 
 SHIPPED = ("ms-brain-routine", "ms-brain-pml-screening", "ms-brain-pml-suspected", "ms-brain-no-contrast",
            "ms-brain-new-deficit", "ms-spine-new-deficit")

@@ -14,7 +14,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from msfollowup.classify import HEADER_KEYWORDS, as_header, classify_series, read_header
+from msfollowup.dicom.classify import HEADER_KEYWORDS, as_header, classify_series, read_header
 
 try:
     from test_realdata import ALL_FILES, REALDATA

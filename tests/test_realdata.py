@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from msfollowup.classify import SeriesClassification, classify_study, read_header, read_headers
+from msfollowup.dicom.classify import SeriesClassification, classify_study, read_header, read_headers
 
 def _find_realdata() -> Path:
     """shared/realdata beside the repository (or beside the folder of worktrees), or MSF_REALDATA."""
@@ -205,7 +205,7 @@ ANATOMY_ROWS = [r for r in ROWS if r["anatomy"]]
 
 @pytest.mark.parametrize("row", ANATOMY_ROWS, ids=[r["local_dir"] for r in ANATOMY_ROWS])
 def test_anatomy(row: dict[str, str]) -> None:
-    from msfollowup.classify import regions_of, study_anatomy
+    from msfollowup.dicom.classify import regions_of, study_anatomy
 
     want = ANATOMY[row["anatomy"]]
     results = _classified(row)

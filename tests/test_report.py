@@ -29,19 +29,12 @@ from test_report_fixtures import (  # noqa: E402
 )
 
 from msfollowup import cli  # noqa: E402
-from msfollowup.config import Destination  # noqa: E402
-from msfollowup.outbox import Delivery  # noqa: E402
-from msfollowup.report import (  # noqa: E402
-    PROTOCOL_NOT_FOLLOWED,
-    QUALITY_ASSESSMENT,
-    QUALITY_FINDING,
-    REQUIREMENT_ID,
-    VERDICT_NAME,
-    Report,
-    ReportError,
-    build_html,
-    write_reports,
-)
+from msfollowup.site.config import Destination  # noqa: E402
+from msfollowup.db.deliveries import Delivery  # noqa: E402
+from msfollowup.reports.codes import PROTOCOL_NOT_FOLLOWED, QUALITY_ASSESSMENT, QUALITY_FINDING, REQUIREMENT_ID, VERDICT_NAME  # noqa: E402
+from msfollowup.reports.files import Report, write_reports  # noqa: E402
+from msfollowup.reports.content import ReportError  # noqa: E402
+from msfollowup.reports.html import build_html  # noqa: E402
 
 SCHEMA = Path(__file__).resolve().parents[1] / "protocols" / "report-schema.json"
 FAILURES = (
@@ -318,8 +311,8 @@ def test_html_renders_in_chromium(env: tuple[Any, Any], tmp_path: Path) -> None:
 
 def test_validation_result_object_and_profile_lookup(env: tuple[Any, Any]) -> None:
     """A ValidationResult (not a dict) works; LOINC codes come from the profile when the result has none."""
-    from msfollowup.classify import SeriesClassification, SeriesFacts
-    from msfollowup.validate import RequirementResult, ValidationResult
+    from msfollowup.dicom.classify import SeriesClassification, SeriesFacts
+    from msfollowup.check.validate import RequirementResult, ValidationResult
 
     cfg, db = env
     study_uid, series = make_study(cfg, db, ROUTINE[1:3])
@@ -416,7 +409,7 @@ def test_identity_attributes_with_a_wrong_vr_or_value_are_left_empty(vr: str, va
     from pydicom.dataset import Dataset
     from pydicom.tag import Tag
 
-    from msfollowup.report import _drop_unparseable
+    from msfollowup.reports.evidence import _drop_unparseable  # noqa: E402
 
     ds = Dataset()
     ds.StudyInstanceUID = "1.2.3"

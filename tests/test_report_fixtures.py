@@ -24,9 +24,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from msfollowup.config import Config, Destination, ReportConfig, StorageConfig
+from msfollowup.site.config import Config, Destination, ReportConfig, StorageConfig
 from msfollowup.db import Database
-from msfollowup.store import Instance, InstanceStore
+from msfollowup.files.store import Instance, InstanceStore
 
 PATIENT_NAME = "Testperson^Hildegard"
 PATIENT_ID = "MSFU-PID-4711"

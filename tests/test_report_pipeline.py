@@ -16,10 +16,11 @@ from test_report import _check_dicom_tools, _evaluations, _findings, _study_grou
 from test_report_fixtures import make_config, make_db  # noqa: E402
 
 from dicom_fixtures import generate_study  # noqa: E402
-from msfollowup.classify import classify_study, read_headers  # noqa: E402
-from msfollowup.report import VERDICT_CODES, VERDICT_NAME, write_reports  # noqa: E402
-from msfollowup.store import InstanceStore  # noqa: E402
-from msfollowup.validate import validate_study  # noqa: E402
+from msfollowup.dicom.classify import classify_study, read_headers  # noqa: E402
+from msfollowup.reports.codes import VERDICT_CODES, VERDICT_NAME  # noqa: E402
+from msfollowup.reports.files import write_reports  # noqa: E402
+from msfollowup.files.store import InstanceStore  # noqa: E402
+from msfollowup.check.validate import validate_study  # noqa: E402
 
 
 def _ingest(store: InstanceStore, files: list[Path]) -> None:

@@ -9,7 +9,7 @@ import pydicom
 
 from dicom_fixtures import generate_study
 from msfollowup.db import Database
-from msfollowup.store import InstanceStore, Study
+from msfollowup.files.store import InstanceStore, Study
 
 
 def test_multi_valued_character_set_is_indexed_in_dicom_backslash_form(tmp_path: Path) -> None:

@@ -29,8 +29,9 @@ from nodeutil import DCMTK, RunningNode, free_port  # noqa: E402
 
 from dicom_fixtures import generate_study  # noqa: E402
 from msfollowup import sdnotify  # noqa: E402
-from msfollowup.config import CompletionConfig, Config, NodeConfig, StorageConfig, load_config  # noqa: E402
-from msfollowup.report import ReportError, latest_report  # noqa: E402
+from msfollowup.site.config import CompletionConfig, Config, NodeConfig, StorageConfig, load_config  # noqa: E402
+from msfollowup.reports.content import ReportError  # noqa: E402
+from msfollowup.reports.files import latest_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "msfollowup.service"
@@ -268,7 +269,7 @@ def test_watchdog_pings_stop_when_a_part_dies(tmp_path: Path, notify_socket: tup
 
     from pynetdicom import dimse_messages
 
-    from msfollowup.service import Service, supervise
+    from msfollowup.runtime.service import Service, supervise
 
     # Service sets two process-wide defaults for its node; give them back after the test.
     monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from msfollowup.classify import SeriesClassification, SeriesFacts
-from msfollowup.profiles import Profile, get_profile
-from msfollowup.validate import RequirementResult, ValidationResult, validate_study
+from msfollowup.dicom.classify import SeriesClassification, SeriesFacts
+from msfollowup.site.profiles import Profile, get_profile
+from msfollowup.check.validate import RequirementResult, ValidationResult, validate_study
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, 0)
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -506,7 +506,7 @@ def test_a_lone_t1_of_unknown_contrast_cannot_answer_both_t1_requirements() -> N
     import tempfile
     from pathlib import Path as _P
 
-    from msfollowup.classify import classify_study, read_headers
+    from msfollowup.dicom.classify import classify_study, read_headers
 
     with tempfile.TemporaryDirectory() as d:
         study = generate_study(_P(d), profile="ms-brain-routine", defects=["missing_t1_post"], slices=2)

@@ -246,7 +246,7 @@ def test_logins_are_throttled_after_repeated_failures(node: WebNode, world: dict
 
 def test_the_example_config_serves_the_web_on_loopback_port_8080() -> None:
     """The README's first command uses this file: it must bring the web application up on loopback."""
-    from msfollowup.config import load_config
+    from msfollowup.site.config import load_config
 
     cfg = load_config(str(Path(__file__).resolve().parents[1] / "config" / "msfollowup.example.toml"))
     assert (cfg.http.host, cfg.http.port) == ("127.0.0.1", 8080)

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from msfollowup.app import compliance, reviews
 from msfollowup.app.results import RequirementRow, record_check
 from msfollowup.db import Database
-from msfollowup.pipeline import StudyCheck
+from msfollowup.db.checks import StudyCheck
 from nodeutil import add_study_check
 
 

@@ -24,11 +24,11 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from msfollowup import worklist
-from msfollowup.config import Config, WorklistConfig
+from msfollowup.app import worklist
+from msfollowup.site.config import Config, WorklistConfig
 from msfollowup.db import Database, utcnow
-from msfollowup.profiles import get_profile
-from msfollowup.worklist import Demographics, ScheduledStep
+from msfollowup.site.profiles import get_profile
+from msfollowup.app.worklist import Demographics, ScheduledStep
 from nodeutil import due_exam, free_port, worklist_scp
 
 TODAY = dt.date.today()

@@ -16,11 +16,11 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 
-from msfollowup import worklist
-from msfollowup.config import load_config
-from msfollowup.profiles import get_profile
-from msfollowup.worklist.find import _like_pattern
-from msfollowup.worklist.matching import wildcard
+from msfollowup.app import worklist
+from msfollowup.site.config import load_config
+from msfollowup.site.profiles import get_profile
+from msfollowup.app.worklist.find import _like_pattern
+from msfollowup.followup.matching import wildcard
 from nodeutil import RunningNode, due_exam
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nodeutil import RunningNode  # noqa: E402
 
 from dicom_fixtures import generate_study  # noqa: E402
-from msfollowup.worklist import ScheduledStep  # noqa: E402
+from msfollowup.app.worklist import ScheduledStep  # noqa: E402
 
 pytestmark = pytest.mark.slow
 NAME = "MÜLLER^ZOË"

@@ -140,7 +140,7 @@ class WebNode(RunningNode):
     def wait_scheduled(self, patient_id: str) -> None:
         from sqlalchemy import select
 
-        from msfollowup.worklist import ScheduledStep
+        from msfollowup.app.worklist import ScheduledStep
 
         def scheduled() -> bool:
             with self.db.session() as s:

@@ -22,7 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Boolean, ForeignKey, Integer, String, delete, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from msfollowup import audit
+from msfollowup.db import audit
 from msfollowup.db import Base, UTCDateTime, utcnow
 
 ROLES = ("viewer", "radiographer", "clinician", "qa", "admin")

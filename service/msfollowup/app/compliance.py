@@ -188,9 +188,9 @@ def _study_row(r: StudyResult, patient_id: str | None) -> dict[str, Any]:
 def study_detail(session: Session, check_id: int) -> dict[str, Any] | None:
     """The study page: this version's result, every version, deliveries and reviews."""
     from msfollowup.app.reviews import reviews_of
-    from msfollowup.outbox import Delivery
-    from msfollowup.pipeline import StudyCheck
-    from msfollowup.store import Study
+    from msfollowup.db.deliveries import Delivery
+    from msfollowup.db.checks import StudyCheck
+    from msfollowup.files.store import Study
 
     found = session.execute(_study_select(Filters()).where(StudyResult.check_id == check_id)).first()
     if found is None:

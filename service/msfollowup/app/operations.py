@@ -9,11 +9,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from msfollowup import audit, worklist
+from msfollowup.db import audit
+
+from msfollowup.app import worklist
 from msfollowup.app.results import PatientRef, patient_refs
-from msfollowup.worklist.closing import CANCELLED, close
-from msfollowup.worklist.model import DISCONTINUED
-from msfollowup.outbox import Delivery
+from msfollowup.app.worklist.closing import CANCELLED, close
+from msfollowup.db.worklist import DISCONTINUED
+from msfollowup.db.deliveries import Delivery
 
 
 class OperationError(ValueError):

@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from msfollowup import plans
+from msfollowup.app import plans
 from msfollowup.app.compliance import exam_timeline
 from msfollowup.app.results import PatientRef, patient_ref, patient_refs
-from msfollowup.config import Config
-from msfollowup.worklist import ScheduledStep
+from msfollowup.site.config import Config
+from msfollowup.app.worklist import ScheduledStep
 
 STATUSES = ("due", "overdue", "recall")
 SORTS = {"latest": ScheduledStep.latest, "target": ScheduledStep.target, "profile": ScheduledStep.profile_id}
@@ -117,7 +117,7 @@ def patient_page(session: Session, ref: int, today: dt.date, rules: plans.Interv
 def update_plan(session: Session, ref: int, changes: dict[str, Any], author: str, cfg: Config, today: dt.date,
                 rules: plans.IntervalRules) -> dict[str, Any]:
     """The CLI's `patient set` for one patient: same validation (plans.set_plan), then reschedule."""
-    from msfollowup.pipeline import schedule_patient
+    from msfollowup.app.pipeline import schedule_patient
 
     pid = _patient_id(session, ref)
     plan = plans.set_plan(session, pid, changes, author, rules=rules, today=today)
@@ -132,6 +132,6 @@ def ref_of(session: Session, patient_id: str) -> int:
 def drug_names(protocols_dir: Path | None = None) -> list[str]:
     """Generic and brand names of the site's drug vocabulary (protocols/drugs.toml), offered in the plan
     form; the form refuses any other name as the CLI does (`unlisted:NAME` for a drug not in the list)."""
-    from msfollowup.followup.drugs import load_vocabulary
+    from msfollowup.site.drugs import load_vocabulary
 
     return sorted({n for d in load_vocabulary(protocols_dir).drug for n in (d.name, *d.brands)}, key=str.lower)

@@ -12,9 +12,9 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from msfollowup import study_review
+from msfollowup.app import study_review
 from msfollowup.app.results import PatientRef, StudyResult
-from msfollowup.study_review import ACCEPT, REFERENCE, ReviewError, StudyDecision
+from msfollowup.app.study_review import ACCEPT, REFERENCE, ReviewError, StudyDecision
 
 __all__ = ["ACCEPT", "REFERENCE", "ReviewError", "accept_as_compliant", "reference_study", "reviews_of",
            "use_as_reference"]

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from msfollowup.compose import compose_id, compose_ids, parse_id
+from msfollowup.site.compose import compose_id, compose_ids, parse_id
 from msfollowup.followup.facts import events_of, onset, period_end, plan_date, rule_applies
 from msfollowup.followup.model import DueExam, ExamRecord, PlanData
-from msfollowup.followup.rules import IntervalRules, Rule, Window
-from msfollowup.profiles import Profile, ProfileError
+from msfollowup.site.rules import IntervalRules, Rule, Window
+from msfollowup.site.profiles import Profile, ProfileError
 
 __all__ = ["compute_due", "counts_as_compliant", "rule_applies", "needs_review", "is_failed", "safety_rules_applying"]
 

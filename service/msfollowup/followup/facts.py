@@ -8,9 +8,9 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from msfollowup.followup.dates import DAYS_PER_MONTH, add_months, months_between
+from msfollowup.core.dates import DAYS_PER_MONTH, add_months, months_between
 from msfollowup.followup.model import ClinicalEvent, PlanData
-from msfollowup.followup.rules import PLAN_DATES, Condition, IntervalRules, Rule
+from msfollowup.site.rules import PLAN_DATES, Condition, IntervalRules, Rule
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,

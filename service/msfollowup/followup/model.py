@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from msfollowup.followup.drugs import DrugError
-from msfollowup.followup.rules import RECORDED_EVENTS, IntervalRules
+from msfollowup.site.drugs import DrugError
+from msfollowup.site.rules import RECORDED_EVENTS, IntervalRules
 
 JCV_VALUES: tuple[str, ...] = ("positive", "negative", "unknown")
 

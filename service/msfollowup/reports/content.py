@@ -10,7 +10,7 @@ from typing import Any
 
 from msfollowup.core.errors import MsFollowupError
 from msfollowup.core.vocabulary import VERDICTS
-from msfollowup.validate import ValidationResult
+from msfollowup.check.validate import ValidationResult
 
 NOT_COUNTING_KINDS = ("LOCALIZER", "OTHER")
 

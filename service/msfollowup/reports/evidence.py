@@ -16,11 +16,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import DA, TM
 from sqlalchemy import select
 
-from msfollowup.config import Config
+from msfollowup.site.config import Config
 from msfollowup.db import Database
 from msfollowup.reports.content import ReportError
 
-log = logging.getLogger("msfollowup.report")
+log = logging.getLogger("msfollowup.reports")
 
 # Patient/study attributes highdicom reads from the first evidence item; type 2 -> may be empty.
 _IDENTITY_TYPE2 = (
@@ -38,7 +38,7 @@ class InstanceRef:
 
 def instance_index(db: Database, study_uid: str) -> dict[str, tuple[str, str, str]]:
     """sop_instance_uid -> (series_uid, sop_class_uid, path) for the study, from the store index."""
-    from msfollowup.store import Instance
+    from msfollowup.files.store import Instance
 
     with db.session() as s:
         rows = s.execute(

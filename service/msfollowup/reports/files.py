@@ -24,18 +24,18 @@ from sqlalchemy import Integer, String, Text, UniqueConstraint, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from msfollowup.config import Config
+from msfollowup.site.config import Config
 from msfollowup.core.files import atomic_write
 from msfollowup.db import Base, Database, UTCDateTime, utcnow
-from msfollowup.outbox import enqueue
+from msfollowup.db.deliveries import enqueue
 from msfollowup.reports.content import Reservation, ReportError, UnknownStudyReport, result_dict
 from msfollowup.reports.evidence import evidence_datasets, evidence_refs, identity_header, instance_index
 from msfollowup.reports.html import build_html
 from msfollowup.reports.model import build_json
 from msfollowup.reports.sr import build_sr, sr_bytes
-from msfollowup.validate import ValidationResult
+from msfollowup.check.validate import ValidationResult
 
-log = logging.getLogger("msfollowup.report")
+log = logging.getLogger("msfollowup.reports")
 
 
 class Report(Base):

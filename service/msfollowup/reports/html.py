@@ -62,7 +62,7 @@ def person_name(value: str | None) -> str | None:
 @lru_cache(maxsize=1)
 def _environment() -> Environment:
     env = Environment(
-        loader=PackageLoader("msfollowup", "templates"),
+        loader=PackageLoader("msfollowup.reports", "templates"),
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,

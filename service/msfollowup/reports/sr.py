@@ -15,7 +15,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from msfollowup import __version__
-from msfollowup.config import Config
+from msfollowup.site.config import Config
 from msfollowup.reports.codes import (
     ACQUISITION_CODES, ACQUISITION_DIM, COLUMN_SPACING, CONTRAST_CODES, CONTRAST_PHASE, FIELD_STRENGTH, KIND_CODES,
     LOCAL, LOCAL_SCHEME_NAME, MM, PROTOCOL_NOT_FOLLOWED, QUALITY_ASSESSMENT, QUALITY_FINDING, REQUIREMENT_ID,
@@ -36,7 +36,7 @@ def _procedure_codes(cfg: Config, data: Mapping[str, Any]) -> list[Code]:
     profile = data["profile"]
     loinc = profile.get("loinc")
     if not loinc:
-        from msfollowup.profiles import ProfileError, get_profile
+        from msfollowup.site.profiles import ProfileError, get_profile
 
         try:
             loinc = [l.model_dump() for l in get_profile(profile["id"], cfg.validation.protocols_dir).loinc]

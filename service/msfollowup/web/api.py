@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from msfollowup import __version__
 from msfollowup.app import compliance, operations, patients, reviews
 from msfollowup.app.accounts import Principal
-from msfollowup.plans import IntervalRulesError, PlanError, load_interval_rules
+from msfollowup.app.plans import IntervalRulesError, PlanError, load_interval_rules
 from msfollowup.web.security import client_host, require
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
@@ -222,7 +222,7 @@ def audit_view(request: Request, action: str | None = None, user: str | None = N
 
 @router.get("/system", summary="Version, health and a configuration summary without secrets")
 def system(request: Request, _: Principal = Depends(require("read"))) -> Any:
-    from msfollowup.web.pages import system_summary
+    from msfollowup.web.context import system_summary
 
     return system_summary(_ctx(request))
 

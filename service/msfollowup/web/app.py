@@ -3,14 +3,9 @@ API and page routers."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -18,42 +13,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from msfollowup import __version__
-from msfollowup.config import Config
-from msfollowup.db import Database
-from msfollowup.metrics import CONTENT_TYPE, Metrics, run_checks
+from msfollowup.web.context import HERE, SETUP_MINUTES, SetupToken, WebContext  # noqa: F401 - re-exported
+from msfollowup.app.metrics import CONTENT_TYPE, run_checks
 
 log = logging.getLogger("msfollowup.web")
 access_log = logging.getLogger("msfollowup.web.access")
-HERE = Path(__file__).parent
-SETUP_MINUTES = 30
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-
-
-@dataclass
-class SetupToken:
-    """The one-time address that creates the first admin (printed at start, kept in memory only)."""
-
-    secret: str
-    expires: float  # time.monotonic()
-
-    @classmethod
-    def new(cls) -> SetupToken:
-        return cls(secrets.token_urlsafe(24), time.monotonic() + SETUP_MINUTES * 60)
-
-    def valid(self, secret: str) -> bool:
-        return time.monotonic() < self.expires and secrets.compare_digest(self.secret, secret)
-
-
-@dataclass
-class WebContext:
-    cfg: Config
-    db: Database
-    metrics: Metrics
-    health_checks: Callable[[], Mapping[str, Callable[[], None]]]
-    setup: SetupToken | None = None
-    today: Callable[[], dt.date] = dt.date.today
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def create_app(ctx: WebContext) -> FastAPI:
@@ -107,7 +73,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(pages.router)
     broker = ctx.extra.get("live_broker")
     if broker is not None:  # the scanner-room page and its event stream (issue 15), when [live] is enabled
-        from msfollowup.live.http import router as live_router
+        from msfollowup.web.live import router as live_router
 
         app.include_router(live_router(broker, security.require("live.view")))
     return app

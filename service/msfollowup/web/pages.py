@@ -3,7 +3,6 @@ change goes through a use case that audits it with the signed-in user."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import secrets
 from collections.abc import Callable
@@ -14,12 +13,13 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from msfollowup import __version__, audit
+from msfollowup import __version__
+
+from msfollowup.db import audit
 from msfollowup.app import accounts, compliance, operations, patients, reviews
 from msfollowup.app.accounts import Principal
-from msfollowup.metrics import run_checks
-from msfollowup.plans import IntervalRules, PlanError, load_interval_rules
-from msfollowup.web.app import HERE, WebContext
+from msfollowup.app.plans import IntervalRules, PlanError, load_interval_rules
+from msfollowup.web.context import HERE, WebContext, system_summary
 from msfollowup.web.chart import line_chart
 from msfollowup.web.security import (
     PRE_CSRF_COOKIE, SESSION_COOKIE, check_pre_csrf, client_host, is_loopback, require, resolve,
@@ -334,28 +334,6 @@ def audit_page(request: Request, who: Principal = Depends(require("audit.read"))
     with _ctx(request).db.session() as s:
         items = operations.audit_events(s, action, user, limit=300)
     return render(request, "audit.html", who, items=items, action=action, user=user, actions=sorted(audit.ACTIONS))
-
-
-def system_summary(ctx: WebContext) -> dict[str, Any]:
-    """Health, version and the configuration without secrets (no keys, no database password)."""
-    ok, checks = run_checks(ctx.health_checks())
-    cfg = ctx.cfg
-    url = cfg.storage.database_url
-    return {
-        "version": __version__, "health": {"status": "ok" if ok else "failing", "checks": checks},
-        "uptime_seconds": round(ctx.metrics.uptime(), 1),
-        "config": {
-            "node": {"ae_title": cfg.node.ae_title, "host": cfg.node.host, "port": cfg.node.port,
-                     "tls": cfg.node.tls is not None},
-            "http": {"host": cfg.http.host, "port": cfg.http.port},
-            "database": url.split("://", 1)[0] if "@" in url else url,
-            "data_dir": str(cfg.storage.data_dir),
-            "default_profile": cfg.validation.default_profile,
-            "report_destinations": len(cfg.report.destinations),
-            "scheduler": cfg.scheduler.enabled,
-        },
-        "today": dt.date.today().isoformat(),
-    }
 
 
 @router.get("/system")

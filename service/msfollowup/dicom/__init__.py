@@ -1,0 +1,1 @@
+"""dicom: see docs/architecture.md."""

@@ -1,0 +1,385 @@
+"""Every use of pynetdicom internals, in one place (pyproject pins the pynetdicom versions they fit).
+
+pynetdicom trusts its peer: it counts a connection against `maximum_associations` from the TCP accept
+on, waits without a deadline for a PDU that was started, and allocates whatever PDU length the peer
+announces before any access control. A port scan, a health check or one slow peer could lock every
+sender out, and 4 bytes could make it allocate 4 GiB. The server here closes those holes:
+
+* the A-ASSOCIATE-RQ is read by us before pynetdicom sees the connection, within an ARTIM-style
+  deadline and a length bound (a real request is a few KiB); a connection that does not deliver one
+  never becomes an association, so it holds no slot and no pynetdicom threads;
+* connections still in that phase (TLS handshake included) are capped per peer host and in total;
+* after that every PDU, once its first byte arrived, must be complete within a deadline, and a
+  P-DATA PDU may not exceed the negotiated maximum (other PDUs: the association bound). A violation
+  is logged (host and numbers, no data) and the association aborted before the body is read;
+* at shutdown every connection can be cut, whatever state its peer left it in.
+
+Everything else pynetdicom offers only through private names (the chunked-receive hook, the received
+data set's spool file, the A-ASSOCIATE-RJ primitive) is wrapped here too.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from copy import deepcopy
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from pynetdicom import _config, dimse_messages, evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from msfollowup.net.tls import AssociationServer
+
+log = logging.getLogger(__name__)
+
+ASSOCIATION_PDU_LIMIT = 64 * 1024  # any PDU but P-DATA: a real A-ASSOCIATE-RQ is a few KiB
+PDU_HEADER = 6
+PDATA_OVERHEAD = 12  # PDU header + PDV item header: a P-DATA may exceed the max PDU length by this much
+_A_ASSOCIATE_RQ, _P_DATA_TF = 0x01, 0x04
+_ABORT_INVALID_PDU = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])  # A-ABORT, provider, invalid PDU parameter
+_READ = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a peer may do before and after it is an association."""
+
+    artim_seconds: float  # from accept (after the TLS handshake) to a complete A-ASSOCIATE-RQ
+    pdu_seconds: float  # from the first byte of any later PDU to its last
+    max_pdu: int  # our negotiated maximum PDU length (0: unlimited, as the site configured)
+    half_open_per_host: int = 8  # connections without an A-ASSOCIATE-RQ yet, per peer host
+    half_open_total: int = 64  # ... and in total
+
+
+class PeerViolation(Exception):
+    """The peer broke a limit: one log line, the connection goes."""
+
+
+# --- receive side: chunked data sets and their spool file ----------------------------------------
+
+
+def stream_datasets_to(factory: Callable[..., Any]) -> None:
+    """Received data sets are streamed to files made by `factory` instead of memory.
+
+    pynetdicom only offers this as process-wide switches (a config flag and a module global)."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    dimse_messages.NamedTemporaryFile = factory  # type: ignore[assignment]
+
+
+def dataset_path(request: Any) -> str | None:
+    """Where a C-STORE request's data set was streamed to (None: the request had none)."""
+    path = getattr(request, "_dataset_path", None)
+    return None if path is None else str(path)
+
+
+def dataset_spool(request: Any) -> Any:
+    """The spool file object a C-STORE request's data set was written through."""
+    return getattr(request, "_dataset_file", None)
+
+
+def partial_spool(assoc: Association) -> Any:
+    """The spool file of a data set still arriving when the association ended."""
+    return getattr(getattr(assoc.dimse, "message", None), "_data_set_file", None)
+
+
+def raw_socket(assoc: Association) -> socket.socket | None:
+    transport = getattr(assoc.dul, "socket", None)
+    return getattr(transport, "socket", None)
+
+
+def reject(assoc: Association, result: int, source: int, diagnostic: int) -> None:
+    """Answer an A-ASSOCIATE-RQ with A-ASSOCIATE-RJ from an EVT_REQUESTED handler and end it."""
+    assoc.acse.send_reject(result, source, diagnostic)
+    assoc.is_rejected = True
+    assoc.kill()
+
+
+# --- the bounded transport ---------------------------------------------------------------------
+
+
+def _host(address: Any) -> str:
+    return str(address[0]) if isinstance(address, tuple) else str(address)
+
+
+def _read_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
+    """n bytes before `deadline`, or PeerViolation (closed, timed out)."""
+    out = bytearray()
+    while len(out) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PeerViolation("timed out")
+        sock.settimeout(left)
+        try:
+            data = sock.recv(min(n - len(out), _READ))
+        except (TimeoutError, socket.timeout):
+            raise PeerViolation("timed out") from None
+        except OSError as exc:
+            raise PeerViolation(exc.strerror or type(exc).__name__) from None
+        if not data:
+            raise PeerViolation("closed")
+        out += data
+    return bytes(out)
+
+
+def _pdu_limit(pdu_type: int, max_pdu: int) -> int | None:
+    if pdu_type != _P_DATA_TF:
+        return ASSOCIATION_PDU_LIMIT
+    return max_pdu + PDATA_OVERHEAD if max_pdu else None
+
+
+class BoundedSocket(AssociationSocket):
+    """pynetdicom's transport with the already read A-ASSOCIATE-RQ in front and bounded PDU reads.
+
+    pynetdicom's DUL reads a PDU as recv(6) then recv(length) after `ready` said data is there; here
+    both go through a buffer filled one PDU at a time, so the header is checked before the body is read.
+    """
+
+    def __init__(self, assoc: Association, client_socket: socket.socket, first_pdu: bytes, limits: Limits,
+                 host: str) -> None:
+        super().__init__(assoc, client_socket=client_socket)
+        self._buffer = bytearray(first_pdu)
+        self._left = 0  # bytes of the current PDU not read from the network yet
+        self._deadline = 0.0
+        self._limits = limits
+        self._host = host
+        self._done = False
+
+    @property
+    def ready(self) -> bool:
+        if self._buffer:
+            return True
+        if self._done:
+            return False
+        return bool(super().ready)
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        out = bytearray()
+        while len(out) < nr_bytes:
+            if not self._buffer and not self._fill():
+                break
+            take = self._buffer[: nr_bytes - len(out)]
+            del self._buffer[: len(take)]
+            out += take
+        return out
+
+    def _fill(self) -> bool:
+        sock = self.socket
+        if sock is None or self._done:
+            return False
+        try:
+            if self._left == 0:  # a PDU boundary: its header, checked before anything else
+                self._deadline = time.monotonic() + self._limits.pdu_seconds
+                header = _read_exactly(sock, PDU_HEADER, self._deadline)
+                pdu_type, _, length = struct.unpack(">BBL", header)
+                limit = _pdu_limit(pdu_type, self._limits.max_pdu)
+                if limit is not None and length > limit:
+                    raise PeerViolation(f"PDU type 0x{pdu_type:02X} of {length} bytes (limit {limit})")
+                self._left = length
+                self._buffer += header
+                return True
+            data = self._read_some(sock)
+            self._left -= len(data)
+            self._buffer += data
+            return True
+        except PeerViolation as exc:
+            self._violation(sock, str(exc))
+            return False
+
+    def _read_some(self, sock: socket.socket) -> bytes:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise PeerViolation("timed out")
+        sock.settimeout(left)
+        try:
+            data = sock.recv(min(self._left, _READ))
+        except (TimeoutError, socket.timeout):
+            raise PeerViolation("timed out") from None
+        except OSError as exc:
+            raise PeerViolation(exc.strerror or type(exc).__name__) from None
+        if not data:
+            raise PeerViolation("closed")
+        return data
+
+    def _violation(self, sock: socket.socket, reason: str) -> None:
+        """Closed by the peer: pynetdicom's normal path. A broken limit: logged and aborted."""
+        self._done = True
+        if reason == "closed":
+            return
+        if reason == "timed out":
+            reason = f"PDU not complete within {self._limits.pdu_seconds:g} s"
+        log.warning("association aborted host=%s reason=%s", self._host, reason)
+        cut(sock, abort=True)
+
+    def cut(self) -> None:
+        """End the connection now (shutdown): a blocked read returns, pynetdicom sees it closed."""
+        self._done = True
+        sock = self.socket
+        if sock is not None:
+            cut(sock, abort=False)
+
+
+def cut(sock: socket.socket, abort: bool) -> None:
+    if abort:
+        try:
+            sock.settimeout(1.0)
+            sock.sendall(_ABORT_INVALID_PDU)
+        except OSError:
+            pass
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _GuardedHandler(RequestHandler):
+    """Reads the A-ASSOCIATE-RQ within the deadline, then hands the connection to pynetdicom."""
+
+    server: GuardedServer
+
+    def handle(self) -> None:
+        server = self.server
+        host = _host(self.client_address)
+        try:
+            first = read_association_request(self.request, server.limits)
+        except PeerViolation as exc:
+            server.note_refused(host, str(exc))
+            cut(self.request, abort="limit" in str(exc))
+            self.request.close()
+            return
+        assoc = self._associate(first, host)
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+
+    def _associate(self, first: bytes, host: str) -> Association:
+        """pynetdicom's RequestHandler._create_association with our transport."""
+        server = self.server
+        assoc = Association(self.ae, MODE_ACCEPTOR)
+        assoc._server = server
+        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+        sock = BoundedSocket(assoc, self.request, first, server.limits, host)
+        server.track(sock)
+        assoc.set_socket(sock)
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(server.contexts)
+        assoc.requestor.address_info = self.remote
+        for event in server._handlers:
+            if event.is_intervention and server._handlers[event]:
+                assoc.bind(event, *server._handlers[event])
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in server._handlers[event]:
+                    handler = cast(Any, handler)
+                    assoc.bind(event, handler[0], handler[1])
+        return assoc
+
+
+def read_association_request(sock: socket.socket, limits: Limits) -> bytes:
+    """The first PDU, which must be an A-ASSOCIATE-RQ of bounded length, complete within the ARTIM time."""
+    deadline = time.monotonic() + limits.artim_seconds
+    try:
+        header = _read_exactly(sock, PDU_HEADER, deadline)
+        pdu_type, _, length = struct.unpack(">BBL", header)
+        if pdu_type != _A_ASSOCIATE_RQ:
+            raise PeerViolation(f"first PDU is not an A-ASSOCIATE-RQ (type 0x{pdu_type:02X})")
+        if length > ASSOCIATION_PDU_LIMIT:
+            raise PeerViolation(f"A-ASSOCIATE-RQ of {length} bytes (limit {ASSOCIATION_PDU_LIMIT})")
+        return header + _read_exactly(sock, length, deadline)
+    except PeerViolation as exc:
+        if str(exc) == "timed out":
+            raise PeerViolation(f"no complete A-ASSOCIATE-RQ within {limits.artim_seconds:g} s") from None
+        raise
+
+
+class GuardedServer(AssociationServer):
+    """The TLS-aware association server with the limits above (see the module docstring)."""
+
+    def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._half_open: dict[str, int] = {}
+        self._sockets: set[BoundedSocket] = set()
+        self._refused = 0
+        self._last_refusal_log = 0.0
+        super().__init__(*args, request_handler=_GuardedHandler, **kwargs)
+
+    # -- half-open connections: counted from accept to a complete A-ASSOCIATE-RQ (or its failure)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        host = _host(client_address)
+        with self._lock:
+            total = sum(self._half_open.values())
+            if self._half_open.get(host, 0) >= self.limits.half_open_per_host:
+                reason = f"more than {self.limits.half_open_per_host} connections of this host without an A-ASSOCIATE-RQ"
+            elif total >= self.limits.half_open_total:
+                reason = f"more than {self.limits.half_open_total} connections without an A-ASSOCIATE-RQ"
+            else:
+                self._half_open[host] = self._half_open.get(host, 0) + 1
+                return True
+        self.note_refused(host, reason)
+        return False  # socketserver closes it
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            host = _host(client_address)
+            with self._lock:
+                n = self._half_open.get(host, 1) - 1
+                if n > 0:
+                    self._half_open[host] = n
+                else:
+                    self._half_open.pop(host, None)
+
+    def half_open(self) -> int:
+        with self._lock:
+            return sum(self._half_open.values())
+
+    def note_refused(self, host: str, reason: str) -> None:
+        """One warning per connection refused, at most one line a second (a port scan is no log flood)."""
+        if reason == "closed":  # connect and close: a port scan or a TCP health check, nothing to say
+            log.debug("connection closed before an A-ASSOCIATE-RQ host=%s", host)
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._refused += 1
+            if now - self._last_refusal_log < 1.0:
+                return
+            self._last_refusal_log, count, self._refused = now, self._refused, 0
+        log.warning("connection refused host=%s reason=%s (%d refused since the last such line)", host, reason, count)
+
+    # -- shutdown
+
+    def track(self, sock: BoundedSocket) -> None:
+        with self._lock:
+            self._sockets = {s for s in self._sockets if s.socket is not None and not s._done}
+            self._sockets.add(sock)
+
+    def cut_all(self) -> None:
+        """Cut every association's connection: blocked reads return, pynetdicom unwinds them."""
+        with self._lock:
+            sockets = list(self._sockets)
+        for s in sockets:
+            s.cut()
+
+
+def make_guarded_server(ae: Any, address: tuple[str, int], handlers: list[Any], ssl_context: Any,
+                        handshake_timeout: float, limits: Limits) -> GuardedServer:
+    """What `ae.start_server(block=False)` does, with the guarded server; AE.shutdown() finds it."""
+    server = cast(GuardedServer, ae.make_server(
+        address, evt_handlers=handlers, ssl_context=ssl_context, server_class=GuardedServer,
+        handshake_timeout=handshake_timeout, limits=limits,
+    ))
+    ae._servers.append(server)
+    return server
+

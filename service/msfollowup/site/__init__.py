@@ -1,0 +1,1 @@
+"""site: see docs/architecture.md."""
