@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nodeutil import DCMTK, RunningNode, free_port  # noqa: E402
 
 from dicom_fixtures import generate_study  # noqa: E402
-from msfollowup import sdnotify  # noqa: E402
+from msfollowup.runtime import sdnotify  # noqa: E402
 from msfollowup.site.config import CompletionConfig, Config, NodeConfig, StorageConfig, load_config  # noqa: E402
 from msfollowup.reports.content import ReportError  # noqa: E402
 from msfollowup.reports.files import latest_report  # noqa: E402

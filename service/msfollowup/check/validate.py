@@ -18,144 +18,19 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
-from msfollowup.dicom.classify import SeriesClassification, SeriesFacts
-from msfollowup.site.profiles import Limits, Profile, Region, SequenceRule, get_profile
+from msfollowup.dicom.classify import SeriesClassification
+from msfollowup.site.profiles import Limits, Profile, Region, get_profile
 
-Status = Literal["pass", "fail", "unverifiable"]
-Verdict = Literal["compliant", "non-compliant", "unverifiable"]
-
-# Proton gyromagnetic ratio / 2 pi: physics, not site policy, so it lives here and not in protocols/.
-GYROMAGNETIC_MHZ_PER_T = 42.577
-_RANK: dict[str, int] = {"pass": 0, "unverifiable": 1, "fail": 2}
-
-
-@dataclass(frozen=True)
-class RequirementResult:
-    id: str  # stable id, e.g. "sequence.t2_flair", "field_strength", "contrast_delay"
-    status: Status
-    measured: Any  # JSON-serialisable
-    limit: Any  # JSON-serialisable
-    series: tuple[str, ...]  # SeriesInstanceUIDs that satisfied or failed it
-    message: str  # one sentence a radiographer understands
-    informational: bool = False  # reported, never changes the verdict
-    label: str = ""  # what was required, e.g. "T2 FLAIR (or PD)"
-    # "recommended": a failure is a warning shown in the report, never a recall (informational is then set)
-    severity: str = "required"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "label": self.label,
-            "status": self.status,
-            "informational": self.informational,
-            "severity": self.severity,
-            "measured": self.measured,
-            "limit": self.limit,
-            "series": list(self.series),
-            "message": self.message,
-        }
-
-
-@dataclass(frozen=True)
-class ValidationResult:
-    study_instance_uid: str
-    profile_id: str
-    profile_version: str
-    verdict: Verdict
-    series: tuple[SeriesClassification, ...]
-    requirements: tuple[RequirementResult, ...]
-    reference_study_uid: str | None
-    checked_at: dt.datetime
-    profile_summary: dict[str, Any] = field(default_factory=dict, compare=False)  # Profile.summary()
-
-    @property
-    def missing_requirements(self) -> tuple[RequirementResult, ...]:
-        return tuple(r for r in self.requirements if r.status != "pass" and not r.informational)
-
-    def to_json(self) -> dict[str, Any]:
-        counts = {s: sum(1 for r in self.requirements if r.status == s and not r.informational)
-                  for s in ("pass", "fail", "unverifiable")}
-        return {
-            "study_instance_uid": self.study_instance_uid,
-            "profile": {"id": self.profile_id, "version": self.profile_version, **self.profile_summary},
-            "verdict": self.verdict,
-            "summary": counts,
-            "series": [s.to_json() for s in self.series],
-            "requirements": [r.to_json() for r in self.requirements],
-            "reference_study_uid": self.reference_study_uid,
-            "checked_at": self.checked_at.isoformat(),
-        }
-
-
-# --- small helpers ------------------------------------------------------------------------------
-
-
-def _n(x: float) -> str:
-    """A number as a radiographer writes it: 3, 1.3, 0.94."""
-    return f"{round(x, 2):g}"
-
-
-def _name(s: SeriesClassification) -> str:
-    num = s.facts.series_number if s.facts.series_number is not None else "?"
-    return f'series {num} "{s.facts.description}"' if s.facts.description else f"series {num}"
-
-
-def _names(series: Iterable[SeriesClassification]) -> str:
-    return ", ".join(_name(s) for s in series)
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(round(abs(seconds))), 60)
-    return f"{m} min {s} s"
-
-
-def _acquisition(s: SeriesClassification) -> str | None:
-    if s.acquisition:
-        return s.acquisition
-    raw = (s.facts.mr_acquisition_type or "").strip().upper()
-    return raw if raw in ("2D", "3D") else None
-
-
-def field_strength_t(f: SeriesFacts) -> tuple[float | None, str]:
-    """Field strength in tesla and where it came from; ImagingFrequency stands in when it is missing."""
-    from_frequency = bool(getattr(f, "field_strength_from_frequency", False))  # summarize() did the fallback
-    if f.field_strength_t and not (from_frequency and f.imaging_frequency_mhz):
-        return f.field_strength_t, "MagneticFieldStrength"
-    if f.imaging_frequency_mhz:
-        return f.imaging_frequency_mhz / GYROMAGNETIC_MHZ_PER_T, f"ImagingFrequency {_n(f.imaging_frequency_mhz)} MHz"
-    return None, ""
-
-
-def _worst(statuses: Iterable[Status]) -> Status:
-    out: Status = "pass"
-    for s in statuses:
-        if _RANK[s] > _RANK[out]:
-            out = s
-    return out
-
-
-# --- requirement instances and candidate choice ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Instance:
-    """One required sequence in one region (or anywhere when the rule has no regions)."""
-
-    rule: SequenceRule
-    region: Region | None
-    exam: Region | None = None  # the profile's body region (brain): filters out series of other regions
-    others: tuple[Region, ...] = ()
-
-    @property
-    def key(self) -> str:
-        return self.rule.id + (f".{self.region.name}" if self.region else "")
-
-    @property
-    def label(self) -> str:
-        return self.rule.label + (f" ({self.region.label})" if self.region else "")
+from msfollowup.check.reference import (  # noqa: F401
+    _reference_field, _reference_scanner, _reference_sequence,
+)
+from msfollowup.check.results import (  # noqa: F401 - RequirementResult, ValidationResult are this module's API
+    _RANK, GYROMAGNETIC_MHZ_PER_T, RequirementResult, Status, ValidationResult, Verdict, _acquisition, _duration,
+    _Instance, _n, _name, _names, _worst, field_strength_t,
+)
 
 
 def _instances(profile: Profile) -> list[_Instance]:
@@ -441,108 +316,6 @@ def _exam_length(limits: Limits, series: Sequence[SeriesClassification]) -> Requ
     return RequirementResult("exam_length", status, {"minutes": round(minutes, 1)}, limit, (),
                              f"Exam took at least {_duration(minutes * 60)} (first to last series start); a follow-up "
                              f"is expected to take {_n(lo)}-{_n(hi)} min (informational)", True, "Exam length")
-
-
-# --- consistency with the reference study ------------------------------------------------------------
-
-
-def _scanner_ids(series: Sequence[SeriesClassification]) -> dict[str, list[str]]:
-    return {key: sorted({v for s in series if (v := getattr(s.facts, key))})
-            for key in ("device_serial_number", "station_name", "manufacturer", "model")}
-
-
-def _describe_scanner(ids: dict[str, list[str]]) -> str:
-    parts = []
-    if ids["device_serial_number"]:
-        parts.append("serial " + "/".join(ids["device_serial_number"]))
-    if ids["station_name"]:
-        parts.append("station " + "/".join(ids["station_name"]))
-    return ", ".join(parts) or "unknown"
-
-
-def _reference_scanner(cur: Sequence[SeriesClassification], ref: Sequence[SeriesClassification]
-                       ) -> RequirementResult:
-    a, b = _scanner_ids(cur), _scanner_ids(ref)
-    uids = tuple(s.facts.series_instance_uid for s in cur)
-    for key, what in (("device_serial_number", "DeviceSerialNumber"), ("station_name", "StationName")):
-        if a[key] and b[key]:
-            same = set(a[key]) == set(b[key])
-            msg = (f"Same scanner as the reference study ({what} {'/'.join(a[key])})" if same else
-                   f"Different scanner from the reference study: {_describe_scanner(a)} here, "
-                   f"{_describe_scanner(b)} in the reference")
-            return RequirementResult("reference.scanner", "pass" if same else "fail", a, b, uids, msg,
-                                     label="Same scanner as reference")
-    return RequirementResult("reference.scanner", "unverifiable", a, b, uids, "Scanner identity cannot be compared: "
-                             "DeviceSerialNumber and StationName are not recorded in both studies",
-                             label="Same scanner as reference")
-
-
-def _study_field(series: Sequence[SeriesClassification]) -> float | None:
-    values = [v for s in series if (v := field_strength_t(s.facts)[0]) is not None]
-    return max(set(round(v, 2) for v in values), key=lambda v: sum(1 for x in values if round(x, 2) == v)) \
-        if values else None
-
-
-def _reference_field(limits: Limits, cur: Sequence[SeriesClassification], ref: Sequence[SeriesClassification]
-                     ) -> RequirementResult:
-    a, b = _study_field(cur), _study_field(ref)
-    tol = limits.reference_field_strength_tolerance_t
-    uids = tuple(s.facts.series_instance_uid for s in cur)
-    label = "Same field strength as reference"
-    if a is None or b is None:
-        return RequirementResult("reference.field_strength", "unverifiable", a, {"reference_t": b, "tolerance_t": tol},
-                                 uids, f"Field strength cannot be compared with the reference study: not recorded "
-                                 f"in {'this study' if a is None else 'the reference'}", label=label)
-    same = abs(a - b) <= tol + 1e-9
-    msg = (f"Field strength {_n(a)} T, as in the reference study" if same else
-           f"Field strength {_n(a)} T differs from the reference study ({_n(b)} T)")
-    return RequirementResult("reference.field_strength", "pass" if same else "fail", a,
-                             {"reference_t": b, "tolerance_t": tol}, uids, msg, label=label)
-
-
-def _geometry(s: SeriesClassification) -> dict[str, Any]:
-    f = s.facts
-    return {"series_instance_uid": f.series_instance_uid, "kind": s.kind, "acquisition": _acquisition(s),
-            "slice_thickness_mm": f.slice_thickness_mm or f.spacing_between_slices_mm,
-            "pixel_spacing_mm": list(f.pixel_spacing_mm) if f.pixel_spacing_mm else None}
-
-
-def _reference_sequence(limits: Limits, inst: _Instance, cur: SeriesClassification,
-                        ref: SeriesClassification | None) -> RequirementResult:
-    rid, label = f"reference.{inst.key}", f"{inst.label} as in reference"
-    a = _geometry(cur)
-    if ref is None:
-        return RequirementResult(rid, "unverifiable", a, None, (cur.facts.series_instance_uid,),
-                                 f"{inst.label}: the reference study has no such series to compare with", label=label)
-    b = _geometry(ref)
-    tol = limits.reference_voxel_tolerance_mm
-    diffs, unknown = [], []
-    if a["kind"] != b["kind"]:
-        diffs.append(f"{a['kind']} here, {b['kind']} in the reference")
-    for key, what in (("acquisition", "2D/3D"),):
-        if a[key] is None or b[key] is None:
-            unknown.append(what)
-        elif a[key] != b[key]:
-            diffs.append(f"{a[key]} here, {b[key]} in the reference")
-    for key, what in (("slice_thickness_mm", "slice thickness"), ("pixel_spacing_mm", "pixel spacing")):
-        x, y = a[key], b[key]
-        if x is None or y is None:
-            unknown.append(what)
-            continue
-        xs, ys = (x, y) if isinstance(x, list) else ([x], [y])
-        if any(abs(p - q) > tol + 1e-9 for p, q in zip(xs, ys)):
-            diffs.append(f"{what} {' x '.join(_n(p) for p in xs)} mm here, {' x '.join(_n(q) for q in ys)} mm "
-                         "in the reference")
-    limit = {"reference": b, "tolerance_mm": tol}
-    series = (cur.facts.series_instance_uid,)
-    if diffs:
-        return RequirementResult(rid, "fail", a, limit, series, f"{inst.label} differs from the reference study "
-                                 f"({_name(cur)} vs {_name(ref)}): {'; '.join(diffs)}", label=label)
-    if unknown:
-        return RequirementResult(rid, "unverifiable", a, limit, series, f"{inst.label} cannot be compared with the "
-                                 f"reference study: {', '.join(unknown)} not recorded", label=label)
-    return RequirementResult(rid, "pass", a, limit, series, f"{inst.label} matches the reference study "
-                             f"({_name(cur)} vs {_name(ref)})", label=label)
 
 
 # --- the engine --------------------------------------------------------------------------------------
