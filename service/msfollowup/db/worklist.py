@@ -251,19 +251,6 @@ def decode_identifier(data: bytes) -> Dataset:
     return read_dataset(BytesIO(data), is_implicit_VR=False, is_little_endian=True)
 
 
-def _da(day: dt.date) -> str:
-    return day.strftime("%Y%m%d")
-
-
-def _parse_da(value: str | dt.date | None) -> dt.date | None:
-    if value is None or isinstance(value, dt.date):
-        return value
-    try:
-        return dt.datetime.strptime(value.strip(), "%Y%m%d").date()
-    except ValueError:
-        return None
-
-
 def name_key(folded: str) -> str:
     """Hex of the first characters of a folded name, for prefix searches through an index.
 

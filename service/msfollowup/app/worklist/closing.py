@@ -20,13 +20,13 @@ from sqlalchemy.orm import Session
 from msfollowup.db import audit
 from msfollowup.db import utcnow
 from msfollowup.app.worklist.export import queue_file
+from msfollowup.core.dicomtime import parse_da
 from msfollowup.db.worklist import (
     COMPLETED,
     DISCONTINUED,
     ScheduledStep,
     WorklistError,
     _open_steps,
-    _parse_da,
     encode_identifier,
 )
 
@@ -136,7 +136,7 @@ def close_for_study(
             return None
         close(session, step, COMPLETED, reason, study_uid=study_uid)
         return step
-    day = _parse_da(study_date)
+    day = parse_da(study_date)
     if purposes is None or not patient_id or day is None:
         return None
     first = None

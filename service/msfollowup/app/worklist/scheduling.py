@@ -22,6 +22,7 @@ from msfollowup.site.profiles import Profile, get_profile
 from msfollowup.app.worklist.closing import REPLACED, close
 from msfollowup.app.worklist.export import _export_path, queue_file
 from msfollowup.followup.matching import fold_name
+from msfollowup.core.dicomtime import format_da
 from msfollowup.db.worklist import (
     CONTRAST_AGENT,
     DEFAULT_START_TIME,
@@ -35,7 +36,6 @@ from msfollowup.db.worklist import (
     DemographicsLike,
     ScheduledStep,
     WorklistError,
-    _da,
     _open_steps,
     encode_identifier,
     name_key,
@@ -207,7 +207,7 @@ def schedule_due(
     profile = profile or get_profile(due.profile_id, cfg.validation.protocols_dir)
     today = today or dt.date.today()
     demo = merge_demographics(due.patient_id, plan_demographics, demographics)
-    start = _da(max(due.target, today))
+    start = format_da(max(due.target, today))
     key = f"{due.patient_id}|{due.purpose}"
     current = session.scalar(select(ScheduledStep).where(ScheduledStep.open_key == key))
     if current is not None:
@@ -271,7 +271,7 @@ def schedule_due(
 def move_overdue_to_today(session: Session, today: dt.date) -> list[ScheduledStep]:
     """Open items whose start date has passed start today: a modality asking for today's list must
     see the patients most in need of a scan. The window is kept; nothing is closed."""
-    day = _da(today)
+    day = format_da(today)
     moved = list(session.scalars(_open_steps().where(ScheduledStep.start_date < day).order_by(ScheduledStep.id)))
     for step in moved:
         ds = step.dataset()
