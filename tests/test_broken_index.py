@@ -136,6 +136,24 @@ def test_index_deleted_while_running_fails_health_refuses_stores_and_start_until
         node.stop()
 
 
+def test_index_rebuild_refuses_while_a_node_holds_the_data_folder(node: _Node) -> None:
+    """The rebuild takes the data folder's lock that `serve` holds: with the node running it refuses,
+    naming the folder and what to do, and touches nothing (no index moved aside, no file indexed)."""
+    assert store(node, [mr_dataset()]) == [0]
+    before = sorted(p.name for p in node.data_dir.iterdir())
+    out = _msfollowup("index", "rebuild", "--config", str(node.config_path))
+    assert out.returncode == 2, out.stdout
+    assert "index rebuild refused: a node is running on the data folder" in out.stderr
+    assert str(node.data_dir) in out.stderr and "stop it first" in out.stderr and "Traceback" not in out.stderr
+    assert "indexed" not in out.stdout
+    assert sorted(p.name for p in node.data_dir.iterdir()) == before
+    assert node.echo() and store(node, [mr_dataset()]) == [0]  # the node goes on, its lock untouched
+    node.stop()
+    out = _msfollowup("index", "rebuild", "--config", str(node.config_path))
+    assert out.returncode == 0 and "0 instances indexed, 2 already indexed" in out.stdout, out.stderr
+    node.start()  # the rebuild released the lock
+
+
 def test_index_replaced_while_running_fails_health(node: _Node) -> None:
     assert store(node, [mr_dataset()]) == [0]
     copy = node.index_file.with_name("copy.sqlite3")

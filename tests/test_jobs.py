@@ -8,12 +8,14 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text, update
 
 from dicom_fixtures import generate_study
 from msfollowup.runtime import jobs
+from msfollowup.files import retention
 from msfollowup.app.completion import complete_due
 from msfollowup.site.config import Config
 from msfollowup.reports.files import Report  # noqa: E402
@@ -153,3 +155,76 @@ def test_two_schedulers_on_one_database_run_each_occurrence_once(service: Servic
         rows = {r.id: r for r in s.scalars(select(jobs.SchedulerJob))}
     assert {k: r.runs for k, r in rows.items()} == {"overdue": 1, "retention": 1, "worklist": 1}
     assert all(r.next_run_at > later for r in rows.values())
+
+
+def _old_study(service: Service, tmp_path: Path, seed: int, patient_id: str) -> Any:
+    study = generate_study(tmp_path / f"s{seed}", slices=3, seed=seed, patient_id=patient_id)
+    _ingest(service, study.files)
+    assert len(complete_due(service.db, 0)) == 1
+    service.pipeline.run_pending()  # check and report written: the study may be retired
+    with service.db.session() as s:
+        s.execute(update(Study).where(Study.study_uid == study.study_uid)
+                  .values(last_received=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=31)))
+    return study
+
+
+def _missing_files(service: Service) -> list[str]:
+    """Index rows whose file is gone: must never exist."""
+    with service.db.session() as s:
+        return [p for p in s.scalars(select(Instance.path)) if not service.store.absolute(p).is_file()]
+
+
+def test_retention_crash_between_rows_and_files_is_finished_by_the_next_run(
+        service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows go first (one transaction), files second: a crash in between leaves files without rows,
+    never rows without files, and the next run removes those files."""
+    study = _old_study(service, tmp_path, 41, "RETCRASH")
+
+    def crash(*_args: Any) -> int:
+        raise RuntimeError("simulated crash between the row and the file step")
+
+    with monkeypatch.context() as m:
+        m.setattr(retention, "remove_unindexed_files", crash)
+        with pytest.raises(RuntimeError):
+            jobs.retention_job(service)
+    with service.db.session() as s:
+        assert s.scalar(select(Instance).where(Instance.study_uid == study.study_uid).limit(1)) is None
+    assert len(list((service.store.root / study.study_uid).rglob("*.dcm"))) == len(study.files)  # orphans for now
+    assert _missing_files(service) == []
+    assert jobs.retention_job(service) == 0  # no rows left to delete ...
+    assert not (service.store.root / study.study_uid).exists()  # ... but the orphan files are gone
+
+
+def test_retention_keeps_an_instance_indexed_again_between_its_steps(service: Service, tmp_path: Path) -> None:
+    """A re-send of a retired instance between the row and the file step is indexed again (it was
+    acknowledged): its file stays; a study received since the selection is not retired at all."""
+    study = _old_study(service, tmp_path, 42, "RETRESEND")
+    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)
+    assert retention.delete_rows(service.store, study.study_uid, cutoff) == len(study.files)
+    _ingest(service, study.files[:1])  # re-sent: the old file is still there (duplicate), a row again
+    assert retention.remove_unindexed_files(service.store, study.study_uid) == len(study.files) - 1
+    assert _missing_files(service) == []
+    with service.db.session() as s:
+        (kept,) = s.scalars(select(Instance.path).where(Instance.study_uid == study.study_uid)).all()
+    assert service.store.absolute(kept).is_file()
+    # The study was reopened by the re-send: a run with the same cutoff deletes nothing.
+    assert retention.delete_rows(service.store, study.study_uid, cutoff) == 0
+    assert jobs.retention_job(service) == 0 and service.store.absolute(kept).is_file()
+
+
+def test_a_file_removed_by_retention_before_its_index_commit_is_linked_again(
+        service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The remaining interleaving: ingest links, retention (holding the study lock) removes the then
+    unindexed file, ingest indexes: the ingest puts the file back from its temp copy."""
+    study = generate_study(tmp_path / "race", slices=1, seed=43, patient_id="RETRACE")
+    original = service.store._index
+
+    def index_after_retention(ds: Any, rel: str, *args: Any, **kwargs: Any) -> bool:
+        service.store.absolute(rel).unlink()  # what remove_unindexed_files does to an unindexed file
+        return original(ds, rel, *args, **kwargs)
+
+    monkeypatch.setattr(service.store, "_index", index_after_retention)
+    _ingest(service, study.files)
+    assert _missing_files(service) == []
+    with service.db.session() as s:
+        assert len(s.scalars(select(Instance.path).where(Instance.study_uid == study.study_uid)).all()) == len(study.files)

@@ -96,6 +96,13 @@ def _assert_data_kept(engine: Engine) -> None:
         db.dispose()
 
 
+def test_the_fast_path_revision_is_the_head_of_the_migrations() -> None:
+    """db.HEAD_REVISION lets an up-to-date database skip Alembic; a new migration must move it too."""
+    from msfollowup.db import HEAD_REVISION
+
+    assert HEAD_REVISION == dbmigrate.head_revision()
+
+
 def test_fresh_database_is_created_at_head_and_equals_the_models(db_url: str) -> None:
     db = Database(db_url)
     try:

@@ -114,3 +114,52 @@ def test_due_json_lists_every_patient_and_overdue_filters(config: Path) -> None:
     assert [d["patient_id"] for d in overdue] == ["PAT-D2"]
     table = run(config, "due", "--today", TODAY)
     assert table.returncode == 0 and "OVERDUE" in table.stdout and "RECALL" in table.stdout
+
+
+def _findscu_mwl(tmp: Path, port: int, patient_id: str) -> list[Any]:
+    """DCMTK findscu -W with a modality's query keys for one patient; the parsed answers."""
+    from pydicom import dcmread
+
+    dump = tmp / "q.dump"
+    dump.write_text("(0008,0005) CS [ISO_IR 192]\n(0008,0050) SH []\n(0010,0010) PN []\n"
+                    f"(0010,0020) LO [{patient_id}]\n(0010,0030) DA []\n(0010,0040) CS []\n(0020,000d) UI []\n"
+                    "(0040,0100) SQ\n(fffe,e000) -\n(0008,0060) CS [MR]\n(0040,0001) AE []\n(0040,0002) DA []\n"
+                    "(0040,0020) CS []\n(fffe,e00d) -\n(fffe,e0dd) -\n", encoding="utf-8")
+    subprocess.run(["/usr/bin/dump2dcm", str(dump), str(tmp / "q.dcm")], check=True)
+    out = tmp / f"answers{len(list(tmp.glob('answers*')))}"
+    out.mkdir()
+    proc = subprocess.run(["/usr/bin/findscu", "-W", "-aet", "FINDSCU", "-aec", "MSFOLLOWUP", "-X", "-od", str(out),
+                           "127.0.0.1", str(port), str(tmp / "q.dcm")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def test_patient_set_name_makes_the_item_of_a_patient_without_study_complete_on_a_running_node(
+        tmp_path: Path) -> None:
+    """Issue 11 item 4 end to end: a plan without a study gives an item nobody can serve (no name);
+    `patient set --name/--birth-date/--sex` completes it, and DCMTK findscu on the running node gets
+    the same item with the plan's demographics."""
+    from nodeutil import RunningNode
+
+    node = RunningNode(tmp_path / "node").start()
+    try:
+        config = node.config_path
+        proc = run(config, "patient", "set", "PAT-NEW-7", "--dmt", "ocrelizumab", "--dmt-start", "2026-01-10")
+        assert proc.returncode == 0, proc.stderr
+        assert _findscu_mwl(tmp_path, node.port, "PAT-NEW-7") == []  # incomplete: not served
+        listed = run(config, "worklist")
+        assert "INCOMPLETE" in listed.stdout, listed.stdout
+        proc = run(config, "patient", "set", "PAT-NEW-7", "--name", "Nováková^Jana", "--birth-date", "1984-02-29",
+                   "--sex", "f")
+        assert proc.returncode == 0, proc.stderr
+        (item,) = _findscu_mwl(tmp_path, node.port, "PAT-NEW-7")
+        assert str(item.PatientName) == "Nováková^Jana"
+        assert (item.PatientBirthDate, item.PatientSex) == ("19840229", "F")
+        assert item.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus == "SCHEDULED"
+        shown = run_json(config, "patient", "show", "PAT-NEW-7", "--json")
+        assert shown["history"][-1]["changes"]["patient_name"] == {"old": None, "new": "Nováková^Jana"}
+        proc = run(config, "patient", "set", "PAT-NEW-7", "--birth-date", "1984-02-30")
+        assert proc.returncode == 2 and "birth_date" in proc.stderr and "1984-02-30" not in proc.stderr
+    finally:
+        node.stop()
+    assert "Nováková" not in node.log() and "PAT-NEW-7" not in node.log()

@@ -396,3 +396,60 @@ def test_csv_import_with_a_bad_row_on_line_4_applies_nothing(db: Database, rules
         plan_a = get_plan(s, "PAT-A")
         assert plan_a is not None and set(plan_a.flags) == {"highly_active", "spinal_symptoms"}
         assert plan_history(s, "PAT-B")[-1].author == "importer"
+
+
+def test_demographics_are_kept_with_history_and_validated_without_echoing_them(db: Database,
+                                                                               rules: IntervalRules) -> None:
+    """Issue 11: name, birth date and sex in the plan, every change in the history; a bad value is
+    refused naming the field and the rule, never quoting the value."""
+    with db.session() as s:
+        set_plan(s, PID, {"patient_name": " Müller^Zoë ", "birth_date": "1985-03-04", "sex": "f"}, "dr.a",
+                 rules=rules, today=D(2026, 6, 1))
+    with db.session() as s:
+        set_plan(s, PID, {"patient_name": "MÜLLER-SCHMIDT^Zoë", "birth_date": "19850305"}, "dr.b", rules=rules,
+                 today=D(2026, 6, 1))
+    with db.session() as s:
+        plan = get_plan(s, PID)
+        history = plan_history(s, PID)
+    assert plan is not None
+    assert (plan.patient_name, plan.birth_date, plan.sex) == ("MÜLLER-SCHMIDT^Zoë", D(1985, 3, 5), "F")
+    assert history[0].changes["patient_name"] == {"old": None, "new": "Müller^Zoë"}
+    assert history[1].changes["birth_date"] == {"old": "1985-03-04", "new": "1985-03-05"}
+    assert "sex" not in history[1].changes
+    secret = "SECRETNAME"
+    bad_values = [
+        ({"patient_name": f"{secret}\\OTHER"}, "backslash"),
+        ({"patient_name": secret * 7}, "64 characters"),
+        ({"patient_name": f"{secret}^A^B^C^D^E"}, "5 components"),
+        ({"patient_name": f"{secret}\x1b^A"}, "control"),
+        ({"patient_name": "^^"}, "required"),
+        ({"birth_date": "31.12.1980"}, "YYYY-MM-DD"),
+        ({"birth_date": "2026-06-02"}, "after today"),
+        ({"birth_date": "1850-01-01"}, "before 1900"),
+        ({"sex": "X"}, "M, F, O"),
+    ]
+    for change, why in bad_values:
+        with pytest.raises(PlanError) as err, db.session() as s:
+            set_plan(s, PID, change, "dr.c", rules=rules, today=D(2026, 6, 1))
+        message = str(err.value)
+        assert message.startswith(next(iter(change))) and why in message, message
+        assert secret not in message and "31.12" not in message and PID not in message
+    with db.session() as s:
+        set_plan(s, PID, {"patient_name": "", "sex": ""}, "dr.d", rules=rules, today=D(2026, 6, 1))  # "" clears
+        cleared = get_plan(s, PID)
+        assert cleared is not None and (cleared.patient_name, cleared.sex) == (None, None)
+        assert len(plan_history(s, PID)) == 3
+
+
+def test_csv_import_takes_name_birth_date_and_sex(db: Database, rules: IntervalRules) -> None:
+    csv_text = ("patient_id,patient_name,birth_date,sex,dmt\n"
+                "PAT-N1,DOE^JANE,1990-01-02,F,ocrelizumab\n"
+                "PAT-N2,,,,fingolimod\n")
+    with db.session() as s:
+        assert import_plans_csv(s, io.StringIO(csv_text), "importer", rules) == ["PAT-N1", "PAT-N2"]
+        one, two = get_plan(s, "PAT-N1"), get_plan(s, "PAT-N2")
+    assert one is not None and (one.patient_name, one.birth_date, one.sex) == ("DOE^JANE", D(1990, 1, 2), "F")
+    assert two is not None and (two.patient_name, two.birth_date, two.sex) == (None, None, None)
+    with pytest.raises(PlanImportError) as err, db.session() as s:
+        import_plans_csv(s, io.StringIO(csv_text.replace(",F,", ",weiblich,")), "importer", rules)
+    assert str(err.value).startswith("line 2: sex") and "weiblich" not in str(err.value)

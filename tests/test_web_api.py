@@ -145,6 +145,38 @@ def test_a_viewer_cannot_edit_a_plan_and_a_clinician_can(node: WebNode, world: d
     assert audit[0]["actor_user"] == "clinician1"
 
 
+def test_the_plan_form_sets_name_birth_date_and_sex_and_the_worklist_serves_them(node: WebNode,
+                                                                                 world: dict[str, Any]) -> None:
+    """Issue 11: the web plan form offers the CLI's --name/--birth-date/--sex; the plan's name wins
+    over the study's on the patient's open worklist item (same item, rebuilt)."""
+    from sqlalchemy import select
+
+    from msfollowup.app.worklist import ScheduledStep
+
+    p = world["patient"]
+    clinician = node.client()
+    assert clinician.login("clinician1").status == 303
+    page = clinician.get(f"/patients/{p}")
+    assert 'id="f-patient_name"' in page.text and 'id="f-birth_date"' in page.text and 'id="f-sex"' in page.text
+    csrf = clinician.csrf(f"/patients/{p}")
+    bad = clinician.post(f"/patients/{p}/plan", form={"csrf_token": csrf, "sex": "Q", "sex__was": ""})
+    assert bad.status == 422 and "sex: must be one of M, F, O" in bad.text
+    ok = clinician.post(f"/patients/{p}/plan", form={
+        "csrf_token": csrf, "patient_name": "PLAN^NAME", "patient_name__was": "", "birth_date": "1970-07-07",
+        "birth_date__was": "", "sex": "O", "sex__was": ""})
+    assert ok.status == 303, ok.text
+    data = node.client(world["tokens"]["admin"]).get(f"/api/v1/patients/{p}").json()
+    assert (data["plan"]["patient_name"], data["plan"]["birth_date"], data["plan"]["sex"]) == (
+        "PLAN^NAME", "1970-07-07", "O")
+    assert set(data["history"][-1]["changes"]) == {"patient_name", "birth_date", "sex"}
+    with node.db.session() as s:
+        step = s.scalars(select(ScheduledStep).where(ScheduledStep.patient_id == PATIENT_ID,
+                                                     ScheduledStep.open_key.is_not(None))).one()
+        ds = step.dataset()
+    assert (str(ds.PatientName), ds.PatientBirthDate, ds.PatientSex) == ("PLAN^NAME", "19700707", "O")
+    assert 'value="PLAN^NAME"' in clinician.get(f"/patients/{p}").text
+
+
 def test_a_form_or_api_call_with_the_session_but_without_csrf_token_is_refused(node: WebNode, world: dict[str, Any]) -> None:
     rad = node.client()
     assert rad.login("radiographer1").status == 303

@@ -23,6 +23,9 @@ from msfollowup.site.config import Config
 from msfollowup.app.worklist import ScheduledStep
 
 STATUSES = ("due", "overdue", "recall")
+# Text fields of the web plan form, named as the plan change keys (`patient set` takes the same).
+PLAN_FORM_FIELDS = ("dmt", "dmt_start", "previous_dmt", "switch_date", "jcv", "diagnosed", "override_interval",
+                    "override_protocol", "patient_name", "birth_date", "sex")
 SORTS = {"latest": ScheduledStep.latest, "target": ScheduledStep.target, "profile": ScheduledStep.profile_id}
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import traceback
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -25,6 +25,9 @@ from msfollowup.files.store import InstanceStore, Study, StudyState, mark_failed
 from msfollowup.check.validate import ValidationResult, validate_study
 from msfollowup.core.worker import PollingWorker
 from msfollowup.db.checks import StudyCheck
+
+if TYPE_CHECKING:
+    from msfollowup.app.worklist import Demographics
 
 
 log = logging.getLogger(__name__)
@@ -264,8 +267,25 @@ def schedule_patient(session: Session, cfg: Config, patient_id: str, today: dt.d
     demographics = session.scalars(
         select(Study).where(Study.patient_id == patient_id).order_by(Study.last_received.desc()).limit(1)
     ).first() or worklist.Demographics(patient_id=patient_id, patient_name=None)
-    return [worklist.schedule_due(session, due, demographics, cfg, today=today)
+    return [worklist.schedule_due(session, due, demographics, cfg, today=today,
+                                  plan_demographics=plan_demographics(session, patient_id))
             for due in plans.refresh_patient(session, patient_id, today, rules)]
+
+
+def plan_demographics(session: Session, patient_id: str) -> Demographics | None:
+    """What the patient's plan says about them (a user typed it: it wins over the last study's), as
+    the worklist's Demographics; None without a plan."""
+    from msfollowup.app import plans, worklist
+
+    plan = plans.get_plan(session, patient_id)
+    if plan is None:
+        return None
+    return worklist.Demographics(
+        patient_id=patient_id,
+        patient_name=plan.patient_name,
+        patient_birth_date=plan.birth_date.strftime("%Y%m%d") if plan.birth_date else None,
+        patient_sex=plan.sex,
+    )
 
 
 def _da_date(value: str | None) -> dt.date | None:

@@ -80,6 +80,10 @@ class MonitoringPlan(Base):
     dmt_stop: Mapped[dt.date | None] = mapped_column(Date)  # current drug stopped, no successor yet
     jcv_date: Mapped[dt.date | None] = mapped_column(Date)  # day of the JCV serostatus test
     events_json: Mapped[str] = mapped_column(Text, default="[]")  # dated clinical events, oldest first
+    # Demographics a user gave (issue 11); the worklist prefers them over the last study's.
+    patient_name: Mapped[str | None] = mapped_column(String(200))  # DICOM PN, up to 3 groups of 64
+    birth_date: Mapped[dt.date | None] = mapped_column(Date)
+    sex: Mapped[str | None] = mapped_column(String(1))  # M, F, O
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_by: Mapped[str] = mapped_column(String(128))
@@ -129,6 +133,9 @@ def _row_to_plan(row: MonitoringPlan) -> PlanData:
         jcv_date=row.jcv_date,
         events=tuple(ClinicalEvent(e["kind"], dt.date.fromisoformat(e["date"]), e.get("note", ""))
                      for e in json.loads(row.events_json or "[]")),
+        patient_name=row.patient_name,
+        birth_date=row.birth_date,
+        sex=row.sex,
     )
 
 
@@ -175,6 +182,7 @@ def set_plan(
     row.override_interval_months, row.override_protocol = new.override_interval_months, new.override_protocol
     row.dmt_stop, row.jcv_date = new.dmt_stop, new.jcv_date
     row.events_json = json.dumps([e.to_json() for e in new.events])
+    row.patient_name, row.birth_date, row.sex = new.patient_name, new.birth_date, new.sex
     row.updated_at, row.updated_by = now, author
     session.add(MonitoringPlanChange(patient_id=patient_id, changed_at=now, author=author, changes_json=json.dumps(diff)))
     audit.record(session, audit.PLAN_CHANGE, actor_user=author, patient_id=patient_id, detail={"fields": sorted(diff)})

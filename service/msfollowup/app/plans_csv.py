@@ -15,6 +15,7 @@ from msfollowup.site.rules import IntervalRules
 CSV_COLUMNS = (
     "patient_id", "diagnosed", "dmt", "dmt_start", "previous_dmt", "switch_date", "jcv", "flags",
     "clear_flags", "override_interval", "override_protocol", "clear_override", "dmt_stop", "jcv_date", "events",
+    "patient_name", "birth_date", "sex",
 )  # fmt: skip
 _TRUE = ("1", "true", "yes", "y", "x")
 
@@ -36,7 +37,7 @@ def _row_changes(row: Mapping[str, str]) -> dict[str, Any]:
     `kind=YYYY-MM-DD` items (relapse-brain=2026-03-01;relapse-spinal=2026-06-10), each one dated event."""
     changes: dict[str, Any] = {}
     for key in ("diagnosed", "dmt", "dmt_start", "previous_dmt", "switch_date", "jcv", "override_interval",
-                "override_protocol", "dmt_stop", "jcv_date"):
+                "override_protocol", "dmt_stop", "jcv_date", "patient_name", "birth_date", "sex"):
         value = (row.get(key) or "").strip()
         if value:
             changes[key] = value

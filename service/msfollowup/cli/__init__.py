@@ -81,6 +81,9 @@ def _plan_changes(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("dmt", "dmt_start", "previous_dmt", "switch_date", "jcv", "diagnosed", "override_interval", "override_protocol"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
+    for key, arg in (("patient_name", "name"), ("birth_date", "birth_date"), ("sex", "sex")):
+        if getattr(args, arg) is not None:
+            changes[key] = getattr(args, arg)  # "" clears the field
     if args.flag:
         changes["set_flags"] = args.flag
     if args.clear_flag:
@@ -195,6 +198,9 @@ def _add_plan_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--override-interval", help="manual interval in months")
     p.add_argument("--override-protocol", help="manual protocol profile id")
     p.add_argument("--clear-override", action="store_true")
+    p.add_argument("--name", help="patient's name as DICOM PN (FAMILY^GIVEN); the worklist prefers it to the last study's")
+    p.add_argument("--birth-date", help="patient's birth date (YYYY-MM-DD)")
+    p.add_argument("--sex", help="patient's sex: M, F or O")
     p.add_argument("--today", help="the clinic's day (YYYY-MM-DD; default: MSFOLLOWUP_TODAY, else today)")
     p.set_defaults(func=_plan_errors(_cmd_patient_set))
     q = patient.add_parser("show", help="plan, history and next due exams of one patient")

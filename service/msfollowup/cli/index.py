@@ -3,7 +3,8 @@
 For an index that was deleted, truncated, replaced or corrupted: every file under store/ is read (header
 only) and indexed where its row is missing; rows already there are kept. An index file SQLite cannot
 open is moved aside first (renamed, never deleted) so it stays available for inspection. Run it with
-the node stopped. Rebuilt studies come back as receiving: they complete and are checked again.
+the node stopped: it refuses while a node holds the data folder's lock (and holds it itself, so no node
+starts meanwhile). Rebuilt studies come back as receiving: they complete and are checked again.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import datetime as dt
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msfollowup.site.config import Config, load_config
+
+if TYPE_CHECKING:
+    from msfollowup.app.cluster import DataDirLock
 
 _SUFFIXES = ("", "-wal", "-shm", "-journal")
 
@@ -57,10 +61,36 @@ def rebuild_index(store: Any, warn: Any = print) -> RebuildCounts:
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
+    cfg: Config = load_config(args.config)
+    lock = _hold_data_dir(cfg.storage.data_dir)
+    if lock is None:
+        return 2
+    try:
+        return _rebuild(cfg)
+    finally:
+        lock.release()
+
+
+def _hold_data_dir(data_dir: Path) -> DataDirLock | None:
+    """The data folder's node lock (cluster.DataDirLock, the one `serve` takes), held for the whole
+    rebuild: a running node would go on writing the index being rebuilt (or keep the unusable file
+    open while it is moved aside), and a node started during the rebuild would run its recovery on
+    tmp/ meanwhile. None, with the message printed, when a node holds it."""
+    from msfollowup.app.cluster import ClusterError, DataDirLock
+
+    try:
+        return DataDirLock(data_dir).acquire()
+    except ClusterError:
+        print(f"msfollowup: index rebuild refused: a node is running on the data folder {data_dir} (it holds "
+              f"{DataDirLock(data_dir).path}); stop it first (systemctl stop msfollowup), then run the rebuild "
+              "again", file=sys.stderr)
+        return None
+
+
+def _rebuild(cfg: Config) -> int:
     from msfollowup.db import Database, IndexDatabaseError, sqlite_file
     from msfollowup.files.store import InstanceStore
 
-    cfg: Config = load_config(args.config)
     url = cfg.storage.database_url
     try:
         db = Database(url, cfg.storage.busy_timeout_seconds)

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, make_url
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import DatabaseError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from msfollowup.site.config import ConfigError
@@ -55,9 +55,25 @@ def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:
     return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
+# The newest migration of this release. Every command and every start opens the database; when it is
+# already at this revision, Alembic (about a second of imports and script parsing) is not needed at all.
+# tests/test_migrations.py keeps it equal to the head of db/migrations.
+HEAD_REVISION = "0009_plan_demographics"
+
+
+def _at_head(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            return bool(conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION)
+    except (OperationalError, ProgrammingError):  # no alembic_version yet: fresh, or a release 0.1.0 database
+        return False
+
+
 def create_schema(engine: Engine, auto_upgrade: bool = False) -> None:
-    """Bring the schema to this release's head (fresh database) or refuse (see dbmigrate)."""
-    from msfollowup.db.migrate import ensure_schema  # imports every table module, which import db
+    """Bring the schema to this release's head (fresh database) or refuse (see db.migrate)."""
+    if _at_head(engine):
+        return
+    from msfollowup.db.migrate import ensure_schema
 
     ensure_schema(engine, auto_upgrade)
 

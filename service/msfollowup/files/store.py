@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 import os
 import re
-import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -249,7 +248,12 @@ class InstanceStore:
         outcome = self._link(temp_path, final)
         if outcome is Outcome.DUPLICATE_SAME or outcome is Outcome.DUPLICATE_KEPT_FIRST:
             # Make sure a row exists (the first copy may have been linked just before a crash).
-            self._index(ds, rel, final.stat().st_size, calling_ae, only_if_missing=True)
+            try:
+                size = final.stat().st_size
+            except FileNotFoundError:  # retention removed the first copy since _link found it
+                size = temp_path.stat().st_size
+            if self._index(ds, rel, size, calling_ae, only_if_missing=True):
+                self._relink_if_retired(temp_path, final)
             return IngestResult(outcome, study, series, sop, final)
         try:
             self._index(ds, rel, final.stat().st_size, calling_ae, only_if_missing=False)
@@ -258,7 +262,20 @@ class InstanceStore:
                 # Not indexed -> not acknowledged: the name goes too, so store/ only holds indexed files.
                 final.unlink(missing_ok=True)
             raise
+        self._relink_if_retired(temp_path, final)
         return IngestResult(outcome, study, series, sop, final)
+
+    def _relink_if_retired(self, temp_path: Path, final: Path) -> None:
+        """Retention removes unindexed files of an old study under the study row lock; a file linked
+        before this ingest's index transaction got that lock may be gone: put it back from the temp
+        file (still ours until the caller removes it) before the instance is acknowledged."""
+        if final.exists():
+            return
+        log.warning("a stored file was removed by retention before its index commit; linked again")
+        self._make_dirs(final.parent)
+        os.link(temp_path, final)
+        if self.fsync:
+            _fsync_path(final.parent, directory=True)
 
     def _make_dirs(self, series_dir: Path) -> None:
         """Create study/series folders; a new folder's parent is fsync'd so the folder survives a crash."""
@@ -414,13 +431,12 @@ class InstanceStore:
             out.setdefault(series_uid, []).append(self.absolute(rel))
         return out
 
-    def delete_study_files(self, study_uid: str) -> int:
-        """Retention clean-up: remove a study's instances (files and rows); reports are kept elsewhere."""
-        study_dir = self.root / study_uid
-        with self.db.session() as s:
-            n = s.query(Instance).filter(Instance.study_uid == study_uid).delete()
-        shutil.rmtree(study_dir, ignore_errors=True)
-        return int(n)
+    def delete_study_files(self, study_uid: str, cutoff: dt.datetime | None = None) -> int:
+        """Retention clean-up: remove a study's instances, rows first then files (msfollowup.files.retention);
+        reports are kept elsewhere. Returns the number of instance rows deleted."""
+        from msfollowup.files.retention import retire_study
+
+        return retire_study(self, study_uid, cutoff)
 
 
 def mark_failed(db: Database, study_uid: str, reason: str) -> bool:

@@ -47,6 +47,11 @@ class PlanData:
     dmt_stop: dt.date | None = None  # the current drug was stopped (no successor yet)
     jcv_date: dt.date | None = None  # day of the JCV test
     events: tuple[ClinicalEvent, ...] = ()
+    # Demographics a user typed (issue 11): the worklist serves them over the last study's, and a patient
+    # with a plan but no study yet gets a complete item (PS3.4 Table K.6-1 requires the name).
+    patient_name: str | None = None  # DICOM PN: family^given^middle^prefix^suffix
+    birth_date: dt.date | None = None
+    sex: str | None = None  # M, F or O (DICOM Patient's Sex)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +68,9 @@ class PlanData:
             "dmt_stop": iso(self.dmt_stop),
             "jcv_date": iso(self.jcv_date),
             "events": [e.to_json() for e in self.events],
+            "patient_name": self.patient_name,
+            "birth_date": iso(self.birth_date),
+            "sex": self.sex,
         }
 
 
@@ -134,7 +142,9 @@ _NAME_FIELDS = ("dmt", "previous_dmt")
 CHANGE_KEYS = (
     "diagnosed", "dmt", "dmt_start", "previous_dmt", "switch_date", "jcv", "set_flags", "clear_flags",
     "override_interval", "override_protocol", "clear_override", "dmt_stop", "jcv_date", "add_events",
+    "patient_name", "birth_date", "sex",
 )  # fmt: skip
+SEX_VALUES: tuple[str, ...] = ("M", "F", "O")
 # Flags that are really dated events: setting one records an event (a second relapse is a second event,
 # not a flag that is already set). new_deficit becomes relapse-spinal when the patient has spinal symptoms.
 EVENT_FLAGS = ("new_deficit", "pml_suspected")
@@ -238,6 +248,7 @@ def apply_changes(
     for raw in changes.get("add_events") or ():
         events.append(_parse_event(raw, today))
     new["events"] = tuple(sorted(dict.fromkeys(events), key=lambda e: (e.date, e.kind)))
+    new |= parse_demographics(changes, today)
     if changes.get("clear_override"):
         new["override_interval_months"] = None
         new["override_protocol"] = None
@@ -251,6 +262,78 @@ def apply_changes(
     result = replace(plan, **new)
     _check_consistent(result)
     return result
+
+
+def parse_demographics(changes: Mapping[str, Any], today: dt.date) -> dict[str, Any]:
+    """Name, birth date and sex among `changes`, validated; an empty value clears the field.
+
+    The messages name the field and the rule but never quote the value: it identifies the patient
+    and error messages reach logs and HTTP error bodies."""
+    out: dict[str, Any] = {}
+    if "patient_name" in changes:
+        out["patient_name"] = _parse_person_name(changes["patient_name"])
+    if "birth_date" in changes:
+        out["birth_date"] = _parse_birth_date(changes["birth_date"], today)
+    if "sex" in changes:
+        raw = changes["sex"]
+        sex = raw.strip().upper() if isinstance(raw, str) else raw
+        if sex in (None, ""):
+            out["sex"] = None
+        elif sex in SEX_VALUES:
+            out["sex"] = sex
+        else:
+            raise PlanError(f"sex: must be one of {', '.join(SEX_VALUES)} (male, female, other)")
+    return out
+
+
+def _parse_person_name(value: Any) -> str | None:
+    """A DICOM PN value (PS3.5 6.2): up to three component groups (alphabetic=ideographic=phonetic) of
+    at most five `^`-separated components and 64 characters each; no backslash (it would make two
+    names) and no control characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise PlanError("patient_name: must be text (family^given, DICOM person name)")
+    name = value.strip()
+    if not name:
+        return None
+    if "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise PlanError("patient_name: a backslash or control characters are not allowed")
+    groups = name.split("=")
+    if len(groups) > 3:
+        raise PlanError("patient_name: at most 3 component groups separated by '='")
+    for group in groups:
+        if len(group) > 64:
+            raise PlanError("patient_name: at most 64 characters per component group (DICOM PN)")
+        if group.count("^") > 4:
+            raise PlanError("patient_name: at most 5 components (family^given^middle^prefix^suffix)")
+    if not groups[0].strip("^ "):
+        raise PlanError("patient_name: the family or given name is required (family^given)")
+    return name
+
+
+def _parse_birth_date(value: Any, today: dt.date) -> dt.date | None:
+    """YYYY-MM-DD (or the DICOM form YYYYMMDD), not after today nor before 1900."""
+    if value is None or value == "":
+        return None
+    day: dt.date | None = None
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        day = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if len(text) == 8 and text.isdigit():
+            text = f"{text[:4]}-{text[4:6]}-{text[6:]}"
+        try:
+            day = dt.date.fromisoformat(text) if len(text) == 10 else None
+        except ValueError:
+            day = None
+    if day is None:
+        raise PlanError("birth_date: not a valid date (YYYY-MM-DD)")
+    if day > today:
+        raise PlanError(f"birth_date: after today ({today})")
+    if day.year < 1900:
+        raise PlanError("birth_date: before 1900")
+    return day
 
 
 def _parse_event(raw: Any, today: dt.date) -> ClinicalEvent:

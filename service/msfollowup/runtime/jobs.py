@@ -37,7 +37,7 @@ ERROR_MAX = 500
 
 
 class InstanceFiles(Protocol):
-    def delete_study_files(self, study_uid: str) -> int: ...
+    def delete_study_files(self, study_uid: str, cutoff: dt.datetime | None = None) -> int: ...
 
 
 class JobContext(Protocol):
@@ -99,7 +99,10 @@ def worklist_job(ctx: JobContext) -> int:
 
 
 def retention_job(ctx: JobContext) -> int:
-    """Remove received instances of studies older than `retention_days` whose reports are written."""
+    """Remove received instances of studies older than `retention_days` whose reports are written.
+
+    Rows first, then files (msfollowup.files.retention): an old study whose files outlived a crash after its
+    rows were deleted is selected again and its files removed by this run."""
     from msfollowup.reports.files import Report
     from msfollowup.files.store import Study, StudyState
 
@@ -116,7 +119,7 @@ def retention_job(ctx: JobContext) -> int:
                                         Report.written_at.is_not(None)).exists(),
             )
         ))
-    removed = sum(ctx.store.delete_study_files(uid) for uid in uids)
+    removed = sum(ctx.store.delete_study_files(uid, cutoff) for uid in uids)
     if removed:
         log.info("retention removed %d instance(s) of %d studies", removed, len(uids))
     return removed

@@ -257,8 +257,6 @@ def patient(request: Request, ref: int, who: Principal = Depends(require("read")
     return _patient(request, ref, who)
 
 
-_PLAN_FIELDS = ("dmt", "dmt_start", "previous_dmt", "switch_date", "jcv", "diagnosed", "override_interval",
-                "override_protocol")
 
 
 @router.post("/patients/{ref}/plan")
@@ -268,7 +266,7 @@ async def plan(request: Request, ref: int, who: Principal = Depends(require("pla
     ctx = _ctx(request)
     rules = _rules(ctx)
     changes: dict[str, Any] = {}
-    for key in _PLAN_FIELDS:
+    for key in patients.PLAN_FORM_FIELDS:
         value = str(form.get(key) or "").strip()
         if value != str(form.get(f"{key}__was") or "").strip():
             changes[key] = value
