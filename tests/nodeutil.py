@@ -178,16 +178,21 @@ class RunningNode:
 
     # -- DICOM helpers
 
-    def echo(self) -> bool:
-        ae = AE(ae_title="ECHOSCU")
-        ae.add_requested_context("1.2.840.10008.1.1")
-        ae.acse_timeout = ae.network_timeout = 2
-        assoc = ae.associate("127.0.0.1", self.port, ae_title=self.ae_title)
-        if not assoc.is_established:
-            return False
-        status = assoc.send_c_echo()
-        assoc.release()
-        return bool(status) and status.Status == 0
+    def echo(self, attempts: int = 3) -> bool:
+        """C-ECHO answered with Success; a few tries (2 s each) so a loaded CI machine's scheduling delay
+        is not taken for a frozen node, which fails every try."""
+        for _ in range(attempts):
+            ae = AE(ae_title="ECHOSCU")
+            ae.add_requested_context("1.2.840.10008.1.1")
+            ae.acse_timeout = ae.network_timeout = 2
+            assoc = ae.associate("127.0.0.1", self.port, ae_title=self.ae_title)
+            if assoc.is_established:
+                status = assoc.send_c_echo()
+                assoc.release()
+                if status and status.Status == 0:
+                    return True
+            time.sleep(0.5)
+        return False
 
     def storescu(self, paths: Iterable[Path], *extra: str, aet: str = "STORESCU") -> subprocess.CompletedProcess[str]:
         args = [str(DCMTK / "storescu"), "-aet", aet, "-aec", self.ae_title, *extra, "127.0.0.1", str(self.port)]

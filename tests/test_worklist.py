@@ -32,7 +32,7 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from msfollowup.net import worklist_scp
+from msfollowup.net import worklist_scp as mwl_scp
 from msfollowup.app import worklist
 from msfollowup.db.audit import AuditEvent
 from msfollowup.site.config import Config, WorklistConfig
@@ -355,7 +355,7 @@ def test_name_outside_query_charset_answers_in_record_charset(
 
 def test_findscu_cancel(tmp_path: Path, db: Database, cfg: Config, populated: dict[str, ScheduledStep]) -> None:
     """findscu --cancel 1 after the first match: the SCP stops and answers Cancel (0xFE00)."""
-    scp = worklist_scp.WorklistSCP(db, cfg)
+    scp = mwl_scp.WorklistSCP(db, cfg)
 
     def wait_for_cancel(event: Any) -> Iterator[Any]:
         # Hold the real handler after its first match until the C-CANCEL is in, so the test does
@@ -606,7 +606,7 @@ def test_any_identifier_bytes_get_a_final_status(db: Database, cfg: Config, garb
     """Whatever arrives, the handler answers with statuses and ends with a final one; it never raises."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about the values it tolerates
-        answers = list(worklist_scp.WorklistSCP(db, cfg).on_find(_find_event(prefix + garbage)))
+        answers = list(mwl_scp.WorklistSCP(db, cfg).on_find(_find_event(prefix + garbage)))
     codes = [int(s.Status) if isinstance(s, Dataset) else s for s, _ in answers]
     assert codes and all(c in (0xFF00, 0xFF01) for c in codes[:-1])
     event(f"final 0x{codes[-1]:04X}")

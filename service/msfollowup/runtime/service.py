@@ -85,6 +85,7 @@ def setup_logging(cfg: LoggingConfig) -> None:
     root.setLevel(cfg.level)
     # pynetdicom logs data set contents (patient names in identifiers) at INFO/DEBUG: keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines name plugins and contexts; db.migrate logs upgrades
     # Library warnings quote element values (highdicom: "The string <patient name> is unlikely to
     # represent ...", 'value of argument "patient_name" is potentially invalid: <name>'; pydicom:
     # "Invalid value for VR ..."): PHI, and raw lines that break JSON logs. Errors only.
