@@ -303,3 +303,41 @@ def test_stalled_association_requests_after_a_valid_handshake_are_dropped_and_lo
         assert node.echo()
     finally:
         node.stop()
+
+
+def test_web_listener_serves_https_with_the_configured_certificate(tmp_path: Path, pki: Pki) -> None:
+    """Issue 14: TLS built in (certificate/key in the config) for sites without a reverse proxy; plain HTTP
+    to the same port gets no page, and a client trusting the site CA verifies the server."""
+    import http.client
+
+    from nodeutil import free_port
+
+    port = free_port()
+    node = RunningNode(tmp_path / "web", sections={"http": {"port": port},
+                                                    "http.tls": {"certificate": str(pki.server_cert),
+                                                                 "key": str(pki.server_key)}}).start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ctx)
+        conn.request("GET", "/healthz")
+        rsp = conn.getresponse()
+        assert rsp.status == 200 and b'"status"' in rsp.read()
+        conn.close()
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        with pytest.raises((http.client.HTTPException, OSError)):
+            plain.request("GET", "/healthz")
+            plain.getresponse().read()
+        assert f"web interface at https://127.0.0.1:{port}/" in node.log()
+    finally:
+        node.stop()
+
+
+def test_web_listener_with_an_unreadable_key_refuses_to_start_naming_the_key(tmp_path: Path, pki: Pki) -> None:
+    from nodeutil import free_port
+
+    node = RunningNode(tmp_path / "web", sections={"http": {"port": free_port()},
+                                                    "http.tls": {"certificate": str(pki.server_cert),
+                                                                 "key": str(tmp_path / "missing.key")}})
+    done = subprocess.run([sys.executable, "-m", "msfollowup", "serve", "--config", str(node.config_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "http.tls" in done.stderr, done.stderr

@@ -243,7 +243,7 @@ def _start_web(service: Service) -> Any:
     one-time address (loopback, 30 minutes) that creates the first admin."""
     from msfollowup.app.accounts import has_users
     from msfollowup.web.app import SETUP_MINUTES, SetupToken, WebContext
-    from msfollowup.web.server import WebServer
+    from msfollowup.web.server import TLSFileError, WebServer
 
     http = service.cfg.http
     assert http.port is not None
@@ -255,17 +255,20 @@ def _start_web(service: Service) -> Any:
         if not has_users(s):
             ctx.setup = SetupToken.new()
     try:
-        server = WebServer(http.host, http.port, ctx)
+        server = WebServer(http.host, http.port, ctx, http.tls)
+    except TLSFileError as exc:
+        raise ConfigError(str(exc)) from None
     except OSError as exc:
         raise ConfigError(f"http.port: cannot listen on {http.host}:{http.port}: {exc.strerror}") from None
     host, port = server.start()
     shown = f"[{host}]" if ":" in host else host
-    log.info("web interface at http://%s:%d/ (metrics /metrics, health /healthz, API /api/v1/)", shown, port)
+    scheme = "https" if http.tls else "http"
+    log.info("web interface at %s://%s:%d/ (metrics /metrics, health /healthz, API /api/v1/)", scheme, shown, port)
     if ctx.setup is not None:
         # Console/journal only, once: whoever reads the service's own log may create the first admin.
-        log.warning("no web user yet: create the first admin within %d minutes at http://127.0.0.1:%d/setup/%s "
+        log.warning("no web user yet: create the first admin within %d minutes at %s://127.0.0.1:%d/setup/%s "
                     "(from this machine), or run `msfollowup user add NAME --role admin --password-stdin`",
-                    SETUP_MINUTES, port, ctx.setup.secret)
+                    SETUP_MINUTES, scheme, port, ctx.setup.secret)
     return server
 
 

@@ -136,6 +136,9 @@ class SchedulerConfig(_Section):
 class HttpConfig(_Section):
     host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=0, le=65535)  # None: no HTTP endpoint
+    # HTTPS on the listener itself (certificate, key; `ca` set: client certificates required), for sites
+    # without a TLS reverse proxy (docs/web.md has the nginx set-up for those with one).
+    tls: TLSConfig | None = None
 
 
 class ClusterConfig(_Section):

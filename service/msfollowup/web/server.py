@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 
 import uvicorn
 
+from msfollowup.site.config import TLSConfig
 from msfollowup.web.app import WebContext, create_app
 
 log = logging.getLogger(__name__)
 
 
+class TLSFileError(ValueError):
+    """The [http.tls] certificate, key or CA cannot be read or does not match."""
+
+
 class WebServer:
-    def __init__(self, host: str, port: int, ctx: WebContext) -> None:
+    def __init__(self, host: str, port: int, ctx: WebContext, tls: TLSConfig | None = None) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -33,8 +39,16 @@ class WebServer:
         config = uvicorn.Config(
             create_app(ctx), log_config=None, access_log=False,  # our own access log, without query strings
             server_header=False, proxy_headers=False, lifespan="off", timeout_graceful_shutdown=3,
-            ssl_certfile=None,
+            ssl_certfile=str(tls.certificate) if tls else None, ssl_keyfile=str(tls.key) if tls else None,
+            ssl_ca_certs=str(tls.ca) if tls and tls.ca else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.ca else ssl.CERT_NONE,
         )
+        if tls is not None:
+            try:
+                config.load()  # reads the certificate and key now: a bad one stops start-up, naming the key
+            except (OSError, ssl.SSLError) as exc:
+                self.sock.close()
+                raise TLSFileError(f"http.tls: cannot use the certificate or key ({exc})") from None
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
 
