@@ -50,8 +50,11 @@ NODELAY = {**os.environ, "TCP_NODELAY": "1"}
 
 def make_set(root: Path, count: int, size: int, seed: int) -> list[Path]:
     """Generated MR studies until `count` instances exist (several studies if needed)."""
-    files: list[Path] = []
-    i = 0
+    files: list[Path] = sorted(root.rglob("*.dcm")) if root.exists() else []  # --out DIR: reuse the data
+    if len(files) >= count:
+        return files[:count]
+    shutil.rmtree(root, ignore_errors=True)
+    files, i = [], 0
     while len(files) < count:
         study = generate_study(root / f"s{i}", slices=40, rows=size, columns=size, seed=seed + i,
                                patient_id=f"BENCH{i:04d}")
