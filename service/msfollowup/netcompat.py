@@ -152,7 +152,8 @@ def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> No
         command = _store_rsp(primitive)
         if command is not None:
             pdata = P_DATA()
-            pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]
+            # a list, as the setter checks at run time (its annotation says tuple)
+            pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]  # type: ignore[list-item]
             self.dul.send_pdu(pdata)
             return
     _original_send_msg(self, primitive, context_id)
