@@ -242,6 +242,7 @@ def main() -> int:
     ap.add_argument("--senders", type=int, default=4)
     ap.add_argument("--multiframe-mb", type=int, default=1024, help="0: skip case (d)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cases", default="abc", help="which of the cases a, b, c to run")
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-"))
     print(f"generating data under {root} ...", flush=True)
@@ -259,6 +260,7 @@ def main() -> int:
         (f"(c) {len(small)} x 256x256, {args.senders} senders",
          [small[i::args.senders] for i in range(args.senders)]),
     ]
+    cases = [c for c in cases if c[0][1] in args.cases]
     print(f"medians of {args.reps} interleaved repetitions; ratio = receiver / msfollowup (inst/s)", flush=True)
     print(f"{'case':<30} {'receiver':<11} {'inst/s':>8} {'MB/s':>7} {'CPU ms/inst':>11} {'peak RSS MB':>11} "
           f"{'ratio':>6}", flush=True)
