@@ -1,24 +1,40 @@
-"""Ingest benchmark: DCMTK storescu -> msfollowup (fsync + index on) vs DCMTK storescp, same run.
+"""Ingest benchmark: DCMTK storescu -> msfollowup, DCMTK storescp and Orthanc, side by side in one run.
 
-    python benchmarks/ingest.py [--small N] [--large N] [--senders K] [--multiframe-mb MB] [--out DIR]
+    python benchmarks/ingest.py [--reps R] [--small N] [--large N] [--senders K] [--multiframe-mb MB] [--out DIR]
 
-Prints instances/s and MB/s for each receiver and the ratio, for (a) N small (256x256 16-bit) instances,
-(b) N large (512x512) instances, (c) K concurrent senders of the small set, and the peak RSS of the
-msfollowup process while it receives one large enhanced multi-frame object (default 1 GiB).
-storescp runs with TCP_NODELAY=1 and writes every instance to disk (no fsync: it does not offer one).
+Cases: (a) N small (256x256 16-bit) instances from one sender, (b) N large (512x512) instances from one
+sender, (c) the small set split over K concurrent senders. Every receiver is started fresh for every
+measurement and the receivers are interleaved (the order rotates each repetition), so a neighbour's load
+on a shared machine hits all of them alike; the figures printed are medians over R repetitions:
+instances/s, MB/s, CPU ms per instance (user + system of the receiver's process tree, start-up excluded),
+peak RSS, and each receiver's ratio to msfollowup.
+
+* msfollowup: fsync + index on (the durability guarantee of docs/architecture.md "Durability");
+  TCP_NODELAY set by the node itself on every association's socket.
+* storescp: DCMTK, TCP_NODELAY=1, writes every instance to disk, never flushes.
+* Orthanc (Debian `orthanc`, if /usr/sbin/Orthanc exists): default SQLite index, SyncStorageArea on,
+  TCP_NODELAY=1 (it uses DCMTK's network layer); skipped with a note when not installed.
+
+storescu always runs with TCP_NODELAY=1 (DCMTK disables Nagle only when asked). Finally (d): the peak
+RSS of msfollowup while it receives one large enhanced multi-frame object.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -27,12 +43,18 @@ from nodeutil import RunningNode, free_port  # noqa: E402
 from test_report_fixtures import StoreSCP  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"
+ORTHANC = "/usr/sbin/Orthanc"
+TICK = os.sysconf("SC_CLK_TCK")
+NODELAY = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def make_set(root: Path, count: int, size: int, seed: int) -> list[Path]:
     """Generated MR studies until `count` instances exist (several studies if needed)."""
-    files: list[Path] = []
-    i = 0
+    files: list[Path] = sorted(root.rglob("*.dcm")) if root.exists() else []  # --out DIR: reuse the data
+    if len(files) >= count:
+        return files[:count]
+    shutil.rmtree(root, ignore_errors=True)
+    files, i = [], 0
     while len(files) < count:
         study = generate_study(root / f"s{i}", slices=40, rows=size, columns=size, seed=seed + i,
                                patient_id=f"BENCH{i:04d}")
@@ -45,8 +67,7 @@ def send(port: int, aec: str, files: list[Path]) -> None:
     """One storescu association per 500 files (keeps argv small), explicit VR little endian."""
     args = [STORESCU, "-aet", "STORESCU", "-aec", aec, "-xe", "127.0.0.1", str(port)]
     for i in range(0, len(files), 500):
-        subprocess.run(args + [str(f) for f in files[i:i + 500]], check=True, capture_output=True,
-                       env={**os.environ, "TCP_NODELAY": "1"})  # DCMTK disables Nagle only when asked
+        subprocess.run(args + [str(f) for f in files[i:i + 500]], check=True, capture_output=True, env=NODELAY)
 
 
 def timed_send(port: int, aec: str, batches: list[list[Path]]) -> float:
@@ -60,55 +81,213 @@ def timed_send(port: int, aec: str, batches: list[list[Path]]) -> float:
     return time.perf_counter() - start
 
 
-def report(label: str, files: list[Path], t_ms: float, t_ref: float) -> None:
-    mb = sum(f.stat().st_size for f in files) / 1e6
-    n = len(files)
-    print(f"{label:<34} msfollowup {n / t_ms:8.1f} inst/s {mb / t_ms:7.1f} MB/s | "
-          f"storescp {n / t_ref:8.1f} inst/s {mb / t_ref:7.1f} MB/s | ratio {t_ref / t_ms:5.2f}x")
+# --- process figures ------------------------------------------------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (a receiver may fork per association)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])  # utime stime cutime cstime
+    return total / TICK
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_listening(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port}")
+
+
+# --- receivers ------------------------------------------------------------------------------------
+
+
+class Receiver(Protocol):
+    name: str
+    port: int
+    ae_title: str
+
+    def start(self, folder: Path) -> int: ...  # returns the pid
+    def stop(self) -> None: ...
+
+
+class MsFollowup:
+    name = "msfollowup"
+
+    def __init__(self) -> None:
+        self.node: RunningNode | None = None
+
+    def start(self, folder: Path) -> int:
+        self.node = RunningNode(folder, stable_seconds=3600, sections={
+            "scheduler": {"enabled": False}, "logging": {"level": "WARNING"}}).start()
+        self.port, self.ae_title = self.node.port, self.node.ae_title
+        assert self.node.proc is not None
+        return self.node.proc.pid
+
+    def stop(self) -> None:
+        assert self.node is not None
+        self.node.stop()
+
+
+class DcmtkStoreSCP:
+    name = "storescp"
+
+    def __init__(self) -> None:
+        self.scp: StoreSCP | None = None
+
+    def start(self, folder: Path) -> int:
+        self.scp = StoreSCP(folder, free_port())  # starts /usr/bin/storescp with TCP_NODELAY=1
+        self.scp.start()
+        self.port, self.ae_title = self.scp.port, self.scp.ae_title
+        assert self.scp.proc is not None
+        return self.scp.proc.pid
+
+    def stop(self) -> None:
+        assert self.scp is not None
+        self.scp.stop()
+
+
+class Orthanc:
+    name = "orthanc"
+    ae_title = "ORTHANC"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, folder: Path) -> int:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        config = {
+            "Name": "bench", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
+            "StorageCompression": False, "SyncStorageArea": True, "DicomAet": self.ae_title,
+            "DicomPort": self.port, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
+            "HttpServerEnabled": False, "RemoteAccessAllowed": False, "Plugins": [], "ConcurrentJobs": 1,
+        }
+        (folder / "orthanc.json").write_text(json.dumps(config))
+        self.proc = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], env=NODELAY,
+                                     stdout=subprocess.DEVNULL, stderr=(folder / "orthanc.log").open("wb"))
+        wait_listening(self.port)
+        return self.proc.pid
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@dataclass
+class Figures:
+    rate: list[float] = field(default_factory=list)
+    mbps: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)
+
+
+def measure(rx: Receiver, folder: Path, batches: list[list[Path]], mb: float, fig: Figures) -> None:
+    n = sum(len(b) for b in batches)
+    pid = rx.start(folder)
+    try:
+        cpu0 = cpu_seconds(pid)
+        t = timed_send(rx.port, rx.ae_title, batches)
+        cpu = cpu_seconds(pid) - cpu0
+        fig.rss.append(peak_rss_mb(pid))
+    finally:
+        rx.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    fig.rate.append(n / t)
+    fig.mbps.append(mb / t)
+    fig.cpu_ms.append(1000 * cpu / n)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--small", type=int, default=2000)
     ap.add_argument("--large", type=int, default=600)
     ap.add_argument("--senders", type=int, default=4)
-    ap.add_argument("--multiframe-mb", type=int, default=1024)
+    ap.add_argument("--multiframe-mb", type=int, default=1024, help="0: skip case (d)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cases", default="abc", help="which of the cases a, b, c to run")
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-"))
     print(f"generating data under {root} ...", flush=True)
     small = make_set(root / "small", args.small, 256, 100)
     large = make_set(root / "large", args.large, 512, 500)
 
+    receivers: list[Receiver] = [MsFollowup(), DcmtkStoreSCP()]
+    if Path(ORTHANC).exists():
+        receivers.append(Orthanc())
+    else:
+        print(f"note: Orthanc skipped ({ORTHANC} not installed; `apt-get install orthanc` to include it)")
     cases = [
         (f"(a) {len(small)} x 256x256, 1 sender", [small]),
         (f"(b) {len(large)} x 512x512, 1 sender", [large]),
         (f"(c) {len(small)} x 256x256, {args.senders} senders",
          [small[i::args.senders] for i in range(args.senders)]),
     ]
-    print(f"{'case':<34} (msfollowup: fsync + index on; storescp: TCP_NODELAY=1, writes to disk)")
+    cases = [c for c in cases if c[0][1] in args.cases]
+    print(f"medians of {args.reps} interleaved repetitions; ratio = receiver / msfollowup (inst/s)", flush=True)
+    print(f"{'case':<30} {'receiver':<11} {'inst/s':>8} {'MB/s':>7} {'CPU ms/inst':>11} {'peak RSS MB':>11} "
+          f"{'ratio':>6}", flush=True)
     for label, batches in cases:
-        tag = label.split()[0].strip("()")
-        node = RunningNode(root / f"node-{tag}", stable_seconds=3600,
-                           sections={"scheduler": {"enabled": False}, "logging": {"level": "WARNING"}}).start()
-        t_ms = timed_send(node.port, node.ae_title, batches)
-        node.stop()
-        scp = StoreSCP(root / f"storescp-{tag}", free_port())
-        scp.start()
-        t_ref = timed_send(scp.port, scp.ae_title, batches)
-        scp.stop()
-        report(label, [f for b in batches for f in b], t_ms, t_ref)
-        shutil.rmtree(root / f"storescp-{tag}", ignore_errors=True)
-        shutil.rmtree(root / f"node-{tag}" / "var" / "store", ignore_errors=True)
+        mb = sum(f.stat().st_size for b in batches for f in b) / 1e6
+        figs = {rx.name: Figures() for rx in receivers}
+        for rep in range(args.reps):
+            order = receivers[rep % len(receivers):] + receivers[:rep % len(receivers)]
+            for rx in order:
+                measure(rx, root / f"rx-{rx.name}", batches, mb, figs[rx.name])
+        ref = statistics.median(figs["msfollowup"].rate)
+        for rx in receivers:
+            f = figs[rx.name]
+            rate = statistics.median(f.rate)
+            print(f"{label:<30} {rx.name:<11} {rate:8.1f} {statistics.median(f.mbps):7.1f} "
+                  f"{statistics.median(f.cpu_ms):11.2f} {max(f.rss):11.0f} {rate / ref:5.2f}x", flush=True)
+            label = ""
 
-    big = write_large_multiframe(root / "big.dcm", args.multiframe_mb * 1024 * 1024)
-    node = RunningNode(root / "node-big", stable_seconds=3600,
-                       sections={"scheduler": {"enabled": False}, "logging": {"level": "WARNING"}}).start()
-    t = timed_send(node.port, node.ae_title, [[big]])
-    rss = node.peak_rss_mb()
-    node.stop()
-    print(f"(d) one {big.stat().st_size / 2**20:.0f} MiB enhanced multi-frame object: {t:.1f} s, "
-          f"peak RSS of msfollowup {rss:.0f} MB (target < 300 MB)")
+    if args.multiframe_mb:
+        big = write_large_multiframe(root / "big.dcm", args.multiframe_mb * 1024 * 1024)
+        rx = MsFollowup()
+        pid = rx.start(root / "node-big")
+        t = timed_send(rx.port, rx.ae_title, [[big]])
+        rss = peak_rss_mb(pid)
+        rx.stop()
+        print(f"(d) one {big.stat().st_size / 2**20:.0f} MiB enhanced multi-frame object: {t:.1f} s, "
+              f"peak RSS of msfollowup {rss:.0f} MB (target < 300 MB)")
     if args.out is None:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.expression import Executable
 
 from msfollowup.dicom import structure
+from msfollowup.dicom.classify import reader
 from msfollowup.db import REBUILD_HINT, Database, IndexDatabaseError, utcnow
 from msfollowup.db.index import Instance, Series, Study, StudyState
 
@@ -143,10 +144,26 @@ def _existing_or_insert(c: Connection, probe: Executable, key: dict[str, str], i
     return None
 
 
+def _fast_header(path: Path) -> Dataset | None:
+    """The index attributes through the project's fast header reader (one struct scan of the top level,
+    values decoded lazily): ~0.2 ms against ~1.5 ms for pydicom's dcmread on an MR slice. None when
+    the file needs pydicom (no preamble, unusual encoding, or UIDs only in the file meta)."""
+    try:
+        header = reader.read_header(path)
+    except Exception:  # noqa: BLE001 - whatever the fast path dislikes, pydicom decides below
+        return None
+    if header is None:
+        return None
+    ds = header.dataset
+    if not all(k in ds for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")):
+        return None
+    return ds
+
+
 def _read_header(path: Path) -> tuple[Dataset, str, str, str]:
     """The index attributes of a Part 10 file and its checked Study/Series/SOP Instance UIDs."""
     try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=_INDEX_TAGS)
+        ds = _fast_header(path) or dcmread(path, stop_before_pixels=True, specific_tags=_INDEX_TAGS)
         meta = ds.file_meta
         # Elements are decoded lazily, here: an unknown VR raises NotImplementedError.
         study = check_uid("StudyInstanceUID", ds.get("StudyInstanceUID"))

@@ -31,9 +31,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from pynetdicom import _config, dimse_messages, evt
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, dimse_messages, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from msfollowup.net.tls import AssociationServer
@@ -69,9 +72,91 @@ class PeerViolation(Exception):
 def stream_datasets_to(factory: Callable[..., Any]) -> None:
     """Received data sets are streamed to files made by `factory` instead of memory.
 
-    pynetdicom only offers this as process-wide switches (a config flag and a module global)."""
+    pynetdicom only offers this as process-wide switches (a config flag and a module global). The file
+    meta in front of each spooled data set is encoded here with struct instead of through a pydicom
+    FileMetaDataset and write_file_meta_info (~0.5 ms of CPU per instance; docs/pynetdicom-notes.md)."""
     _config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = factory  # type: ignore[assignment]
+    dimse_messages.create_file_meta = _file_meta_values  # type: ignore[assignment]
+    dimse_messages.write_file_meta_info = _write_file_meta  # type: ignore[assignment]
+    DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
+    # pynetdicom binds its "standard" logging handlers to every association: each PDU and DIMSE message
+    # goes through them (summaries built) although service.py keeps its logger at WARNING. Off.
+    _config.LOG_HANDLER_LEVEL = "none"
+
+
+# --- the per-instance encodings, without pydicom datasets ------------------------------------------
+
+
+def _ui(value: object) -> bytes:
+    """A UI value as sent (peers' UIDs pass unchanged), padded with NUL to an even length."""
+    raw = str(value).encode("latin-1", "replace")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _explicit(elem: int, vr: bytes, value: bytes) -> bytes:
+    """A group 0002 element, explicit VR little endian (OB has the long header)."""
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 0x0002, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, elem, vr, len(value)) + value
+
+
+_IMPLEMENTATION = (_explicit(0x0012, b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID))
+                   + _explicit(0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode().ljust(
+                       len(PYNETDICOM_IMPLEMENTATION_VERSION) + len(PYNETDICOM_IMPLEMENTATION_VERSION) % 2)))
+
+
+def _file_meta_values(*, sop_class_uid: Any, sop_instance_uid: Any, transfer_syntax: Any) -> tuple[Any, Any, Any]:
+    return sop_class_uid, sop_instance_uid, transfer_syntax
+
+
+def _write_file_meta(fp: Any, values: tuple[Any, Any, Any]) -> None:
+    """The same bytes pydicom's write_file_meta_info writes for pynetdicom's create_file_meta."""
+    sop_class, sop_instance, syntax = values
+    body = (_explicit(0x0001, b"OB", b"\x00\x01") + _explicit(0x0002, b"UI", _ui(sop_class))
+            + _explicit(0x0003, b"UI", _ui(sop_instance)) + _explicit(0x0010, b"UI", _ui(syntax)) + _IMPLEMENTATION)
+    fp.write(_explicit(0x0000, b"UL", struct.pack("<I", len(body))) + body)
+
+
+def _implicit(elem: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0x0000, elem, len(value)) + value
+
+
+_original_send_msg = DIMSEServiceProvider.send_msg
+_MIN_PDU_FOR_FAST_RSP = 1024
+
+
+def _store_rsp(rsp: C_STORE) -> bytes | None:
+    """The command set of a plain C-STORE-RSP (status, no comment or offending element), implicit VR LE,
+    in tag order as pynetdicom encodes it; None for anything else (pynetdicom encodes that)."""
+    if rsp.ErrorComment is not None or rsp.OffendingElement is not None or rsp.Status is None:
+        return None
+    body = b"".join((
+        _implicit(0x0002, _ui(rsp.AffectedSOPClassUID)) if rsp.AffectedSOPClassUID else b"",
+        _implicit(0x0100, struct.pack("<H", 0x8001)),
+        _implicit(0x0120, struct.pack("<H", int(cast(int, rsp.MessageIDBeingRespondedTo)))),
+        _implicit(0x0800, struct.pack("<H", 0x0101)),
+        _implicit(0x0900, struct.pack("<H", int(rsp.Status))),
+        _implicit(0x1000, _ui(rsp.AffectedSOPInstanceUID)) if rsp.AffectedSOPInstanceUID else b"",
+    ))
+    return _implicit(0x0000, struct.pack("<I", len(body))) + body
+
+
+def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+    """pynetdicom's send_msg, with a C-STORE-RSP encoded directly: it builds two pydicom datasets and
+    encodes the command set twice (group length), ~0.7 ms of CPU per instance. Falls back whenever
+    something could observe or change the message (EVT_DIMSE_SENT handlers, a tiny peer PDU)."""
+    if (type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None
+            and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+            and (self.maximum_pdu_size == 0 or self.maximum_pdu_size >= _MIN_PDU_FOR_FAST_RSP)):
+        command = _store_rsp(primitive)
+        if command is not None:
+            pdata = P_DATA()
+            # a list, as the setter checks at run time (its annotation says tuple)
+            pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]  # type: ignore[list-item]
+            self.dul.send_pdu(pdata)
+            return
+    _original_send_msg(self, primitive, context_id)
 
 
 def dataset_path(request: Any) -> str | None:

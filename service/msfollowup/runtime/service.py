@@ -34,6 +34,7 @@ from msfollowup.app.pipeline import Pipeline, PipelineWorker
 from msfollowup.files.store import InstanceStore
 
 log = logging.getLogger("msfollowup")
+WORKER_STOP_SECONDS = 2.0  # after the associations' grace period: the background parts, all at once
 
 
 class _JsonFormatter(logging.Formatter):
@@ -215,21 +216,29 @@ class Service:
             alive["http"] = self.http.is_alive()
         return [name for name, ok in alive.items() if not ok]
 
+    def _stop_workers(self, timeout: float) -> None:
+        """Tell every background part to stop at once and give them `timeout` together, not one after the
+        other: SIGTERM must end the process soon after the associations' grace period. A pass cut short
+        loses nothing: every stage is idempotent and driven by what the database says is missing, so the
+        next start finishes it (its open transaction is rolled back, report files are written atomically,
+        an SR being sent goes back to pending)."""
+        parts = [p for p in (self.scheduler, self.outbox, self.live, self.notify, self.completion,
+                             self.pipeline_worker) if p is not None]
+        stoppers = [threading.Thread(target=p.stop, kwargs={"timeout": timeout}, name="stop", daemon=True)
+                    for p in parts]
+        for t in stoppers:
+            t.start()
+        deadline = time.monotonic() + timeout
+        for t in stoppers:
+            t.join(max(0.0, deadline - time.monotonic()))
+
     def stop(self) -> None:
         if self.http is not None:
             self.http.stop()
         aborted = self.node.stop(self.cfg.node.shutdown_grace_seconds)
         if aborted:
             log.warning("shutdown aborted %d association(s) after the grace period", aborted)
-        if self.scheduler is not None:
-            self.scheduler.stop()
-        self.outbox.stop()
-        if self.live is not None:  # issue 15
-            self.live.stop()
-        if self.notify is not None:  # issue 15
-            self.notify.stop()
-        self.completion.stop()
-        self.pipeline_worker.stop()
+        self._stop_workers(WORKER_STOP_SECONDS)
         if self.cluster is not None:
             self.cluster.stop()
         if self._data_dir_lock is not None:
