@@ -9,9 +9,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
@@ -107,3 +110,16 @@ def healthz(port: int) -> tuple[int, dict[str, object]]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def part10(path: Path, sop_class: str, sop: str, data: bytes) -> Path:
+    """A Part 10 file: valid file meta (so a sender can send it), then `data` as it is (possibly malformed)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_file_meta_info(buf, meta)
+    path.write_bytes(b"\x00" * 128 + b"DICM" + buf.getvalue() + data)
+    return path

@@ -47,6 +47,7 @@ from pynetdicom.sop_class import MRImageStorage, ModalityWorklistInformationFind
 
 from dicom_fixtures import generate_study
 from msfollowup import cli
+from hostileutil import part10
 from nodeutil import RunningNode, dataset_bytes
 
 pytestmark = pytest.mark.slow
@@ -174,18 +175,6 @@ def _mutate(elements: list[tuple[int, bytes, bytes]], mutations: list[tuple[Any,
     return data
 
 
-def _part10(path: Path, sop_class: str, sop: str, data: bytes) -> Path:
-    """A Part 10 file: valid file meta (so a sender can send it), then `data` as it is."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class)
-    meta.MediaStorageSOPInstanceUID = UID(sop)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buf = DicomBytesIO()
-    buf.is_little_endian, buf.is_implicit_VR = True, False
-    write_file_meta_info(buf, meta)
-    path.write_bytes(b"\x00" * 128 + b"DICM" + buf.getvalue() + data)
-    return path
-
 
 def _fresh_instance(base: Dataset, own_study: bool = False) -> tuple[list[tuple[int, bytes, bytes]], str]:
     ds = base.copy()
@@ -275,7 +264,7 @@ def test_malformed_data_sets_over_c_store_get_a_status_never_a_crash(
 ) -> None:
     elements, sop = _fresh_instance(base)
     data = _mutate(elements, mutations)
-    path = _part10(tmp_path_factory.getbasetemp() / f"fuzz-{sop}.dcm", str(base.SOPClassUID), sop, data)
+    path = part10(tmp_path_factory.getbasetemp() / f"fuzz-{sop}.dcm", str(base.SOPClassUID), sop, data)
     ae = _scu((MRImageStorage, [ExplicitVRLittleEndian]))
     with _time_limit(40):
         assoc = ae.associate("127.0.0.1", fuzz_node.port, ae_title=fuzz_node.ae_title)
@@ -337,7 +326,7 @@ def test_malformed_files_through_check_give_a_clear_result_never_a_crash(
     elements, sop = _fresh_instance(base)
     folder = tmp_path_factory.getbasetemp() / f"check-{sop}"
     folder.mkdir()
-    path = _part10(folder / "broken.dcm", str(base.SOPClassUID), sop, _mutate(elements, mutations))
+    path = part10(folder / "broken.dcm", str(base.SOPClassUID), sop, _mutate(elements, mutations))
     out, err = io.StringIO(), io.StringIO()
     with _time_limit(60), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
             warnings.catch_warnings(record=True) as caught:
@@ -369,10 +358,10 @@ def test_check_subprocess_on_a_study_with_broken_files_mixed_in(base: Dataset, t
     study = generate_study(tmp_path / "study", slices=2, rows=16, columns=16, seed=52)
     elements, sop = _fresh_instance(base)
     broken = [
-        _part10(tmp_path / "study" / "trunc.dcm", str(base.SOPClassUID), sop, _mutate(elements, [("truncate", 300)])),
-        _part10(tmp_path / "study" / "len.dcm", str(base.SOPClassUID), sop,
+        part10(tmp_path / "study" / "trunc.dcm", str(base.SOPClassUID), sop, _mutate(elements, [("truncate", 300)])),
+        part10(tmp_path / "study" / "len.dcm", str(base.SOPClassUID), sop,
                 _mutate(elements, [("length", Tag("SeriesInstanceUID"), 0xFFFFFFF0)])),
-        _part10(tmp_path / "study" / "vr.dcm", str(base.SOPClassUID), sop,
+        part10(tmp_path / "study" / "vr.dcm", str(base.SOPClassUID), sop,
                 _mutate(elements, [("vr", Tag("StudyInstanceUID"), b"SQ")])),
     ]
     proc = subprocess.run([sys.executable, "-m", "msfollowup.cli", "check", str(tmp_path / "study"), "--json"],
@@ -398,7 +387,7 @@ def test_invalid_patient_attributes_are_stored_but_never_logged(
     a single-component patient name): none may reach the log, up to the written report."""
     elements, sop = _fresh_instance(base, own_study=True)
     data = _mutate(elements, [("phi", Tag(keyword), "19" + SECRET_MARK)])
-    path = _part10(tmp_path / "phi.dcm", str(base.SOPClassUID), sop, data)
+    path = part10(tmp_path / "phi.dcm", str(base.SOPClassUID), sop, data)
     assoc = _scu((MRImageStorage, [ExplicitVRLittleEndian])).associate("127.0.0.1", fuzz_node.port,
                                                                         ae_title=fuzz_node.ae_title)
     status = assoc.send_c_store(path)

@@ -22,7 +22,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import _config
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
-from hostileutil import mr_dataset, scu, store
+from hostileutil import mr_dataset, part10, scu, store
 from nodeutil import RunningNode
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -46,17 +46,6 @@ def _encode(ds: Dataset) -> bytes:
     write_dataset(buf, ds)
     return buf.getvalue()
 
-
-def _part10(path: Path, sop_class: str, sop: str, data: bytes) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class)
-    meta.MediaStorageSOPInstanceUID = UID(sop)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buf = DicomBytesIO()
-    buf.is_little_endian, buf.is_implicit_VR = True, False
-    write_file_meta_info(buf, meta)
-    path.write_bytes(b"\x00" * 128 + b"DICM" + buf.getvalue() + data)
-    return path
 
 
 def _send_raw(node: RunningNode, path: Path) -> Dataset:
@@ -101,7 +90,7 @@ def test_broken_structure_gets_0xC000_naming_the_problem_and_nothing_is_stored(
     ds = _without_pixels()
     sop = str(ds.SOPInstanceUID)
     data = build(ds)  # type: ignore[operator]
-    rsp = _send_raw(node, _part10(tmp_path / "broken.dcm", MRImageStorage, sop, data))
+    rsp = _send_raw(node, part10(tmp_path / "broken.dcm", MRImageStorage, sop, data))
     assert int(rsp.Status) == 0xC000, f"0x{int(rsp.Status):04X} {rsp.get('ErrorComment')}"
     assert expect in str(rsp.ErrorComment) or expect in node.log(), rsp.ErrorComment
     _nothing_stored(node, sop)
@@ -115,7 +104,7 @@ def test_sop_class_of_the_data_set_must_match_the_c_store_request(node: RunningN
     ds = mr_dataset()
     ds.SOPClassUID = CT_IMAGE_STORAGE  # the data set says CT; the request (and file meta) say MR
     sop = str(ds.SOPInstanceUID)
-    rsp = _send_raw(node, _part10(tmp_path / "ct-as-mr.dcm", MRImageStorage, sop, _encode(ds)))
+    rsp = _send_raw(node, part10(tmp_path / "ct-as-mr.dcm", MRImageStorage, sop, _encode(ds)))
     assert int(rsp.Status) == 0xA900, f"0x{int(rsp.Status):04X}"
     assert "SOPClassUID in the data set differs" in str(rsp.ErrorComment)
     _nothing_stored(node, sop)
