@@ -27,7 +27,7 @@ from msfollowup.site.config import Config, ConfigError, LoggingConfig
 from msfollowup.db import Database
 from msfollowup.app.live.settle import LiveWorker  # issue 15
 from msfollowup.app.notify.worker import NotifyWorker  # issue 15
-from msfollowup.app.metrics import HealthProbe, Metrics, check_database, check_storage
+from msfollowup.app.metrics import Metrics, check_database, check_storage
 from msfollowup.net.node import Node
 from msfollowup.app.outbox import Outbox
 from msfollowup.app.pipeline import Pipeline, PipelineWorker
@@ -256,7 +256,6 @@ def _start_web(service: Service) -> Any:
 
     http = service.cfg.http
     assert http.port is not None
-    HealthProbe.__table__.create(service.db.engine, checkfirst=True)  # type: ignore[attr-defined]
     ctx = WebContext(service.cfg, service.db, service.metrics, service.health_checks)
     if service.live is not None:
         ctx.extra["live_broker"] = service.live.broker
