@@ -6,6 +6,10 @@
    storescu run while an SSE client listens on /api/v1/live/stream; printed: seconds from storescu's
    end (the study's last instance) to the event that shows the post-contrast T1 missing and the T2
    failing. Target < 5 s (default settle_seconds 3 + poll 0.5).
+   Failing series: a study sent series by series; printed: seconds from the last instance of a 5 mm
+   T2 to the event that flags it, and from its settling (settle_seconds later) to that event. Target
+   < 5 s after settling. Then the same T2 settled by an MPPS N-SET listing it (IN PROGRESS, no wait):
+   seconds from the N-SET response to the event.
 2. Ingest cost: instances/s of a ~500-instance study, alternately with no client and with the live
    page fetched and 3 SSE subscribers connected (same node, interleaved rounds, median), and on a node
    with [live] disabled. Target: with subscribers within 5 % of without.
@@ -21,10 +25,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import httpx  # noqa: E402
+from pydicom import dcmread  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+from pynetdicom import AE  # noqa: E402
+from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]  # noqa: E402
 
 from dicom_fixtures import generate_study  # noqa: E402
 from nodeutil import DCMTK, RunningNode  # noqa: E402
@@ -61,6 +71,60 @@ def latency(node: LiveNode, root: Path, instances: int) -> float:
         sse.close()
 
 
+def _t2_failing(uid: str, t2_uid: str) -> Any:
+    return lambda e: (e["study_instance_uid"] == uid and any(x["series_instance_uid"] == t2_uid for x in e["series"])
+                      and "resolution.t2" in {m["id"] for m in e["failing"]})
+
+
+def failing_series(node: LiveNode, root: Path, instances: int, seed: int, by_mpps: bool) -> float:
+    """Seconds from the 5 mm T2's last instance (or from the MPPS N-SET listing it) to the event flagging it."""
+    slices = max(1, (instances - 9) // 4)
+    study = generate_study(root / f"f{seed}", profile="ms-brain-routine", slices=slices, seed=seed,
+                           patient_id=f"BENCH{seed:04d}", accession=f"F{seed}", defects=["thick_slices_5mm"])
+    by_key = {s.key: s for s in study.series}
+    t2 = by_key["t2"]
+    sse = SseClient(node.base + "/api/v1/live/stream", node.auth)
+    assoc = None
+    try:
+        if by_mpps:
+            scu = AE(ae_title="MR1")
+            scu.add_requested_context(ModalityPerformedProcedureStep)
+            assoc = scu.associate("127.0.0.1", node.port, ae_title="MSFOLLOWUP")
+            ref = Dataset()
+            ref.StudyInstanceUID = study.study_uid
+            create = Dataset()
+            create.ScheduledStepAttributesSequence = [ref]
+            create.PerformedProcedureStepStatus = "IN PROGRESS"
+            create.Modality = "MR"
+            create.PerformedSeriesSequence = []
+            mpps_uid = generate_uid()
+            assert assoc.send_n_create(create, ModalityPerformedProcedureStep, mpps_uid)[0].Status == 0
+        for key in ("loc", "t1_pre", "flair"):
+            storescu(node.port, list(by_key[key].files))
+        storescu(node.port, list(t2.files))
+        start = time.perf_counter()
+        if assoc is not None:
+            item = Dataset()
+            item.SeriesInstanceUID = t2.series_uid
+            item.ReferencedImageSequence = []
+            for path in t2.files:
+                ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+                r = Dataset()
+                r.ReferencedSOPClassUID, r.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+                item.ReferencedImageSequence.append(r)
+            nset = Dataset()
+            nset.PerformedProcedureStepStatus = "IN PROGRESS"
+            nset.PerformedSeriesSequence = [item]
+            assert assoc.send_n_set(nset, ModalityPerformedProcedureStep, mpps_uid)[0].Status == 0
+            start = time.perf_counter()
+        sse.wait_for("the 5 mm T2 flagged", _t2_failing(study.study_uid, t2.series_uid), timeout=60)
+        return time.perf_counter() - start
+    finally:
+        if assoc is not None and assoc.is_established:
+            assoc.release()
+        sse.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--instances", type=int, default=500)
@@ -77,6 +141,14 @@ def main() -> int:
         seconds = latency(node, root / "data", args.instances)
         print(f"missing series + failing series shown {seconds:.2f} s after the last instance "
               f"(target < 5 s) {'OK' if seconds < 5 else 'MISSED'}", flush=True)
+        quiet = failing_series(node, root / "data", args.instances, 9100, by_mpps=False)
+        settle = 3.0
+        print(f"failing series (5 mm T2, sent series by series) shown {quiet:.2f} s after its last instance = "
+              f"{quiet - settle:.2f} s after it settled (settle_seconds {settle:g}; target < 5 s) "
+              f"{'OK' if quiet - settle < 5 else 'MISSED'}", flush=True)
+        nset = failing_series(node, root / "data", args.instances, 9200, by_mpps=True)
+        print(f"failing series settled by an MPPS N-SET listing it: shown {nset:.2f} s after the N-SET "
+              f"(target < 5 s) {'OK' if nset < 5 else 'MISSED'}", flush=True)
         without: list[float] = []
         with_subs: list[float] = []
         for r in range(args.rounds):

@@ -236,3 +236,66 @@ def test_series_by_series_over_storescu_the_stream_shows_each_series_and_the_mis
         assert any([m["id"] for m in h["missing"]] == ["sequence.t1_post"] for h in hist)
     finally:
         sse.close()
+
+
+def test_a_series_the_mpps_reports_done_is_judged_at_once_without_waiting_to_settle(tmp_path: Path) -> None:
+    """Issue 15: "as each series settles (no new instance for a few seconds, or the MPPS N-SET listing it)".
+    With a settle time of a minute, the T2 the modality lists in an IN PROGRESS N-SET is classified
+    (and its 5 mm slices flagged) within seconds; the series it does not list yet keep "receiving"."""
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
+
+    node = LiveNode(tmp_path / "node", settle=60.0)
+    study = generate_study(tmp_path / "study", profile="ms-brain-routine", slices=3, accession="ACC78",
+                           defects=["thick_slices_5mm"])
+    loc, t1_pre, flair, t2 = study.series[:4]
+    sse = SseClient(node.base + "/api/v1/live/stream", node.auth)
+    scu = AE(ae_title="MR1")
+    scu.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = scu.associate("127.0.0.1", node.port, ae_title="MSFOLLOWUP")
+    try:
+        assert assoc.is_established
+        create = Dataset()
+        ref = Dataset()
+        ref.StudyInstanceUID = study.study_uid
+        ref.AccessionNumber = "ACC78"
+        create.ScheduledStepAttributesSequence = [ref]
+        create.PerformedProcedureStepID = "PPS78"
+        create.PerformedProcedureStepStatus = "IN PROGRESS"
+        create.Modality = "MR"
+        create.PerformedSeriesSequence = []
+        mpps_uid = generate_uid()
+        status, _ = assoc.send_n_create(create, ModalityPerformedProcedureStep, mpps_uid)
+        assert status.Status == 0x0000
+        node.storescu([f for s in (loc, t1_pre, flair, t2) for f in s.files])
+        first = sse.wait_for("the study appears, every series still receiving", lambda e: len(e["receiving"]) == 4)
+        assert first["series"] == []
+
+        listed = Dataset()
+        listed.PerformedProcedureStepStatus = "IN PROGRESS"
+        item = Dataset()
+        item.SeriesInstanceUID = t2.series_uid
+        item.ReferencedImageSequence = []
+        for path in t2.files:
+            ds = dcmread(path, stop_before_pixels=True)
+            r = Dataset()
+            r.ReferencedSOPClassUID = ds.SOPClassUID
+            r.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+            item.ReferencedImageSequence.append(r)
+        listed.PerformedSeriesSequence = [item]
+        sent = time.monotonic()
+        status, _ = assoc.send_n_set(listed, ModalityPerformedProcedureStep, mpps_uid)
+        assert status.Status == 0x0000
+        ev = sse.wait_for("the T2 judged", lambda e: any(x["series_instance_uid"] == t2.series_uid
+                                                             for x in e["series"]), timeout=15)
+        assert time.monotonic() - sent < 10  # well before the 60 s settle time
+        assert {x["series_instance_uid"] for x in ev["receiving"]} == {loc.series_uid, t1_pre.series_uid, flair.series_uid}
+        assert any(m["id"] == "resolution.t2" and "5 mm" in m["message"] for m in ev["failing"]), ev["failing"]
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        sse.close()
+        node.stop()

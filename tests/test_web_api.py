@@ -41,9 +41,9 @@ def world(node: WebNode) -> dict[str, Any]:
     node.wait_scheduled(PATIENT_ID)
     tokens = {}
     for role in ROLES:
-        if role != "admin":
+        if role not in ("admin", "kiosk"):  # a kiosk has tokens only
             node.add_user(f"{role}1", role)
-        tokens[role] = node.token(f"{role}-bot", role)
+        tokens[role] = node.token(f"{role}-bot", role, station="MR1" if role == "kiosk" else None)
     admin = node.client(tokens["admin"])
     study = admin.get("/api/v1/studies").json()["items"][0]
     item = admin.get("/api/v1/worklist").json()["items"][0]

@@ -18,7 +18,7 @@ from dicom_fixtures import generate_study
 from nodeutil import RunningNode, free_port
 
 PASSWORD = "correct horse battery"
-ROLES = ("viewer", "radiographer", "clinician", "qa", "admin")
+ROLES = ("viewer", "radiographer", "clinician", "qa", "admin", "kiosk")
 
 
 class Response:
@@ -112,8 +112,8 @@ class WebNode(RunningNode):
         done = self.cli("user", "add", name, "--role", role, "--password-stdin", stdin=password + "\n")
         assert done.returncode == 0, done.stderr
 
-    def token(self, name: str, role: str) -> str:
-        done = self.cli("token", "create", name, "--role", role)
+    def token(self, name: str, role: str, station: str | None = None) -> str:
+        done = self.cli("token", "create", name, "--role", role, *(["--station", station] if station else []))
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 

@@ -6,7 +6,9 @@ account: the first admin comes from `msfollowup user add` or the one-time setup 
 prints when it starts with no user.
 
 Roles: viewer (reads), radiographer (+ cancels worklist items), clinician (+ edits monitoring plans),
-qa (+ accepts results, chooses references), admin (everything, users).
+qa (+ accepts results, chooses references), admin (everything, users). A kiosk is the scanner-room
+screen of one station: API tokens only, each bound to a station (AE title or station name); it sees
+the live panel of that station and nothing else (no patient lists, no reports).
 """
 
 from __future__ import annotations
@@ -25,18 +27,22 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from msfollowup.db import audit
 from msfollowup.db import Base, UTCDateTime, utcnow
 
-ROLES = ("viewer", "radiographer", "clinician", "qa", "admin")
+ROLES = ("viewer", "radiographer", "clinician", "qa", "admin", "kiosk")
+KIOSK = "kiosk"
 # What each permission needs; "admin" holds every permission.
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "read": frozenset(ROLES),
+    "read": frozenset(ROLES) - {KIOSK},
     "worklist.cancel": frozenset({"radiographer", "clinician", "admin"}),
     "plan.edit": frozenset({"clinician", "admin"}),
-    "live.view": frozenset({"radiographer", "qa", "clinician", "admin"}),  # the scanner-room page
+    "live.view": frozenset({"radiographer", "qa", "clinician", "admin", KIOSK}),  # the scanner-room page
     "study.review": frozenset({"qa", "admin"}),
     "audit.read": frozenset({"qa", "admin"}),
     "users": frozenset({"admin"}),
 }
 SESSION_HOURS = 8
+# A kiosk's browser session (from its token, entered once at the console) lasts a month; revoking the
+# token ends it at once, because every request checks the token behind the session.
+KIOSK_SESSION_HOURS = 30 * 24
 MIN_PASSWORD = 12
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 _hasher = PasswordHasher()
@@ -65,6 +71,7 @@ class ApiToken(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    station: Mapped[str | None] = mapped_column(String(64))  # kiosk tokens: the one station they show
 
 
 class WebSession(Base):
@@ -74,6 +81,8 @@ class WebSession(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("web_users.id"), index=True)
     csrf_token: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    token_id: Mapped[int | None] = mapped_column(  # kiosk sessions: their token
+        ForeignKey("web_api_tokens.id", name="fk_web_sessions_token_id"))
 
 
 @dataclass(frozen=True)
@@ -84,9 +93,18 @@ class Principal:
     name: str
     role: str
     csrf_token: str | None = None  # sessions only; token clients send no cookies and need none
+    station: str | None = None  # kiosks: the station whose live panel they may see
+    token_id: int | None = None  # kiosks: the token behind the principal
 
     def may(self, permission: str) -> bool:
         return self.role == "admin" or self.role in PERMISSIONS[permission]
+
+    def sees_station(self, *names: object) -> bool:
+        """May this principal see a panel of a scanner known by `names` (calling AE, station name)?"""
+        if self.station is None:
+            return True
+        want = self.station.strip().upper()
+        return any(isinstance(n, str) and n.strip().upper() == want for n in names)
 
 
 def _sha(secret: str) -> str:
@@ -121,6 +139,9 @@ def add_user(session: Session, name: str, role: str, password: str | None, autho
     check_role(role)
     if password is not None:
         check_password(password)
+        if role == KIOSK:
+            raise AccountError("a kiosk logs in with its station token, not a password: msfollowup token create "
+                               "NAME --role kiosk --station STATION")
     row = session.scalar(select(User).where(User.name == name))
     digest = _hasher.hash(password) if password is not None else None
     if row is None:
@@ -149,19 +170,36 @@ def authenticate(session: Session, name: str, password: str) -> Principal | None
     return Principal(row.id, row.name, row.role)
 
 
-def create_token(session: Session, name: str, role: str, author: str) -> str:
-    """A new API token for `name` (a token-only user is created when missing, with `role`)."""
+def check_station(role: str, station: str | None) -> str | None:
+    """A kiosk token needs its station (AE title or station name); other roles see every station."""
+    station = (station or "").strip() or None
+    if role == KIOSK and station is None:
+        raise AccountError("a kiosk token needs --station (the scanner's AE title or station name)")
+    if role != KIOSK and station is not None:
+        raise AccountError(f"--station is for kiosk tokens; role {role!r} sees every station")
+    if station is not None and (len(station) > 64 or not station.isprintable()):
+        raise AccountError("station: up to 64 printable characters")
+    return station
+
+
+def create_token(session: Session, name: str, role: str, author: str, station: str | None = None) -> str:
+    """A new API token for `name` (a token-only user is created when missing, with `role`); kiosk
+    tokens are bound to `station`."""
     check_name(name)
     check_role(role)
+    station = check_station(role, station)
     row = session.scalar(select(User).where(User.name == name))
     if row is None:
         row = add_user(session, name, role, None, author)
     elif row.role != role:
         raise AccountError(f"user {name!r} has role {row.role!r}, not {role!r}")
     secret = "msf_" + secrets.token_urlsafe(32)
-    session.add(ApiToken(user_id=row.id, token_sha256=_sha(secret), created_at=utcnow()))
+    session.add(ApiToken(user_id=row.id, token_sha256=_sha(secret), created_at=utcnow(), station=station))
     session.flush()
-    audit.record(session, audit.TOKEN_CHANGE, actor_user=author, detail={"user": name, "change": "created"})
+    detail: dict[str, object] = {"user": name, "change": "created"}
+    if station is not None:
+        detail["station"] = station
+    audit.record(session, audit.TOKEN_CHANGE, actor_user=author, detail=detail)
     return secret
 
 
@@ -179,28 +217,41 @@ def revoke_tokens(session: Session, name: str, author: str) -> int:
 
 def token_principal(session: Session, secret: str) -> Principal | None:
     row = session.execute(
-        select(User.id, User.name, User.role).join(ApiToken, ApiToken.user_id == User.id)
+        select(User.id, User.name, User.role, ApiToken.station, ApiToken.id).join(ApiToken, ApiToken.user_id == User.id)
         .where(ApiToken.token_sha256 == _sha(secret), ApiToken.revoked_at.is_(None), User.active.is_(True))
     ).first()
-    return Principal(row[0], row[1], row[2]) if row else None
+    return Principal(row[0], row[1], row[2], None, row[3], row[4]) if row else None
+
+
+def session_hours(principal: Principal) -> int:
+    return KIOSK_SESSION_HOURS if principal.role == KIOSK else SESSION_HOURS
 
 
 def start_session(session: Session, principal: Principal, now: dt.datetime | None = None) -> tuple[str, str]:
-    """(cookie value, CSRF token) of a new browser session; expired sessions are dropped on the way."""
+    """(cookie value, CSRF token) of a new browser session; expired sessions are dropped on the way.
+    A kiosk's session remembers its token, so revoking the token ends the session too."""
     now = now or utcnow()
     session.execute(delete(WebSession).where(WebSession.expires_at < now))
     cookie, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     session.add(WebSession(id_sha256=_sha(cookie), user_id=principal.user_id, csrf_token=csrf,
-                           expires_at=now + dt.timedelta(hours=SESSION_HOURS)))
+                           expires_at=now + dt.timedelta(hours=session_hours(principal)),
+                           token_id=principal.token_id))
     return cookie, csrf
 
 
 def session_principal(session: Session, cookie: str) -> Principal | None:
     row = session.execute(
-        select(User.id, User.name, User.role, WebSession.csrf_token).join(WebSession, WebSession.user_id == User.id)
+        select(User.id, User.name, User.role, WebSession.csrf_token, ApiToken.station, ApiToken.id, ApiToken.revoked_at,
+               WebSession.token_id)
+        .join(WebSession, WebSession.user_id == User.id)
+        .outerjoin(ApiToken, ApiToken.id == WebSession.token_id)
         .where(WebSession.id_sha256 == _sha(cookie), WebSession.expires_at > utcnow(), User.active.is_(True))
     ).first()
-    return Principal(row[0], row[1], row[2], row[3]) if row else None
+    if row is None:
+        return None
+    if row[7] is not None and (row[5] is None or row[6] is not None):
+        return None  # a kiosk session whose token was revoked (or deleted)
+    return Principal(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
 def end_session(session: Session, cookie: str) -> None:

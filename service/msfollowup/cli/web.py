@@ -58,7 +58,7 @@ def _token_create(args: argparse.Namespace) -> int:
 
     try:
         with _db(args).session() as s:
-            secret = create_token(s, args.name, args.role, _author())
+            secret = create_token(s, args.name, args.role, _author(), station=args.station)
     except AccountError as exc:
         print(f"msfollowup: {exc}", file=sys.stderr)
         return 2
@@ -96,6 +96,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t = token.add_parser("create", help="print a new API token for NAME (stored hashed)")
     t.add_argument("name")
     t.add_argument("--role", required=True, choices=ROLES)
+    t.add_argument("--station", help="kiosk tokens: the scanner (calling AE title or station name) whose live "
+                                     "panel the screen shows; enter the token once at http://HOST/kiosk")
     t.set_defaults(func=_token_create)
     r = token.add_parser("revoke", help="revoke every token of NAME")
     r.add_argument("name")

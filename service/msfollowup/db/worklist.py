@@ -29,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     exists,
+    func,
     select,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -224,13 +225,17 @@ class PerformedStepStudy(Base):
 
 
 class PerformedStepInstance(Base):
-    """Instances a COMPLETED MPPS lists (Performed Series Sequence): the study is whole once all arrived."""
+    """Instances an MPPS lists (Performed Series Sequence), as of its latest N-CREATE/N-SET. Once a
+    COMPLETED MPPS's instances have all arrived the study is whole; once one listed series' instances
+    have all arrived, that series is settled for the live check (a modality that reports each series as
+    it finishes lets the scanner-room page judge it at once, not after the settle time)."""
 
     __tablename__ = "worklist_mpps_instances"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     mpps_uid: Mapped[str] = mapped_column(ForeignKey("worklist_mpps.sop_instance_uid"), index=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    series_uid: Mapped[str | None] = mapped_column(String(64))  # None: linked before revision 0010
 
     __table_args__ = (UniqueConstraint("mpps_uid", "sop_instance_uid", name="uq_worklist_mpps_instance"),)
 
@@ -295,6 +300,27 @@ def mpps_completed(study_uid: SQLColumnExpression[str] | str) -> ColumnElement[b
         PerformedStep.status == PPS_COMPLETED,
         ~missing,
     )
+
+
+def mpps_settled_series(session: Session, study_uids: list[str]) -> dict[str, set[str]]:
+    """Study uid -> the series an MPPS of the study lists whose listed instances have all arrived:
+    the modality said the series is done and it is here."""
+    arrived = func.count(Instance.sop_instance_uid)
+    listed = func.count(PerformedStepInstance.id)
+    query = (
+        select(PerformedStepStudy.study_uid, PerformedStepInstance.series_uid)
+        .join(PerformedStepInstance, PerformedStepInstance.mpps_uid == PerformedStepStudy.mpps_uid)
+        .outerjoin(Instance, (Instance.sop_instance_uid == PerformedStepInstance.sop_instance_uid)
+                   & (Instance.study_uid == PerformedStepStudy.study_uid))
+        .where(PerformedStepStudy.study_uid.in_(study_uids), PerformedStepInstance.series_uid.is_not(None))
+        .group_by(PerformedStepStudy.study_uid, PerformedStepInstance.mpps_uid, PerformedStepInstance.series_uid)
+        .having(listed == arrived)
+    )
+    settled: dict[str, set[str]] = {}
+    for study_uid, series_uid in session.execute(query).all():
+        if series_uid is not None:
+            settled.setdefault(study_uid, set()).add(series_uid)
+    return settled
 
 
 def completion_requested(session: Session, study_uid: str) -> bool:

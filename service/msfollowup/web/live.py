@@ -27,10 +27,18 @@ STATIC = {"live.js": "text/javascript", "live.css": "text/css"}
 HEARTBEAT_SECONDS = 15.0  # an SSE comment keeps proxies from closing an idle stream
 
 
-def panels(events: list[Event]) -> list[Event]:
-    """One panel per scanner: its most recently computed study."""
+def _visible(who: Any, event: Event) -> bool:
+    """A kiosk sees its own station's panel only (by calling AE title or station name); users see all."""
+    sees = getattr(who, "sees_station", None)
+    return sees is None or bool(sees(event.get("scanner"), event.get("station_name")))
+
+
+def panels(events: list[Event], who: Any = None) -> list[Event]:
+    """One panel per scanner: its most recently computed study (of the stations `who` may see)."""
     latest: dict[str, Event] = {}
     for ev in events:
+        if not _visible(who, ev):
+            continue
         key = str(ev.get("scanner") or "unknown")
         if key not in latest or str(ev.get("computed_at", "")) > str(latest[key].get("computed_at", "")):
             latest[key] = ev
@@ -43,12 +51,14 @@ def _sse(event: Event) -> bytes:
 
 
 def router(broker: Broker, require_role: Callable[..., Any], *, title: str = "Scanner room") -> APIRouter:
-    """The live routes, each behind `require_role` (a FastAPI dependency the web app provides)."""
+    """The live routes, each behind `require_role` (a FastAPI dependency the web app provides). What it
+    returns (the principal) decides which panels are shown: one with a `station` (a kiosk) sees only
+    that station's."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    r = APIRouter(dependencies=[Depends(require_role)])
+    r = APIRouter()
 
     @r.get("/api/v1/live/stream", name="live_stream")
-    async def stream(request: Request) -> StreamingResponse:
+    async def stream(request: Request, who: Any = Depends(require_role)) -> StreamingResponse:
         loop = asyncio.get_running_loop()
         sub = broker.subscribe(loop=loop)
 
@@ -56,9 +66,10 @@ def router(broker: Broker, require_role: Callable[..., Any], *, title: str = "Sc
             try:
                 yield b"retry: 2000\n\n"
                 for ev in broker.snapshot():  # the current state first, then every change
-                    yield _sse(ev)
+                    if _visible(who, ev):
+                        yield _sse(ev)
                 while not await request.is_disconnected():
-                    events = await sub.wait(HEARTBEAT_SECONDS)
+                    events = [ev for ev in await sub.wait(HEARTBEAT_SECONDS) if _visible(who, ev)]
                     if not events:
                         yield b": keep-alive\n\n"
                     for ev in events:
@@ -70,11 +81,14 @@ def router(broker: Broker, require_role: Callable[..., Any], *, title: str = "Sc
         return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
     @r.get("/live", response_class=HTMLResponse, name="live_page", include_in_schema=False)
-    async def page(request: Request) -> HTMLResponse:
-        return templates.TemplateResponse(request, "live.html", {"title": title, "panels": panels(broker.snapshot())})
+    async def page(request: Request, who: Any = Depends(require_role)) -> HTMLResponse:
+        station = getattr(who, "station", None)
+        heading = f"{title} · {station}" if station else title
+        return templates.TemplateResponse(request, "live.html",
+                                          {"title": heading, "panels": panels(broker.snapshot(), who)})
 
     @r.get("/live/static/{name}", name="live_static", include_in_schema=False)
-    async def static(name: str) -> FileResponse:
+    async def static(name: str, who: Any = Depends(require_role)) -> FileResponse:
         if name not in STATIC:
             raise HTTPException(404, f"no static file {name!r}")
         return FileResponse(HERE / "static" / name, media_type=STATIC[name],

@@ -75,9 +75,38 @@ def _login_form(request: Request, error: str | None = None, status: int = 200, t
 
 @router.get("/login")
 def login_page(request: Request) -> Response:
-    if resolve(request) is not None:
-        return _redirect("/")
+    who = resolve(request)
+    if who is not None:
+        return _redirect("/live" if who.role == accounts.KIOSK else "/")
     return _login_form(request)
+
+
+@router.get("/kiosk")
+def kiosk_page(request: Request) -> Response:
+    """The scanner-room screen's one-time set-up: paste the station's kiosk token, once."""
+    return _login_form(request, template="kiosk.html")
+
+
+@router.post("/kiosk")
+def kiosk_login(request: Request, token: str = Form(""), csrf_token: str = Form("")) -> Response:
+    """A kiosk token becomes a browser session bound to its station (EventSource cannot send a
+    Bearer header, and a token in the URL would end up in logs)."""
+    check_pre_csrf(request, csrf_token)
+    throttle = request.app.state.throttle
+    keys = (f"host:{client_host(request)}",)
+    if throttle.blocked(*keys):
+        return _login_form(request, "Too many failed attempts: wait 15 minutes and try again.", 429,
+                           template="kiosk.html")
+    with _ctx(request).db.session() as s:
+        who = accounts.token_principal(s, token.strip()) if token.strip() else None
+    if who is None or who.role != accounts.KIOSK:
+        throttle.failed(*keys)
+        log.info("kiosk set-up refused")
+        return _login_form(request, "This is not a valid kiosk token (msfollowup token create NAME --role kiosk "
+                                    "--station STATION).", 401, template="kiosk.html")
+    throttle.succeeded(*keys)
+    request.state.user = who.name
+    return _start(request, who, "/live")
 
 
 def _start(request: Request, who: Principal, target: str = "/") -> Response:
@@ -85,7 +114,7 @@ def _start(request: Request, who: Principal, target: str = "/") -> Response:
         cookie, _csrf = accounts.start_session(s, who)
         audit.record(s, audit.LOGIN, actor_user=who.name, actor_host=client_host(request), detail={"via": "web"})
     response = _redirect(target)
-    _secure_cookie(response, SESSION_COOKIE, cookie, accounts.SESSION_HOURS * 3600)
+    _secure_cookie(response, SESSION_COOKIE, cookie, accounts.session_hours(who) * 3600)
     response.delete_cookie(PRE_CSRF_COOKIE, path="/")
     return response
 

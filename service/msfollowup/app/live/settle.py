@@ -1,7 +1,9 @@
 """The settle detector: a worker thread that re-checks a study when one of its series settles.
 
-A series settles after `settle_seconds` without a new instance, or at once when an MPPS COMPLETED for
-its study has all its listed instances (the modality said the exam is done). Everything it needs is in
+A series settles after `settle_seconds` without a new instance; or at once when an MPPS (N-CREATE or
+any N-SET, IN PROGRESS too) lists it and every instance listed for it has arrived (the modality said
+that series is done); or with the whole study when an MPPS COMPLETED for it has all its listed
+instances (the modality said the exam is done). Everything it needs is in
 the index (instances' receive times), so ingest is not touched: the C-STORE path does not know this
 worker exists. Each pass reads the per-series instance counts of the studies received within the
 window; only when the set of settled series (or the series being received, or the study's state)
@@ -44,6 +46,7 @@ class _StudyRow:
     complete: bool
     mpps_done: bool
     series: tuple[_SeriesState, ...]
+    mpps_series: frozenset[str] = frozenset()  # series an MPPS lists whose instances have all arrived
 
 
 def expected_profile(session: Any, cfg: Config, study: Study) -> tuple[str, ProfileSource]:
@@ -80,6 +83,7 @@ class LiveChecker:
     def _scan(self, now: dt.datetime) -> tuple[list[_StudyRow], set[str]]:
         """(studies to look at, every study uid in the window)."""
         from msfollowup.app.worklist import mpps_completed
+        from msfollowup.db.worklist import mpps_settled_series
 
         since = now - dt.timedelta(minutes=self.cfg.live.window_minutes)
         with self.db.session() as s:
@@ -100,6 +104,7 @@ class LiveChecker:
                 .where(Instance.study_uid.in_([r[0] for r in studies]))
                 .group_by(Instance.study_uid, Instance.series_uid)
             ).all()
+            by_mpps = mpps_settled_series(s, [r[0] for r in studies])
         series: dict[str, list[_SeriesState]] = {}
         for study_uid, series_uid, count, last in rows:
             if isinstance(last, str):  # a driver that returns the aggregate untyped
@@ -109,7 +114,7 @@ class LiveChecker:
             series.setdefault(study_uid, []).append(_SeriesState(series_uid, int(count), last))
         return [
             _StudyRow(uid, state == StudyState.COMPLETE.value, bool(requested) or bool(mpps),
-                      tuple(sorted(series.get(uid, []), key=lambda x: x.uid)))
+                      tuple(sorted(series.get(uid, []), key=lambda x: x.uid)), frozenset(by_mpps.get(uid, ())))
             for uid, state, requested, mpps in studies
         ], in_window
 
@@ -127,8 +132,9 @@ class LiveChecker:
         published = 0
         for st in studies:
             all_settled = st.complete or st.mpps_done
-            settled = tuple((x.uid, x.count) for x in st.series if all_settled or x.last <= cutoff)
-            receiving = {x.uid: x.count for x in st.series if not (all_settled or x.last <= cutoff)}
+            done = [all_settled or x.last <= cutoff or x.uid in st.mpps_series for x in st.series]
+            settled = tuple((x.uid, x.count) for x, ok in zip(st.series, done) if ok)
+            receiving = {x.uid: x.count for x, ok in zip(st.series, done) if not ok}
             signature = (st.complete, settled, tuple(receiving))
             if self._signature.get(st.uid) == signature:
                 continue

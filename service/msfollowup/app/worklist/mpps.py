@@ -72,6 +72,7 @@ def create_mpps(session: Session, uid: str, attrs: Dataset, calling_ae: str | No
     session.add(pps)
     session.flush()
     _link_studies(session, uid, attrs)
+    _link_instances(session, uid, attrs)
     if step is not None:
         step.mpps_uid = uid
         if step.is_open:
@@ -101,8 +102,9 @@ def set_mpps(session: Session, pps: PerformedStep, mods: Dataset) -> None:
     pps.status = new_status
     studies = _link_studies(session, pps.sop_instance_uid, attrs)
     step = session.get(ScheduledStep, pps.step_id) if pps.step_id is not None else None
+    # Every N-SET, not only the final one: the series listed so far settle for the live check.
+    _link_instances(session, pps.sop_instance_uid, attrs)
     if new_status == PPS_COMPLETED:
-        _link_instances(session, pps.sop_instance_uid, attrs)
         if step is not None and step.is_open:
             # The study it names fulfilled the item: its images (any version) close nothing else.
             performed = step.study_uid if step.study_uid in studies or not studies else studies[0]
@@ -114,16 +116,27 @@ def set_mpps(session: Session, pps: PerformedStep, mods: Dataset) -> None:
 
 
 def _link_instances(session: Session, uid: str, attrs: Dataset) -> None:
-    """Remember the instances a (final) MPPS lists, from every Performed Series item."""
-    listed = set()
+    """Remember the instances the MPPS lists now, with their series, from every Performed Series item.
+
+    N-SET replaces the whole Performed Series Sequence, so the links follow its latest value: an
+    instance no longer listed is unlinked (else it could hold the study open forever)."""
+    listed: dict[str, str | None] = {}
     for series in attrs.get("PerformedSeriesSequence", None) or []:
+        series_uid = str(series.get("SeriesInstanceUID", "") or "").strip() or None
         for key in ("ReferencedImageSequence", "ReferencedNonImageCompositeSOPInstanceSequence"):
             for ref in series.get(key, None) or []:
-                sop = str(ref.get("ReferencedSOPInstanceUID", "") or "")
+                sop = str(ref.get("ReferencedSOPInstanceUID", "") or "").strip()
                 if sop:
-                    listed.add(sop)
-    known = set(session.scalars(select(PerformedStepInstance.sop_instance_uid).where(PerformedStepInstance.mpps_uid == uid)))
-    session.add_all(PerformedStepInstance(mpps_uid=uid, sop_instance_uid=sop) for sop in sorted(listed - known))
+                    listed[sop] = series_uid
+    known = {row.sop_instance_uid: row for row in
+             session.scalars(select(PerformedStepInstance).where(PerformedStepInstance.mpps_uid == uid))}
+    for sop, row in known.items():
+        if sop not in listed:
+            session.delete(row)
+        elif row.series_uid != listed[sop]:
+            row.series_uid = listed[sop]
+    session.add_all(PerformedStepInstance(mpps_uid=uid, sop_instance_uid=sop, series_uid=listed[sop])
+                    for sop in sorted(set(listed) - set(known)))
 
 
 def _request_completion(session: Session, study_uids: list[str]) -> None:
