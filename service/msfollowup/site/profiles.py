@@ -11,12 +11,13 @@ A bad file raises ProfileError naming the file, the key and the problem, so a si
 
 from __future__ import annotations
 
+import threading
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 
@@ -118,8 +119,45 @@ def _folders(directory: Path | None) -> list[Traversable]:
     return folders
 
 
+T = TypeVar("T")
+_memo: dict[tuple[str, str], tuple[tuple[tuple[str, bytes], ...], Any]] = {}
+_memo_lock = threading.Lock()
+
+
+def protocol_files(directory: Path | None) -> tuple[tuple[str, bytes], ...] | None:
+    """Name and content of every TOML file protocol data is read from (packaged folder, then the site
+    folder); None when a folder cannot be read (the loader itself then reports the problem)."""
+    try:
+        return tuple((str(e), e.read_bytes()) for folder in _folders(directory) for e in _toml_files(folder))
+    except (OSError, ProfileError):
+        return None
+
+
+def memoized(kind: str, directory: Path | None, load: Callable[[], T]) -> T:
+    """`load()`, parsed again only when a protocol file's content changed. The live check and the
+    pipeline ask for profiles and interval rules on every study check; parsing the TOML and validating
+    the models each time cost ~2 ms of CPU per received instance in benchmarks/ingest.py. Keyed by the
+    files' bytes, not their times, so an edit is always seen. The results are frozen models."""
+    key = protocol_files(directory)
+    if key is None:
+        return load()
+    slot = (kind, str(directory))
+    with _memo_lock:
+        hit = _memo.get(slot)
+    if hit is not None and hit[0] == key:
+        return cast(T, hit[1])
+    value = load()
+    with _memo_lock:
+        _memo[slot] = (key, value)
+    return value
+
+
 def load_profiles(directory: Path | None = None) -> dict[str, Profile]:
     """Every profile, by id: the packaged ones, replaced or extended by those in `directory`."""
+    return dict(memoized("profiles", directory, lambda: _load_profiles(directory)))
+
+
+def _load_profiles(directory: Path | None) -> dict[str, Profile]:
     folders = _folders(directory)
     base = _constraints(folders)
     profiles: dict[str, Profile] = {}

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from msfollowup.core.dates import Unit, add_offset
 from msfollowup.site.drugs import Vocabulary, load_vocabulary
-from msfollowup.site.profiles import Profile, load_profiles
+from msfollowup.site.profiles import Profile, load_profiles, memoized
 
 INTERVALS_FILE = "intervals.toml"
 Severity = Literal["required", "recommended"]
@@ -353,7 +353,13 @@ def load_interval_rules(directory: Path | None = None) -> IntervalRules:
     """Load intervals.toml from `directory` if the site put one there, else the packaged default.
 
     A site protocols_dir may hold only the files the site changed (see protocols/__init__.py).
+    Parsed again only when a protocol file changed (they are all the rules depend on: intervals,
+    drugs, profiles).
     """
+    return memoized("intervals", directory, lambda: _load_interval_rules(directory))
+
+
+def _load_interval_rules(directory: Path | None) -> IntervalRules:
     if directory is not None and (Path(directory) / INTERVALS_FILE).is_file():
         path = Path(directory) / INTERVALS_FILE
         source = str(path)
