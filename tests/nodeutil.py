@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
 import os
@@ -102,6 +103,23 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]], allow: Iterabl
     return path
 
 
+_started: list[subprocess.Popen[bytes]] = []
+
+
+def track(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    """Remember a started node process: whatever a failing test leaves running is killed when the test
+    process (an xdist worker) exits, so one failure does not leave servers eating the CPU of the rest."""
+    _started.append(proc)
+    return proc
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in _started:
+        if proc.poll() is None:
+            proc.kill()
+
+
 class RunningNode:
     """A started `msfollowup serve`; its log goes to <tmp>/serve.log."""
 
@@ -128,12 +146,12 @@ class RunningNode:
 
     # -- process control
 
-    def start(self, timeout: float = 20) -> RunningNode:
+    def start(self, timeout: float = 30) -> RunningNode:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        self.proc = track(subprocess.Popen(
             [sys.executable, "-m", "msfollowup", "serve", "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        ))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -141,7 +159,11 @@ class RunningNode:
             if self.echo():
                 return self
             time.sleep(0.1)
-        raise RuntimeError(f"msfollowup did not start listening:\n{self.log()}")
+        # A node that did not answer in time must not live on: left running it would load the machine and
+        # make the next tests miss their deadlines too (seen as a cascade on a loaded 2-core machine).
+        self.proc.kill()
+        self.proc.wait(10)
+        raise RuntimeError(f"msfollowup did not start listening within {timeout:g} s:\n{self.log()}")
 
     def stop(self, timeout: float = 30) -> int:
         assert self.proc is not None

@@ -25,7 +25,7 @@ from msfollowup.db import provisional as records
 from msfollowup.app.live.broker import Broker
 from msfollowup.check.provisional import Expected, StudyContext, initials, provisional_check
 from msfollowup.site.profiles import get_profile
-from nodeutil import DCMTK, free_port, write_config
+from nodeutil import DCMTK, free_port, track, write_config
 
 HERE = Path(__file__).resolve().parent
 TOKEN = "live-test-token"
@@ -115,9 +115,9 @@ class LiveNode:
             "scheduler": {"enabled": False},
         }, [("STORESCU", None), ("MR1", None)])
         self.log = tmp / "live-node.log"
-        self.proc = subprocess.Popen(
+        self.proc = track(subprocess.Popen(
             [sys.executable, str(HERE / "live_node.py"), str(self.config), str(self.http_port), TOKEN],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
         self.base = f"http://127.0.0.1:{self.http_port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -128,6 +128,8 @@ class LiveNode:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
+        self.proc.kill()  # not left running to slow down the tests after this one
+        self.proc.wait(10)
         raise AssertionError("live node did not start:\n" + self.log.read_text())
 
     @property
