@@ -126,7 +126,7 @@ def compliance_view(request: Request, by: Literal["week", "month"] = "week", for
     try:
         f = compliance.Filters.parse(_query(request))
         with _ctx(request).db.session() as s:
-            out = compliance.dashboard(s, f, by)
+            out = _ctx(request).dashboards.dashboard(s, f, by)
     except compliance.FilterError as exc:
         raise _bad(exc) from None
     if format == "csv":

@@ -195,7 +195,7 @@ def dashboard(request: Request, who: Principal = Depends(require("read"))) -> Re
     by = request.query_params.get("by", "week")
     try:
         with _ctx(request).db.session() as s:
-            data = compliance.dashboard(s, f, by)
+            data = _ctx(request).dashboards.dashboard(s, f, by)
     except compliance.FilterError as exc:
         raise HTTPException(400, str(exc)) from None
     base = f.query()
