@@ -10,7 +10,8 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import ColumnElement, case, false, func, select, true
 from sqlalchemy.orm import Session
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from msfollowup.app.results import PatientRef, RequirementRow, StudyResult
 from msfollowup.app.study_review import StudyDecision
 
+T = TypeVar("T")
 VERDICTS = ("compliant", "non-compliant", "unverifiable")
 EFFECTIVE = func.coalesce(StudyResult.reviewed_verdict, StudyResult.verdict)
 # "latest = 1", not "latest IS 1": only an equality lets the database seek the covering indexes.
@@ -166,18 +168,26 @@ def change_token(session: Session) -> tuple[int, int, int, int]:
     return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0), int(row[3] or 0)
 
 
+@dataclass
+class _Entry:
+    token: tuple[int, ...]
+    data: dict[str, Any]
+    derived: dict[str, Any] = field(default_factory=dict)
+
+
 class DashboardCache:
     """The last few dashboards (per filters and period), kept while `change_token` stays the same.
 
     The unfiltered dashboard at 100,000 studies is one GROUP BY over 100,000 index entries (~100 ms on a
     loaded machine); most page views in between two recorded results ask the same question. The token is
     read before the figures are computed, so a result recorded meanwhile can only make an entry newer than
-    its token (recomputed at the next view), never older. Entries are shared: callers must not modify them."""
+    its token (recomputed at the next view), never older. Entries are shared: callers must not modify them.
+    `derived` keeps what a caller builds from one entry (the page's charts) for as long as the entry lives."""
 
     def __init__(self, size: int = 32) -> None:
         self.size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[Any, ...], tuple[tuple[int, ...], dict[str, Any]]] = OrderedDict()
+        self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
 
     def dashboard(self, session: Session, f: Filters, by: str = "week") -> dict[str, Any]:
         if by not in ("week", "month"):
@@ -186,16 +196,28 @@ class DashboardCache:
         token = change_token(session)
         with self._lock:
             found = self._entries.get(key)
-            if found is not None and found[0] == token:
+            if found is not None and found.token == token:
                 self._entries.move_to_end(key)
-                return found[1]
+                return found.data
         data = dashboard(session, f, by)
         with self._lock:
-            self._entries[key] = (token, data)
+            self._entries[key] = _Entry(token, data)
             self._entries.move_to_end(key)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
         return data
+
+    def derived(self, data: dict[str, Any], name: str, make: Callable[[], T]) -> T:
+        """`make()` for this dashboard, built once while `data` is a kept entry (else every time)."""
+        with self._lock:
+            entry = next((e for e in self._entries.values() if e.data is data), None)
+            if entry is not None and name in entry.derived:
+                return cast(T, entry.derived[name])
+        value = make()
+        if entry is not None:
+            with self._lock:
+                entry.derived[name] = value
+        return value
 
 
 def _choices_from(cells: Any) -> dict[str, list[str]]:
