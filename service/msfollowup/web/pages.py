@@ -12,6 +12,7 @@ from urllib.parse import quote_plus, urlencode
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
 from msfollowup import __version__
 
@@ -205,10 +206,11 @@ def dashboard(request: Request, who: Principal = Depends(require("read"))) -> Re
         def link(dim: str) -> Callable[[str, str], str]:
             return lambda key, period: "/studies?" + quote.query({**base, dim: key, by: period})
 
+        rows = [(r, quote.query({**base, "scanner": r["key"], by: r["period"]}, skip_empty=True),
+                 quote.query({**base, "scanner": r["key"], by: r["period"], "verdict": "compliant"}, skip_empty=True))
+                for r in data["per_scanner"]]
         return {"charts": {dim: line_chart(data[f"per_{dim}"], by, link(dim)) for dim in ("scanner", "profile")},
-                "scanner_rows": [(r, quote.query({**base, "scanner": r["key"], by: r["period"]}, skip_empty=True),
-                                  quote.query({**base, "scanner": r["key"], by: r["period"], "verdict": "compliant"},
-                                              skip_empty=True)) for r in data["per_scanner"]]}
+                "scanner_table": Markup(templates.env.get_template("_scanner_rows.html").render(rows=rows))}
 
     # Built once per kept dashboard: the week view links ~4,000 numbers (charts and table) to their studies.
     view = _ctx(request).dashboards.derived(data, "page", links_and_charts)
