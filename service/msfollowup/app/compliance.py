@@ -190,7 +190,7 @@ class DashboardCache:
     its token (recomputed at the next view), never older. Entries are shared: callers must not modify them.
     `derived` keeps what a caller builds from one entry (the page's charts) for as long as the entry lives."""
 
-    def __init__(self, size: int = 32) -> None:
+    def __init__(self, size: int = 16) -> None:  # a week page entry with its charts and table: ~1.5 MB
         self.size = size
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
