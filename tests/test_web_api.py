@@ -217,11 +217,31 @@ def test_review_and_cancel_are_audited_with_the_user(node: WebNode, world: dict[
     qa = node.client(world["tokens"]["qa"])
     c = world["check_id"]
     verdict = qa.get(f"/api/v1/studies/{c}").json()["study"]["verdict"]
+    page = node.client()
+    assert page.login("qa1").status == 303
+
+    def shown() -> tuple[int, int, int, int, int]:  # the API's and the page's figures (kept until a change)
+        d = qa.get("/api/v1/compliance?by=month").json()
+        html = page.get("/").text
+        awaiting = re.search(r"<b>(\d+)</b> awaiting review", html)
+        assert awaiting is not None
+        on_page = sum(int(n) for n in re.findall(r'class="total v-[a-z-]+" href="[^"]*"><b>(\d+)</b>', html))
+        return (d["awaiting_review"], d["totals"].get("compliant", 0), int(awaiting.group(1)), sum(d["totals"].values()),
+                on_page)
+
+    before = shown()
+    assert shown() == before
     answer = qa.post(f"/api/v1/studies/{c}/accept", body={"reason": "checked the contrast timing by hand"})
     if verdict == "unverifiable":
         assert answer.status == 200
+        assert shown() == (before[0] - 1, before[1] + 1, before[2] - 1, *before[3:])  # at once, not a kept copy
     else:
         assert answer.status == 409 and "only an unverifiable" in answer.json()["detail"]
+        assert shown() == before
+    before = shown()
+    node.send_study(node.tmp_studies, "s2", patient_id="PIDWEB4712", patient_name="WEBSECRET^BERT")  # type: ignore[attr-defined]
+    after = shown()
+    assert after[3] == before[3] + 1 and after[4] == before[4] + 1 and before[3] == before[4]
     rad = node.client()
     assert rad.login("radiographer1").status == 303
     w = _open_item(node, world)

@@ -3,8 +3,11 @@ only the latest version counts, a QA acceptance counts as compliant, filters nar
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import random
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -67,3 +70,45 @@ def test_rates_failures_versions_and_acceptance(db: Database) -> None:
         assert compliance.list_studies(s, compliance.Filters(verdict="awaiting"))["total"] == 0
     with pytest.raises(compliance.FilterError, match="start"):
         compliance.Filters.parse({"start": "2026-02-30"})
+
+
+def test_cached_dashboard_equals_the_straightforward_one_and_follows_every_change(db: Database) -> None:
+    """The web's dashboard cache (keyed on a change token read from the database) answers exactly what the
+    plain computation answers, on generated data, and a new check version or a QA acceptance shows at once."""
+    rnd = random.Random(14)
+    scanners, verdicts = ["MR1", "MR2", "MR3"], ["compliant", "compliant", "non-compliant", "unverifiable"]
+    requirements = ["sequence.t2_flair", "field_strength", "contrast_delay"]
+    unverifiable: list[int] = []
+    for i in range(60):
+        day = dt.date(2025, 12, 1) + dt.timedelta(days=rnd.randrange(120))
+        verdict = rnd.choice(verdicts)
+        failed = tuple(r for r in requirements if verdict == "non-compliant" and rnd.random() < 0.6)
+        check = _check(db, f"P{i % 17}", f"2.{i}", 1, day.strftime("%Y%m%d"), verdict, rnd.choice(scanners), failed)
+        if verdict == "unverifiable":
+            unverifiable.append(check)
+    cache = compliance.DashboardCache(size=4)
+    views = [(compliance.Filters(), "month"), (compliance.Filters(), "week"),
+             (compliance.Filters(scanner="MR2 / SN1"), "month"),
+             (compliance.Filters(start=dt.date(2026, 1, 7), end=dt.date(2026, 2, 20)), "week"),
+             (compliance.Filters.parse({"verdict": "awaiting"}), "month"),
+             (compliance.Filters.parse({"requirement": "field_strength"}), "week")]
+
+    def same_everywhere() -> dict[str, Any]:
+        with db.session() as s:
+            for f, by in views:
+                assert cache.dashboard(s, f, by) == compliance.dashboard(s, f, by), (f, by)
+            return cache.dashboard(s, compliance.Filters(), "month")
+
+    first = same_everywhere()
+    with db.session() as s:
+        assert cache.dashboard(s, compliance.Filters(), "month") is first  # unchanged database: the kept entry
+    _check(db, "P1", "2.0", 2, "20251201", "non-compliant", "MR3", ("contrast_delay",))  # a later version
+    second = same_everywhere()
+    assert second != first and second["totals"] != first["totals"]
+    with db.session() as s:
+        reviews.accept_as_compliant(s, unverifiable[0], "checked on the console", "qa1")
+    third = same_everywhere()
+    assert third["awaiting_review"] == second["awaiting_review"] - 1
+    with pytest.raises(compliance.FilterError, match="by"):
+        with db.session() as s:
+            cache.dashboard(s, compliance.Filters(), "day")

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import ColumnElement, case, false, func, select, true
 from sqlalchemy.orm import Session
 
 from msfollowup.app.results import PatientRef, RequirementRow, StudyResult
+from msfollowup.app.study_review import StudyDecision
 
+T = TypeVar("T")
 VERDICTS = ("compliant", "non-compliant", "unverifiable")
 EFFECTIVE = func.coalesce(StudyResult.reviewed_verdict, StudyResult.verdict)
 # "latest = 1", not "latest IS 1": only an equality lets the database seek the covering indexes.
@@ -108,13 +113,15 @@ def dashboard(session: Session, f: Filters, by: str = "week") -> dict[str, Any]:
         raise FilterError(f"by: {by!r} is not week or month")
     period = StudyResult.week if by == "week" else StudyResult.month
     where = f.where()
-    cells = session.execute(
+    # Core rows, not ORM rows: the week view has ~15,000 cells at 100,000 studies.
+    cells = session.connection().execute(
         select(StudyResult.scanner, StudyResult.profile_id, period, StudyResult.verdict, StudyResult.reviewed_verdict,
                func.count())
         .where(*where).group_by(StudyResult.scanner, StudyResult.profile_id, period, StudyResult.verdict,
                                 StudyResult.reviewed_verdict)
     ).all()
     per: dict[str, dict[tuple[str, str], list[int]]] = {"scanner": {}, "profile": {}}
+    per_scanner, per_profile = per["scanner"], per["profile"]
     totals: dict[str, int] = {}
     awaiting = 0
     for scanner, profile, when, verdict, reviewed, n in cells:
@@ -124,10 +131,14 @@ def dashboard(session: Session, f: Filters, by: str = "week") -> dict[str, Any]:
             awaiting += n
         if when is None:
             continue
-        for dim, key in (("scanner", scanner), ("profile", profile)):
-            cell = per[dim].setdefault((key, when), [0, 0])
-            cell[0] += n
-            cell[1] += n if effective == "compliant" else 0
+        ok = n if effective == "compliant" else 0
+        for dim, key in ((per_scanner, (scanner, when)), (per_profile, (profile, when))):
+            cell = dim.get(key)
+            if cell is None:
+                dim[key] = [n, ok]
+            else:
+                cell[0] += n
+                cell[1] += ok
     failing_q = (select(RequirementRow.requirement_id, func.max(RequirementRow.label), func.count())
                  .where(RequirementRow.status == "fail", RequirementRow.informational == false())
                  .group_by(RequirementRow.requirement_id).order_by(func.count().desc(), RequirementRow.requirement_id)
@@ -147,6 +158,72 @@ def dashboard(session: Session, f: Filters, by: str = "week") -> dict[str, Any]:
         "failing_requirements": [{"requirement": r, "label": label, "failures": n} for r, label, n in failing],
         "choices": _choices_from(cells) if not f.query() else filter_choices(session),
     }
+
+
+def change_token(session: Session) -> tuple[int, int, int, int]:
+    """A cheap value that changes whenever a dashboard figure can change, read from the database (so it is
+    right for every node sharing one PostgreSQL): study_results and requirement_results only grow (a check
+    inserts rows; the older version's `latest` flag flips in that same transaction), and the only update
+    of a verdict, a QA acceptance, appends a study_decisions row in its transaction. Row counts, not only
+    the highest id: on PostgreSQL a transaction holding a lower id can commit after one holding a higher."""
+    # One statement of four scalar subqueries: a bare count(*) and a bare max(primary key) each have
+    # their own fast path in SQLite (page counts, one index seek); together in one SELECT they scan.
+    parts = (select(func.count()).select_from(StudyResult), select(func.max(StudyResult.check_id)),
+             select(func.count()).select_from(StudyDecision), select(func.max(StudyDecision.id)))
+    row = session.execute(select(*(p.scalar_subquery() for p in parts))).one()
+    return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0), int(row[3] or 0)
+
+
+@dataclass
+class _Entry:
+    token: tuple[int, ...]
+    data: dict[str, Any]
+    derived: dict[str, Any] = field(default_factory=dict)
+
+
+class DashboardCache:
+    """The last few dashboards (per filters and period), kept while `change_token` stays the same.
+
+    The unfiltered dashboard at 100,000 studies is one GROUP BY over 100,000 index entries (~100 ms on a
+    loaded machine); most page views in between two recorded results ask the same question. The token is
+    read before the figures are computed, so a result recorded meanwhile can only make an entry newer than
+    its token (recomputed at the next view), never older. Entries are shared: callers must not modify them.
+    `derived` keeps what a caller builds from one entry (the page's charts) for as long as the entry lives."""
+
+    def __init__(self, size: int = 16) -> None:  # a week page entry with its charts and table: ~1.5 MB
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
+
+    def dashboard(self, session: Session, f: Filters, by: str = "week") -> dict[str, Any]:
+        if by not in ("week", "month"):
+            raise FilterError(f"by: {by!r} is not week or month")
+        key = (by, tuple(sorted(f.query().items())))
+        token = change_token(session)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None and found.token == token:
+                self._entries.move_to_end(key)
+                return found.data
+        data = dashboard(session, f, by)
+        with self._lock:
+            self._entries[key] = _Entry(token, data)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return data
+
+    def derived(self, data: dict[str, Any], name: str, make: Callable[[], T]) -> T:
+        """`make()` for this dashboard, built once while `data` is a kept entry (else every time)."""
+        with self._lock:
+            entry = next((e for e in self._entries.values() if e.data is data), None)
+            if entry is not None and name in entry.derived:
+                return cast(T, entry.derived[name])
+        value = make()
+        if entry is not None:
+            with self._lock:
+                entry.derived[name] = value
+        return value
 
 
 def _choices_from(cells: Any) -> dict[str, list[str]]:

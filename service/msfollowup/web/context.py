@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from msfollowup import __version__
+from msfollowup.app.compliance import DashboardCache
 from msfollowup.app.metrics import Metrics, run_checks
 from msfollowup.db import Database
 from msfollowup.site.config import Config
@@ -44,6 +45,7 @@ class WebContext:
     setup: SetupToken | None = None
     today: Callable[[], dt.date] = dt.date.today
     extra: dict[str, Any] = field(default_factory=dict)
+    dashboards: DashboardCache = field(default_factory=DashboardCache)  # per process; the token is in the DB
 
 
 def system_summary(ctx: WebContext) -> dict[str, Any]:
