@@ -3,8 +3,6 @@ change goes through a use case that audits it with the signed-in user."""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import logging
 import secrets
 from collections.abc import Callable
@@ -192,22 +190,9 @@ def _filters(request: Request) -> compliance.Filters:
         raise HTTPException(400, str(exc)) from None
 
 
-DEFAULT_DASHBOARD_DAYS = 365
-
-
-def _dashboard_filters(request: Request) -> compliance.Filters:
-    """The page opens on the last twelve months (a QA lead's yearly review, and a week chart one can read);
-    an explicit period, even an empty one from the form ("From" cleared: all time), is taken as given."""
-    f = _filters(request)
-    q = request.query_params
-    if not any(k in q for k in ("start", "end", "week", "month")):
-        f = dataclasses.replace(f, start=_ctx(request).today() - dt.timedelta(days=DEFAULT_DASHBOARD_DAYS))
-    return f
-
-
 @router.get("/")
 def dashboard(request: Request, who: Principal = Depends(require("read"))) -> Response:
-    f = _dashboard_filters(request)
+    f = _filters(request)
     by = request.query_params.get("by", "week")
     try:
         with _ctx(request).db.session() as s:
