@@ -243,6 +243,7 @@ def main() -> int:
     ap.add_argument("--multiframe-mb", type=int, default=1024, help="0: skip case (d)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cases", default="abc", help="which of the cases a, b, c to run")
+    ap.add_argument("--only-msfollowup", action="store_true", help="no other receivers (quick A/B runs)")
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-"))
     print(f"generating data under {root} ...", flush=True)
@@ -250,7 +251,9 @@ def main() -> int:
     large = make_set(root / "large", args.large, 512, 500)
 
     receivers: list[Receiver] = [MsFollowup(), DcmtkStoreSCP()]
-    if Path(ORTHANC).exists():
+    if args.only_msfollowup:
+        receivers = receivers[:1]
+    elif Path(ORTHANC).exists():
         receivers.append(Orthanc())
     else:
         print(f"note: Orthanc skipped ({ORTHANC} not installed; `apt-get install orthanc` to include it)")
