@@ -15,7 +15,9 @@ peak RSS, and each receiver's ratio to msfollowup.
 * Orthanc (Debian `orthanc`, if /usr/sbin/Orthanc exists): default SQLite index, SyncStorageArea on,
   TCP_NODELAY=1 (it uses DCMTK's network layer); skipped with a note when not installed.
 
-storescu always runs with TCP_NODELAY=1 (DCMTK disables Nagle only when asked). Finally (d): the peak
+storescu runs with TCP_NODELAY=1 (DCMTK disables Nagle only when asked) in (a)-(c); (e) is (a) with
+storescu's default (Nagle on), as most modalities send: a receiver that delays its ACKs then waits
+~40 ms per instance. Finally (d): the peak
 RSS of msfollowup while it receives one large enhanced multi-frame object.
 """
 
@@ -63,20 +65,24 @@ def make_set(root: Path, count: int, size: int, seed: int) -> list[Path]:
     return files[:count]
 
 
-def send(port: int, aec: str, files: list[Path]) -> None:
+NAGLE = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}  # storescu's default, like most modalities
+
+
+def send(port: int, aec: str, files: list[Path], env: dict[str, str] | None = None) -> None:
     """One storescu association per 500 files (keeps argv small), explicit VR little endian."""
     args = [STORESCU, "-aet", "STORESCU", "-aec", aec, "-xe", "127.0.0.1", str(port)]
     for i in range(0, len(files), 500):
-        subprocess.run(args + [str(f) for f in files[i:i + 500]], check=True, capture_output=True, env=NODELAY)
+        subprocess.run(args + [str(f) for f in files[i:i + 500]], check=True, capture_output=True,
+                       env=NODELAY if env is None else env)
 
 
-def timed_send(port: int, aec: str, batches: list[list[Path]]) -> float:
+def timed_send(port: int, aec: str, batches: list[list[Path]], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
     if len(batches) == 1:
-        send(port, aec, batches[0])
+        send(port, aec, batches[0], env)
     else:
         with ThreadPoolExecutor(len(batches)) as pool:
-            for f in [pool.submit(send, port, aec, b) for b in batches]:
+            for f in [pool.submit(send, port, aec, b, env) for b in batches]:
                 f.result()
     return time.perf_counter() - start
 
@@ -218,12 +224,13 @@ class Figures:
     rss: list[float] = field(default_factory=list)
 
 
-def measure(rx: Receiver, folder: Path, batches: list[list[Path]], mb: float, fig: Figures) -> None:
+def measure(rx: Receiver, folder: Path, batches: list[list[Path]], mb: float, fig: Figures,
+            env: dict[str, str] | None = None) -> None:
     n = sum(len(b) for b in batches)
     pid = rx.start(folder)
     try:
         cpu0 = cpu_seconds(pid)
-        t = timed_send(rx.port, rx.ae_title, batches)
+        t = timed_send(rx.port, rx.ae_title, batches, env)
         cpu = cpu_seconds(pid) - cpu0
         fig.rss.append(peak_rss_mb(pid))
     finally:
@@ -242,7 +249,7 @@ def main() -> int:
     ap.add_argument("--senders", type=int, default=4)
     ap.add_argument("--multiframe-mb", type=int, default=1024, help="0: skip case (d)")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--cases", default="abc", help="which of the cases a, b, c to run")
+    ap.add_argument("--cases", default="abce", help="which of the cases a, b, c, e to run")
     ap.add_argument("--only-msfollowup", action="store_true", help="no other receivers (quick A/B runs)")
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-"))
@@ -262,6 +269,7 @@ def main() -> int:
         (f"(b) {len(large)} x 512x512, 1 sender", [large]),
         (f"(c) {len(small)} x 256x256, {args.senders} senders",
          [small[i::args.senders] for i in range(args.senders)]),
+        (f"(e) {len(small)} x 256x256, Nagle on", [small]),  # the sender as a modality: no TCP_NODELAY
     ]
     cases = [c for c in cases if c[0][1] in args.cases]
     print(f"medians of {args.reps} interleaved repetitions; ratio = receiver / msfollowup (inst/s)", flush=True)
@@ -273,7 +281,7 @@ def main() -> int:
         for rep in range(args.reps):
             order = receivers[rep % len(receivers):] + receivers[:rep % len(receivers)]
             for rx in order:
-                measure(rx, root / f"rx-{rx.name}", batches, mb, figs[rx.name])
+                measure(rx, root / f"rx-{rx.name}", batches, mb, figs[rx.name], NAGLE if label.startswith("(e)") else None)
         ref = statistics.median(figs["msfollowup"].rate)
         for rx in receivers:
             f = figs[rx.name]

@@ -606,6 +606,23 @@ def _host(address: Any) -> str:
     return str(address[0]) if isinstance(address, tuple) else str(address)
 
 
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
+
+
+def _quickack(sock: socket.socket) -> None:
+    """Acknowledge what arrives at once instead of after the delayed-ACK timer (40 ms on Linux).
+
+    A sender that leaves Nagle's algorithm on (DCMTK storescu without TCP_NODELAY=1, and most modalities)
+    holds the small P-DATA that follows a C-STORE command until the command is acknowledged; with delayed
+    ACKs that costs ~40-50 ms per instance (measured: 18.5 instances/s instead of 71-85). Linux clears
+    the flag by itself, so it is set again before every read."""
+    if _QUICKACK is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        except OSError:
+            pass
+
+
 def _read_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
     """n bytes before `deadline`, or PeerViolation (closed, timed out)."""
     out = bytearray()
@@ -614,6 +631,7 @@ def _read_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
         if left <= 0:
             raise PeerViolation("timed out")
         sock.settimeout(left)
+        _quickack(sock)
         try:
             data = sock.recv(min(n - len(out), _READ))
         except (TimeoutError, socket.timeout):
@@ -712,6 +730,7 @@ class BoundedSocket(AssociationSocket):
         if left <= 0:
             raise PeerViolation("timed out")
         sock.settimeout(left)
+        _quickack(sock)
         try:
             data = sock.recv(min(self._left, _READ))
         except (TimeoutError, socket.timeout):
