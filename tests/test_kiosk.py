@@ -131,3 +131,12 @@ def test_the_console_enters_the_token_once_and_revoking_it_ends_the_screen(node:
     assert revoked.returncode == 0, revoked.stderr
     after = console.get("/live")
     assert after.status in (303, 401) and "ACC-MR1" not in after.text
+
+
+def test_a_kiosk_principal_without_a_station_sees_no_panel() -> None:
+    from msfollowup.app.accounts import Principal
+
+    assert not Principal(1, "screen", "kiosk").sees_station("MR1", "MRSCANNER")
+    assert Principal(1, "screen", "kiosk", station="mr1 ").sees_station("MR1", None)
+    assert not Principal(1, "screen", "kiosk", station="MR1").sees_station("MR2", "MR2 ROOM")
+    assert Principal(2, "alice", "radiographer").sees_station("MR2", None)

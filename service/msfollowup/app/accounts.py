@@ -102,7 +102,7 @@ class Principal:
     def sees_station(self, *names: object) -> bool:
         """May this principal see a panel of a scanner known by `names` (calling AE, station name)?"""
         if self.station is None:
-            return True
+            return self.role != KIOSK  # a kiosk without its station (not made by `token create`) sees none
         want = self.station.strip().upper()
         return any(isinstance(n, str) and n.strip().upper() == want for n in names)
 
