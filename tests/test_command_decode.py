@@ -1,4 +1,4 @@
-"""The C-STORE-RQ command set decoder in net/compat.py against pynetdicom's own decode (through pydicom):
+"""The C-STORE-RQ command set decoder in net/compat/dimse.py against pynetdicom's own decode (through pydicom):
 same message class, same primitive field for field (values and types), same spooled file bytes, same
 exception where pynetdicom raises; and the fast path is really taken for ordinary requests."""
 
@@ -17,7 +17,7 @@ from pynetdicom import _config, dimse_messages
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.pdu_primitives import P_DATA
 
-from msfollowup.net import compat
+from msfollowup.net.compat import dimse as compat
 
 CT = b"1.2.840.10008.5.1.4.1.1.2\x00"  # odd UID, NUL padded
 MR = b"1.2.840.10008.5.1.4.1.1.4\x00"
