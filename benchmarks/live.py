@@ -30,14 +30,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import httpx  # noqa: E402
-from pydicom import dcmread  # noqa: E402
 from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]  # noqa: E402
 
 from dicom_fixtures import generate_study  # noqa: E402
-from nodeutil import DCMTK, RunningNode  # noqa: E402
+from nodeutil import DCMTK, RunningNode, performed_series  # noqa: E402
 from test_live import LiveNode, SseClient  # noqa: E402
 
 
@@ -106,17 +105,9 @@ def failing_series(node: LiveNode, root: Path, instances: int, seed: int, by_mpp
         storescu(node.port, list(t2.files))
         start = time.perf_counter()
         if assoc is not None:
-            item = Dataset()
-            item.SeriesInstanceUID = t2.series_uid
-            item.ReferencedImageSequence = []
-            for path in t2.files:
-                ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
-                r = Dataset()
-                r.ReferencedSOPClassUID, r.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-                item.ReferencedImageSequence.append(r)
             nset = Dataset()
             nset.PerformedProcedureStepStatus = "IN PROGRESS"
-            nset.PerformedSeriesSequence = [item]
+            nset.PerformedSeriesSequence = performed_series(list(t2.files))
             assert assoc.send_n_set(nset, ModalityPerformedProcedureStep, mpps_uid)[0].Status == 0
             start = time.perf_counter()
         sse.wait_for("the 5 mm T2 flagged", _t2_failing(study.study_uid, t2.series_uid), timeout=60)

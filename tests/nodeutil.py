@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
 
 from msfollowup.net import worklist_scp as mwl_scp
@@ -300,3 +302,21 @@ class TcpBalancer:
         assert self.proc is not None
         self.proc.terminate()
         self.proc.wait(10)
+
+
+def performed_series(files: list[Path]) -> list[Dataset]:
+    """Performed Series Sequence items listing every instance, as a modality's final N-SET does."""
+    series: dict[str, Dataset] = {}
+    for path in files:
+        ds = dcmread(path, stop_before_pixels=True)
+        item = series.get(ds.SeriesInstanceUID)
+        if item is None:
+            item = series[ds.SeriesInstanceUID] = Dataset()
+            item.SeriesInstanceUID = ds.SeriesInstanceUID
+            item.SeriesDescription = ds.get("SeriesDescription", "")
+            item.ReferencedImageSequence = []
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = ds.SOPClassUID
+        ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        item.ReferencedImageSequence.append(ref)
+    return list(series.values())

@@ -25,7 +25,7 @@ from msfollowup.db import provisional as records
 from msfollowup.app.live.broker import Broker
 from msfollowup.check.provisional import Expected, StudyContext, initials, provisional_check
 from msfollowup.site.profiles import get_profile
-from nodeutil import DCMTK, free_port, track, write_config
+from nodeutil import DCMTK, free_port, performed_series, track, write_config
 
 HERE = Path(__file__).resolve().parent
 TOKEN = "live-test-token"
@@ -244,7 +244,6 @@ def test_a_series_the_mpps_reports_done_is_judged_at_once_without_waiting_to_set
     """Issue 15: "as each series settles (no new instance for a few seconds, or the MPPS N-SET listing it)".
     With a settle time of a minute, the T2 the modality lists in an IN PROGRESS N-SET is classified
     (and its 5 mm slices flagged) within seconds; the series it does not list yet keep "receiving"."""
-    from pydicom import dcmread
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
     from pynetdicom import AE
@@ -278,16 +277,7 @@ def test_a_series_the_mpps_reports_done_is_judged_at_once_without_waiting_to_set
 
         listed = Dataset()
         listed.PerformedProcedureStepStatus = "IN PROGRESS"
-        item = Dataset()
-        item.SeriesInstanceUID = t2.series_uid
-        item.ReferencedImageSequence = []
-        for path in t2.files:
-            ds = dcmread(path, stop_before_pixels=True)
-            r = Dataset()
-            r.ReferencedSOPClassUID = ds.SOPClassUID
-            r.ReferencedSOPInstanceUID = ds.SOPInstanceUID
-            item.ReferencedImageSequence.append(r)
-        listed.PerformedSeriesSequence = [item]
+        listed.PerformedSeriesSequence = performed_series(list(t2.files))
         sent = time.monotonic()
         status, _ = assoc.send_n_set(listed, ModalityPerformedProcedureStep, mpps_uid)
         assert status.Status == 0x0000

@@ -17,7 +17,7 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nodeutil import RunningNode  # noqa: E402
+from nodeutil import RunningNode, performed_series  # noqa: E402
 
 from dicom_fixtures import generate_study  # noqa: E402
 from msfollowup.app.worklist import ScheduledStep  # noqa: E402
@@ -45,24 +45,6 @@ def _findscu(node: RunningNode, tmp: Path, name: str, pn: str) -> list[Dataset]:
     return [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
 
 
-def _performed_series(files: list[Path]) -> list[Dataset]:
-    """Performed Series Sequence items listing every instance, as a modality's final N-SET does."""
-    series: dict[str, Dataset] = {}
-    for path in files:
-        ds = dcmread(path, stop_before_pixels=True)
-        item = series.get(ds.SeriesInstanceUID)
-        if item is None:
-            item = series[ds.SeriesInstanceUID] = Dataset()
-            item.SeriesInstanceUID = ds.SeriesInstanceUID
-            item.SeriesDescription = ds.get("SeriesDescription", "")
-            item.ReferencedImageSequence = []
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = ds.SOPClassUID
-        ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
-        item.ReferencedImageSequence.append(ref)
-    return list(series.values())
-
-
 def _mpps(node: RunningNode, study_uid: str, files: list[Path], item: Dataset | None = None) -> None:
     """N-CREATE IN PROGRESS, N-SET COMPLETED listing `files`; scheduled (item) or unscheduled."""
     ae = AE(ae_title="MPPSSCU")
@@ -87,7 +69,7 @@ def _mpps(node: RunningNode, study_uid: str, files: list[Path], item: Dataset | 
         assert status.Status == 0x0000
         done = Dataset()
         done.PerformedProcedureStepStatus = "COMPLETED"
-        done.PerformedSeriesSequence = _performed_series(files)
+        done.PerformedSeriesSequence = performed_series(files)
         status, _ = assoc.send_n_set(done, ModalityPerformedProcedureStep, uid)
         assert status.Status == 0x0000
     finally:
