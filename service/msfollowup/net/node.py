@@ -158,11 +158,14 @@ class Node:
         # Access control is done in _on_requested (AE title + host); pynetdicom's own checks off.
         ae.require_called_aet = False
         ae.add_supported_context(Verification, _UNCOMPRESSED)
-        for cx in AllStoragePresentationContexts:
-            if cx.abstract_syntax is not None:
-                ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
-        for uid in extra_contexts:
-            ae.add_supported_context(uid, _UNCOMPRESSED)
+        storage = [cx.abstract_syntax for cx in AllStoragePresentationContexts if cx.abstract_syntax is not None]
+        for uid in storage:
+            ae.add_supported_context(uid, ACCEPTED_TRANSFER_SYNTAXES)
+        # What netcompat's lean data-transfer path may serve: storage and echo, nothing the extra handlers
+        # (worklist, MPPS) answer; an association that also negotiated one of those stays with pynetdicom.
+        self._storage_syntaxes = frozenset({str(u) for u in storage} | {netcompat.VERIFICATION}) - set(extra_contexts)
+        for extra in extra_contexts:
+            ae.add_supported_context(extra, _UNCOMPRESSED)
         return ae
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -175,8 +178,9 @@ class Node:
             artim_seconds=node.acse_timeout, pdu_seconds=node.network_timeout, max_pdu=node.max_pdu,
             half_open_per_host=HALF_OPEN_PER_HOST, half_open_total=max(HALF_OPEN_TOTAL, 2 * node.max_associations),
         )
+        lean = netcompat.LeanConfig(self._storage_syntaxes, self._on_lean_store) if node.lean_storage else None
         server = netcompat.make_guarded_server(
-            self.ae, (node.host, node.port), self.handlers, self.ssl_context, node.acse_timeout, limits,
+            self.ae, (node.host, node.port), self.handlers, self.ssl_context, node.acse_timeout, limits, lean,
         )
         self._serving = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
         self._serving.start()
@@ -309,16 +313,16 @@ class Node:
         self.metrics.inc("associations_ended_total", {"outcome": how})
         audit.write_safely(self.store.db, self._audit_entries(st, how))
 
-    def _count(self, event: Event, key: str) -> None:
+    def _count(self, assoc: Association, key: str) -> None:
         with self._lock:
-            st = self._stats.get(id(event.assoc))
+            st = self._stats.get(id(assoc))
             if st is not None:
                 setattr(st, key, getattr(st, key) + 1)
         if key in _INSTANCE_OUTCOMES:
             self.metrics.inc("instances_total", {"outcome": _INSTANCE_OUTCOMES[key]})
 
     def count_found(self, event: Event) -> None:
-        self._count(event, "found")
+        self._count(event.assoc, "found")
 
     # -- services
 
@@ -326,57 +330,65 @@ class Node:
         return STATUS_SUCCESS
 
     def _on_store(self, event: Event) -> Dataset | int:
-        calling = str(event.assoc.requestor.ae_title).strip()
-        if netcompat.dataset_path(event.request) is None:  # Command Data Set Type 0x0101
-            self._count(event, "failed")
+        """EVT_C_STORE: a storage association that pynetdicom serves to the end (e.g. with MPPS contexts)."""
+        request = cast(C_STORE, event.request)
+        return self._store(event.assoc, netcompat.dataset_path(request), netcompat.dataset_spool(request),
+                           str(request.AffectedSOPInstanceUID), str(request.AffectedSOPClassUID))
+
+    def _on_lean_store(self, assoc: Association, request: netcompat.StoreRequest) -> Dataset | int:
+        """A C-STORE served by netcompat's lean data-transfer path (storage-only associations)."""
+        return self._store(assoc, request.path, request.spool, request.sop_instance, request.sop_class)
+
+    def _store(self, assoc: Association, path: str | None, spool: object, sop_instance: str,
+               sop_class: str) -> Dataset | int:
+        """Ingest one received data set (its spool file at `path`) and say what to answer."""
+        calling = str(assoc.requestor.ae_title).strip()
+        if path is None:  # Command Data Set Type 0x0101
+            self._count(assoc, "failed")
             log.warning("C-STORE without a data set calling_ae=%s", calling)
             return _status(STATUS_PROCESSING_FAILURE, "C-STORE request without a data set")
-        spool = netcompat.dataset_spool(event.request)
         if isinstance(spool, SpoolFile) and spool.error is not None:
-            self._count(event, "failed")
+            self._count(assoc, "failed")
             log.error("C-STORE out of resources while receiving calling_ae=%s error=%s", calling, spool.error.strerror)
             return _status(STATUS_OUT_OF_RESOURCES, f"cannot store: {spool.error.strerror}")
+        temp = Path(path)
         try:
-            temp = Path(event.dataset_path)
-            request = cast(C_STORE, event.request)
-            result = self.store.ingest_file(
-                temp, calling_ae=calling, expected_sop=str(request.AffectedSOPInstanceUID),
-                expected_sop_class=str(request.AffectedSOPClassUID),
-            )
+            result = self.store.ingest_file(temp, calling_ae=calling, expected_sop=sop_instance,
+                                            expected_sop_class=sop_class)
         except IngestError as exc:
-            self._count(event, "failed")
+            self._count(assoc, "failed")
             log.warning("C-STORE failed calling_ae=%s status=0x%04X reason=%s", calling, exc.status, exc)
             return _status(exc.status, str(exc))
         except OSError as exc:
-            self._count(event, "failed")
+            self._count(assoc, "failed")
             log.error("C-STORE out of resources calling_ae=%s error=%s", calling, exc.strerror)
             return _status(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc.strerror}")
         except OperationalError as exc:  # index locked, full or unreachable: transient, the sender may retry
-            self._count(event, "failed")
+            self._count(assoc, "failed")
             log.error("C-STORE index unavailable calling_ae=%s error=%s", calling, str(exc.orig).partition("\n")[0][:200])
             return _status(STATUS_OUT_OF_RESOURCES, "index database unavailable")
         except Exception as exc:  # noqa: BLE001 - a bug: never acknowledge
-            self._count(event, "failed")
+            self._count(assoc, "failed")
             log.exception("C-STORE processing failure calling_ae=%s", calling)
             return _status(STATUS_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")
-        self._received(event, temp, result)
+        self._received(assoc, temp, result)
         if result.outcome is Outcome.DUPLICATE_KEPT_FIRST:
-            self._count(event, "duplicates")
+            self._count(assoc, "duplicates")
             log.warning("duplicate SOP instance with different content, first copy kept study=%s", result.study_uid)
             return _status(STATUS_DUPLICATE_WARNING, "duplicate SOP Instance UID, different content; first kept")
-        self._count(event, "duplicates" if result.outcome is Outcome.DUPLICATE_SAME else "stored")
+        self._count(assoc, "duplicates" if result.outcome is Outcome.DUPLICATE_SAME else "stored")
         return STATUS_SUCCESS
 
     # -- metrics and audit (kept off the C-STORE answer: memory only until the association ends)
 
-    def _received(self, event: Event, temp: Path, result: IngestResult) -> None:
+    def _received(self, assoc: Association, temp: Path, result: IngestResult) -> None:
         try:
             size = temp.stat().st_size
         except OSError:
             size = 0
         self.metrics.inc("received_bytes_total", value=size)
         with self._lock:
-            st = self._stats.get(id(event.assoc))
+            st = self._stats.get(id(assoc))
             if st is not None:
                 st.studies[result.study_uid] = st.studies.get(result.study_uid, 0) + 1
 

@@ -51,6 +51,9 @@ class NodeConfig(_Section):
     dimse_timeout: float = Field(default=60.0, gt=0)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     max_pdu: int = Field(default=262144, ge=0)
+    # Storage-only associations: the data-transfer phase runs in net/compat/lean.py instead of
+    # pynetdicom's state machine (same answers, ~3 ms less CPU per instance). false: pynetdicom throughout.
+    lean_storage: bool = True
     tls: TLSConfig | None = None
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))

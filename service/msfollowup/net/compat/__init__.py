@@ -32,8 +32,9 @@ from msfollowup.net.compat.dimse import (
     reject,
     stream_datasets_to,
 )
+from msfollowup.net.compat.lean import VERIFICATION, LeanConfig, StoreRequest
 from msfollowup.net.compat.server import GuardedServer, make_guarded_server
 from msfollowup.net.compat.transport import Limits, PeerViolation
 
-__all__ = ["GuardedServer", "Limits", "PeerViolation", "dataset_path", "dataset_spool", "make_guarded_server",
+__all__ = ["VERIFICATION", "GuardedServer", "LeanConfig", "Limits", "StoreRequest", "PeerViolation", "dataset_path", "dataset_spool", "make_guarded_server",
            "partial_spool", "raw_socket", "reject", "stream_datasets_to"]

@@ -20,6 +20,7 @@ from pynetdicom.transport import AssociationSocket
 
 
 
+from msfollowup.net.compat.lean import LeanConfig, LeanStorage, finish, new_spool, raw_transport
 from msfollowup.net.compat.transport import BoundedSocket
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class EventDUL(DULServiceProvider):
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self.finished = False
+        self.handed_over = False  # stopped after the A-ASSOCIATE-AC for the lean data-transfer phase
         self.to_provider_queue = _SignallingQueue(self.wake)
         self.event_queue = _SignallingQueue(self.wake)  # the transport may queue Evt17 from elsewhere
 
@@ -149,6 +151,12 @@ class EventDUL(DULServiceProvider):
                 continue
             self.state_machine.do_action(event)
             idle = False
+            if event == "Evt7" and self.state_machine.current_state == "Sta6" \
+                    and cast(EventAssociation, self.assoc)._lean_wanted():
+                # The A-ASSOCIATE-AC is sent: the association's thread serves the rest (compat.lean). Stop
+                # before reading another byte; the socket stays open.
+                self.handed_over = True
+                return
 
     def _wait(self) -> None:
         """Block until the peer sent something, a primitive or event is queued, a stop is asked for, or
@@ -199,6 +207,33 @@ class EventAssociation(Association):
         self.network_timeout = self.network_timeout
         self.dul.to_user_queue = _SignallingQueue(self._wake.set)
         self.dimse.msg_queue = _SignallingQueue(self._wake.set)
+        self.lean: LeanConfig | None = None  # set by the server: storage associations may take compat.lean
+        self._lean_server: LeanStorage | None = None
+
+    def _lean_wanted(self) -> bool:
+        """Every accepted context is one the lean path serves (known once the contexts are negotiated,
+        before the A-ASSOCIATE-AC is queued: the DUL and this thread decide alike)."""
+        return self.lean is not None and self.lean.eligible(self)
+
+    def abort(self, block: bool = True) -> None:
+        lean = self._lean_server
+        if lean is not None:
+            lean.abort()
+            return
+        super().abort(block)
+
+    def _serve_lean(self) -> bool:
+        """The data-transfer phase in compat.lean, when the DUL handed the socket over; False: it did not
+        (its thread ended some other way) and pynetdicom's reactor sees to the rest."""
+        dul = cast(EventDUL, self.dul)
+        dul.join(max(float(self.acse_timeout or 0), REACTOR_RECHECK))  # it stops right after sending the AC
+        transport = raw_transport(self)
+        if not dul.handed_over or dul.is_alive() or transport is None or self.lean is None:
+            return False
+        self._lean_server = LeanStorage(self, transport, self.lean, self.network_timeout, new_spool)
+        how = self._lean_server.run()
+        finish(self, how)
+        return True
 
     def kill(self) -> None:
         self._kill = True
@@ -221,7 +256,10 @@ class EventAssociation(Association):
         self._wake.wait(REACTOR_RECHECK if idle is None else min(REACTOR_RECHECK, idle))
 
     def _run_reactor(self) -> None:
-        """pynetdicom's Association._run_reactor with `time.sleep(0.001)` replaced by `_wait_for_work()`."""
+        """pynetdicom's Association._run_reactor with `time.sleep(0.001)` replaced by `_wait_for_work()`,
+        or compat.lean's loop for a storage association."""
+        if self._lean_wanted() and self._serve_lean():
+            return
         self._is_paused = False
         while not self._kill:
             self._wait_for_work()

@@ -22,6 +22,7 @@ from pynetdicom.transport import RequestHandler
 from msfollowup.net.tls import AssociationServer
 
 
+from msfollowup.net.compat.lean import LeanConfig
 from msfollowup.net.compat.reactor import EventAssociation
 from msfollowup.net.compat.transport import (
     _A_ASSOCIATE_RQ, ASSOCIATION_PDU_LIMIT, PDU_HEADER, BoundedSocket, Limits, PeerViolation, _host, _read_exactly, cut,
@@ -63,8 +64,11 @@ class _GuardedHandler(RequestHandler):
         assoc.acceptor.address_info = self.local
         assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(server.contexts)
+        # pynetdicom deep-copies the ~160 supported contexts (all transfer syntaxes each) for every
+        # association, ~0.3 s of CPU; negotiation only reads them, so one copy made at start is shared.
+        assoc.acceptor.supported_contexts = server.shared_contexts()
         assoc.requestor.address_info = self.remote
+        assoc.lean = server.lean
         for event in server._handlers:
             if event.is_intervention and server._handlers[event]:
                 assoc.bind(event, *server._handlers[event])
@@ -95,13 +99,15 @@ def read_association_request(sock: socket.socket, limits: Limits) -> bytes:
 class GuardedServer(AssociationServer):
     """The TLS-aware association server with the limits above (see the module docstring)."""
 
-    def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: Limits, lean: LeanConfig | None = None, **kwargs: Any) -> None:
         self.limits = limits
+        self.lean = lean
         self._lock = threading.Lock()
         self._half_open: dict[str, int] = {}
         self._sockets: set[BoundedSocket] = set()
         self._refused = 0
         self._last_refusal_log = 0.0
+        self._contexts_copy: list[Any] | None = None
         super().__init__(*args, request_handler=_GuardedHandler, **kwargs)
 
     # -- half-open connections: counted from accept to a complete A-ASSOCIATE-RQ (or its failure)
@@ -131,6 +137,13 @@ class GuardedServer(AssociationServer):
                     self._half_open[host] = n
                 else:
                     self._half_open.pop(host, None)
+
+    def shared_contexts(self) -> list[Any]:
+        """One deep copy of the supported contexts (taken at the first association), read by all."""
+        with self._lock:
+            if self._contexts_copy is None:
+                self._contexts_copy = deepcopy(self.contexts)
+            return self._contexts_copy
 
     def half_open(self) -> int:
         with self._lock:
@@ -165,11 +178,12 @@ class GuardedServer(AssociationServer):
 
 
 def make_guarded_server(ae: Any, address: tuple[str, int], handlers: list[Any], ssl_context: Any,
-                        handshake_timeout: float, limits: Limits) -> GuardedServer:
-    """What `ae.start_server(block=False)` does, with the guarded server; AE.shutdown() finds it."""
+                        handshake_timeout: float, limits: Limits, lean: LeanConfig | None = None) -> GuardedServer:
+    """What `ae.start_server(block=False)` does, with the guarded server; AE.shutdown() finds it.
+    `lean`: storage associations serve their data-transfer phase in compat.lean."""
     server = cast(GuardedServer, ae.make_server(
         address, evt_handlers=handlers, ssl_context=ssl_context, server_class=GuardedServer,
-        handshake_timeout=handshake_timeout, limits=limits,
+        handshake_timeout=handshake_timeout, limits=limits, lean=lean,
     ))
     ae._servers.append(server)
     return server
