@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+_SEQUENCE = itertools.count()
+
+
+def _create(folder: Path) -> tuple[int, str]:
+    """A new file of our own in `folder`: process id and a counter, created exclusively (a name left by
+    an earlier process is skipped). tempfile.mkstemp's random names cost ~0.2 ms of CPU per instance."""
+    while True:
+        name = os.path.join(folder, f"{os.getpid()}-{next(_SEQUENCE)}.part")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), name
+        except FileExistsError:
+            continue
 
 
 class SpoolFile:
@@ -27,7 +41,7 @@ class SpoolFile:
         self._lock = threading.Lock()
         self.name = str(folder / "unavailable.part")
         try:
-            self._fd, self.name = tempfile.mkstemp(dir=folder, suffix=".part")
+            self._fd, self.name = _create(folder)
         except OSError as exc:  # no inode / no descriptor left: same answer as a full disk
             self.error = exc
         self.file = self  # pynetdicom calls `.file.flush()`
