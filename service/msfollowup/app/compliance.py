@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, false, func, select, true, union_all
+from sqlalchemy import ColumnElement, and_, case, false, func, or_, select, true, union_all
 from sqlalchemy.orm import Session
 
 from msfollowup.app.results import PatientRef, RequirementRow, StudyResult
@@ -121,11 +121,11 @@ def dashboard(session: Session, f: Filters, by: str = "week") -> dict[str, Any]:
     weeks, edges = _split(f)
     if weeks is None:  # the range holds no whole week
         return dashboard_from_rows(session, f, by)
-    cells = _rollup_cells(session, weeks, by)
+    sums = _rollup_sums(session, weeks, by)
     for edge in edges:
-        cells += _row_cells(session, edge, by)
-    failing = _failing_merged(session, weeks, edges)
-    return _shape(f, by, cells, failing, _choices_from(cells) if not f.query() else filter_choices(session))
+        sums.add_cells(_row_cells(session, edge, by))
+    # Unfiltered, every scanner and profile there is also has a cell here: the choices are the same set.
+    return _shape(f, by, sums, _failing_merged(session, weeks, edges), filter_choices(session))
 
 
 def dashboard_from_rows(session: Session, f: Filters, by: str = "week") -> dict[str, Any]:
@@ -136,7 +136,9 @@ def dashboard_from_rows(session: Session, f: Filters, by: str = "week") -> dict[
     cells = _row_cells(session, f, by)
     failing_q = _failing_rows(f).order_by(func.count().desc(), RequirementRow.requirement_id).limit(10)
     failing = [tuple(r) for r in session.execute(failing_q)]
-    return _shape(f, by, cells, failing, _choices_from(cells) if not f.query() else filter_choices(session))
+    sums = _Sums()
+    sums.add_cells(cells)
+    return _shape(f, by, sums, failing, _choices_from(cells) if not f.query() else filter_choices(session))
 
 
 def _row_cells(session: Session, f: Filters, by: str) -> list[Cell]:
@@ -193,15 +195,23 @@ def _rollup_where(f: Filters, table: Any) -> list[ColumnElement[bool]]:
     return c
 
 
-def _rollup_cells(session: Session, f: Filters, by: str) -> list[Cell]:
-    period = ComplianceCell.week if by == "week" else ComplianceCell.month
-    key = (ComplianceCell.scanner, ComplianceCell.profile_id, period, ComplianceCell.verdict, ComplianceCell.reviewed)
-    rows = session.connection().execute(
-        select(*key, func.sum(ComplianceCell.studies))
-        .where(ComplianceCell.studies > 0, *_rollup_where(f, ComplianceCell.__table__))
-        .group_by(*key)).all()
-    return [(scanner, profile, when or None, verdict, reviewed or None, int(n))
-            for scanner, profile, when, verdict, reviewed, n in rows]
+def _rollup_sums(session: Session, f: Filters, by: str) -> _Sums:
+    """The figures of the rollup's cells, summed in SQL per scanner and period, per profile and period,
+    and per verdict: ~1,700 rows for the week view instead of ~16,000 cells shaped in Python."""
+    c = ComplianceCell
+    period = c.week if by == "week" else c.month
+    where = [c.studies > 0, *_rollup_where(f, c.__table__)]
+    compliant = or_(c.reviewed == "compliant", and_(c.reviewed == "", c.verdict == "compliant"))
+    ok = func.sum(case((compliant, c.studies), else_=0))
+    conn = session.connection()
+    sums = _Sums()
+    for dim, column in (("scanner", c.scanner), ("profile", c.profile_id)):
+        sums.per[dim] = {(key, when): [int(n), int(k)] for key, when, n, k in conn.execute(
+            select(column, period, func.sum(c.studies), ok).where(*where, period != "").group_by(column, period))}
+    for verdict, reviewed, n in conn.execute(
+            select(c.verdict, c.reviewed, func.sum(c.studies)).where(*where).group_by(c.verdict, c.reviewed)):
+        sums.add_total(verdict, reviewed or None, int(n))
+    return sums
 
 
 def _failing_merged(session: Session, weeks: Filters, edges: list[Filters]) -> list[tuple[str, str | None, int]]:
@@ -220,36 +230,48 @@ def _failing_merged(session: Session, weeks: Filters, edges: list[Filters]) -> l
     return [(r, label, int(n)) for r, label, n in rows]
 
 
-def _shape(f: Filters, by: str, cells: list[Cell], failing: list[tuple[Any, ...]],
-           choices: dict[str, list[str]]) -> dict[str, Any]:
-    """Both dimensions and the totals summed up here from the cells: one pass instead of four queries.
-    A key may come more than once (rollup and part-week rows): every figure is a sum."""
-    per: dict[str, dict[tuple[str, str], list[int]]] = {"scanner": {}, "profile": {}}
-    per_scanner, per_profile = per["scanner"], per["profile"]
-    totals: dict[str, int] = {}
-    awaiting = 0
-    for scanner, profile, when, verdict, reviewed, n in cells:
+class _Sums:
+    """Studies and compliant studies per (scanner, period) and (profile, period), totals per effective
+    verdict, and the number awaiting review. Every figure is a sum, so parts add up: the rollup's whole
+    weeks and the part-weeks' rows."""
+
+    def __init__(self) -> None:
+        self.per: dict[str, dict[tuple[str, str], list[int]]] = {"scanner": {}, "profile": {}}
+        self.totals: dict[str, int] = {}
+        self.awaiting = 0
+
+    def add_total(self, verdict: str, reviewed: str | None, n: int) -> None:
         effective = reviewed or verdict
-        totals[effective] = totals.get(effective, 0) + n
+        self.totals[effective] = self.totals.get(effective, 0) + n
         if verdict == "unverifiable" and reviewed is None:
-            awaiting += n
-        if when is None:
-            continue
-        ok = n if effective == "compliant" else 0
-        for dim, key in ((per_scanner, (scanner, when)), (per_profile, (profile, when))):
-            cell = dim.get(key)
-            if cell is None:
-                dim[key] = [n, ok]
-            else:
-                cell[0] += n
-                cell[1] += ok
+            self.awaiting += n
+
+    def add_cells(self, cells: list[Cell]) -> None:
+        """Result-row cells: both dimensions and the totals in one pass instead of four queries."""
+        per_scanner, per_profile = self.per["scanner"], self.per["profile"]
+        for scanner, profile, when, verdict, reviewed, n in cells:
+            self.add_total(verdict, reviewed, n)
+            if when is None:
+                continue
+            ok = n if (reviewed or verdict) == "compliant" else 0
+            for dim, key in ((per_scanner, (scanner, when)), (per_profile, (profile, when))):
+                cell = dim.get(key)
+                if cell is None:
+                    dim[key] = [n, ok]
+                else:
+                    cell[0] += n
+                    cell[1] += ok
+
+
+def _shape(f: Filters, by: str, sums: _Sums, failing: list[tuple[Any, ...]],
+           choices: dict[str, list[str]]) -> dict[str, Any]:
     return {
         "by": by,
         "filters": f.query(),
-        "totals": totals,
-        "awaiting_review": awaiting,
-        "per_scanner": _rates(per["scanner"]),
-        "per_profile": _rates(per["profile"]),
+        "totals": sums.totals,
+        "awaiting_review": sums.awaiting,
+        "per_scanner": _rates(sums.per["scanner"]),
+        "per_profile": _rates(sums.per["profile"]),
         "failing_requirements": [{"requirement": r, "label": label, "failures": n} for r, label, n in failing],
         "choices": choices,
     }

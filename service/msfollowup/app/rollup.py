@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Integer, String, text
+from sqlalchemy import Connection, Index, Integer, String, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -29,6 +29,10 @@ from msfollowup.db import Base
 CellKey = tuple[str, str, str, str, str, str, str]
 # (requirement_id, label, scanner, profile_id, purpose, week, month)
 FailureKey = tuple[str, str, str, str, str, str, str]
+
+
+CELL_COLUMNS = ("scanner", "profile_id", "purpose", "week", "month", "verdict", "reviewed")
+FAILURE_COLUMNS = ("requirement_id", "label", "scanner", "profile_id", "purpose", "week", "month")
 
 
 class ComplianceCell(Base):
@@ -45,6 +49,15 @@ class ComplianceCell(Base):
     reviewed: Mapped[str] = mapped_column(String(16), primary_key=True)  # '' = no QA decision
     studies: Mapped[int] = mapped_column(Integer, default=0)
 
+    # Covering indexes, one per GROUP BY of the dashboard (scanner or profile, then week or month; the
+    # totals by verdict): the database streams the groups in index order and never sorts or reads the
+    # table. Each holds every column, so the filters (scanner, profile, purpose, weeks) are covered too.
+    __table_args__ = tuple(
+        Index(f"ix_compliance_cells_{name}", *first, *(c for c in CELL_COLUMNS if c not in first), "studies")
+        for name, first in (("scanner_week", ("scanner", "week")), ("scanner_month", ("scanner", "month")),
+                            ("profile_week", ("profile_id", "week")), ("profile_month", ("profile_id", "month")),
+                            ("verdict", ("verdict", "reviewed"))))
+
 
 class RequirementFailureCell(Base):
     """How many failed (non-informational) requirement results of latest versions share these facts."""
@@ -60,9 +73,8 @@ class RequirementFailureCell(Base):
     month: Mapped[str] = mapped_column(String(7), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
 
-
-CELL_COLUMNS = ("scanner", "profile_id", "purpose", "week", "month", "verdict", "reviewed")
-FAILURE_COLUMNS = ("requirement_id", "label", "scanner", "profile_id", "purpose", "week", "month")
+    # The key and the count: GROUP BY requirement_id reads this index alone.
+    __table_args__ = (Index("ix_requirement_failure_cells_sum", *FAILURE_COLUMNS, "failures"),)
 
 
 @dataclass
