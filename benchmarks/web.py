@@ -1,8 +1,9 @@
 """Server-side latency of the web application on a large index, side by side with the CLI.
 
 Generates N studies (default 100,000) of M patients (default 20,000) straight into a fresh SQLite
-index: studies, study_checks, the per-study and per-requirement result rows the dashboard sums up
-(8 requirements per study), one open worklist item per patient and a plan for every tenth patient.
+index: studies, study_checks, the per-study and per-requirement result rows (8 requirements per study)
+and the dashboard's rollup filled from them, one open worklist item per patient and a plan for every
+tenth patient.
 Then serves the real application (uvicorn in a thread, as in `msfollowup serve`) and times, over
 HTTP on loopback with an API token:
 
@@ -40,7 +41,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from msfollowup.app import accounts, reviews
+from msfollowup.app import accounts, reviews, rollup
 from msfollowup.app.results import PatientRef, RequirementRow, StudyResult, month_key, week_key
 from msfollowup.site.config import Config, HttpConfig, StorageConfig
 from msfollowup.db import Database, utcnow
@@ -108,6 +109,7 @@ def generate(db: Database, studies: int, patients: int, seed: int = 1) -> None:
         for table, rows in ((Study, rows_s), (StudyCheck, rows_c), (StudyResult, rows_r), (RequirementRow, rows_q)):
             for chunk in _chunks(rows):
                 c.execute(insert(table), chunk)
+        rollup.rebuild(c)  # the rows went in without record_check: fill the dashboard's rollup as migration 0011 does
 
 
 def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, float, int]:

@@ -9,14 +9,15 @@ import datetime as dt
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, case, false, func, select, true
+from sqlalchemy import ColumnElement, and_, case, false, func, or_, select, true, union_all
 from sqlalchemy.orm import Session
 
 from msfollowup.app.results import PatientRef, RequirementRow, StudyResult
+from msfollowup.app.rollup import ComplianceCell, RequirementFailureCell
 from msfollowup.app.study_review import StudyDecision
 
 T = TypeVar("T")
@@ -103,60 +104,176 @@ def _rates(counts: dict[tuple[str, str], list[int]]) -> list[dict[str, Any]]:
             for (k, p), (n, c) in sorted(counts.items())]
 
 
+Cell = tuple[str, str, str | None, str, str | None, int]  # scanner, profile, period, verdict, reviewed, studies
+
+
 def dashboard(session: Session, f: Filters, by: str = "week") -> dict[str, Any]:
     """Compliance rate per scanner and per profile by week or month, the requirements failing most,
     the number of studies awaiting review, and the choices for the filters.
 
-    One GROUP BY over (scanner, profile, period, verdict, review) read from a covering index, summed
-    up here into both dimensions and the totals: one pass over the rows instead of four."""
+    Read from the rollup (app/rollup.py: a few thousand cells instead of 100,000 result rows) whenever
+    the filters are facts the rollup keeps; a date range reads its whole weeks from the rollup and the
+    part-weeks at either end from the result rows. A verdict or requirement filter reads the rows."""
     if by not in ("week", "month"):
         raise FilterError(f"by: {by!r} is not week or month")
+    if f.verdict or f.requirement:
+        return dashboard_from_rows(session, f, by)
+    weeks, edges = _split(f)
+    if weeks is None:  # the range holds no whole week
+        return dashboard_from_rows(session, f, by)
+    sums = _rollup_sums(session, weeks, by)
+    for edge in edges:
+        sums.add_cells(_row_cells(session, edge, by))
+    # Unfiltered, every scanner and profile there is also has a cell here: the choices are the same set.
+    return _shape(f, by, sums, _failing_merged(session, weeks, edges), filter_choices(session))
+
+
+def dashboard_from_rows(session: Session, f: Filters, by: str = "week") -> dict[str, Any]:
+    """The dashboard computed from the result rows alone (any filter; the reference the rollup is tested
+    against). One GROUP BY over (scanner, profile, period, verdict, review) read from a covering index."""
+    if by not in ("week", "month"):
+        raise FilterError(f"by: {by!r} is not week or month")
+    cells = _row_cells(session, f, by)
+    failing_q = _failing_rows(f).order_by(func.count().desc(), RequirementRow.requirement_id).limit(10)
+    failing = [tuple(r) for r in session.execute(failing_q)]
+    sums = _Sums()
+    sums.add_cells(cells)
+    return _shape(f, by, sums, failing, _choices_from(cells) if not f.query() else filter_choices(session))
+
+
+def _row_cells(session: Session, f: Filters, by: str) -> list[Cell]:
     period = StudyResult.week if by == "week" else StudyResult.month
-    where = f.where()
     # Core rows, not ORM rows: the week view has ~15,000 cells at 100,000 studies.
-    cells = session.connection().execute(
+    return cast(list[Cell], session.connection().execute(
         select(StudyResult.scanner, StudyResult.profile_id, period, StudyResult.verdict, StudyResult.reviewed_verdict,
                func.count())
-        .where(*where).group_by(StudyResult.scanner, StudyResult.profile_id, period, StudyResult.verdict,
-                                StudyResult.reviewed_verdict)
-    ).all()
-    per: dict[str, dict[tuple[str, str], list[int]]] = {"scanner": {}, "profile": {}}
-    per_scanner, per_profile = per["scanner"], per["profile"]
-    totals: dict[str, int] = {}
-    awaiting = 0
-    for scanner, profile, when, verdict, reviewed, n in cells:
-        effective = reviewed or verdict
-        totals[effective] = totals.get(effective, 0) + n
-        if verdict == "unverifiable" and reviewed is None:
-            awaiting += n
-        if when is None:
-            continue
-        ok = n if effective == "compliant" else 0
-        for dim, key in ((per_scanner, (scanner, when)), (per_profile, (profile, when))):
-            cell = dim.get(key)
-            if cell is None:
-                dim[key] = [n, ok]
-            else:
-                cell[0] += n
-                cell[1] += ok
-    failing_q = (select(RequirementRow.requirement_id, func.max(RequirementRow.label), func.count())
-                 .where(RequirementRow.status == "fail", RequirementRow.informational == false())
-                 .group_by(RequirementRow.requirement_id).order_by(func.count().desc(), RequirementRow.requirement_id)
-                 .limit(10))
+        .where(*f.where()).group_by(StudyResult.scanner, StudyResult.profile_id, period, StudyResult.verdict,
+                                    StudyResult.reviewed_verdict)
+    ).all())
+
+
+def _failing_rows(f: Filters) -> Any:
+    """requirement_id, label, failures of the result rows (grouped, not yet ordered)."""
+    q = (select(RequirementRow.requirement_id, func.max(RequirementRow.label).label("label"),
+                func.count().label("failures"))
+         .where(RequirementRow.status == "fail", RequirementRow.informational == false())
+         .group_by(RequirementRow.requirement_id))
     if f.query():  # filtered: join the study rows; unfiltered: the requirement rows' own latest flag
-        failing_q = failing_q.join(StudyResult, StudyResult.check_id == RequirementRow.check_id).where(*where)
-    else:
-        failing_q = failing_q.where(RequirementRow.latest == true())
-    failing = session.execute(failing_q)
+        return q.join(StudyResult, StudyResult.check_id == RequirementRow.check_id).where(*f.where())
+    return q.where(RequirementRow.latest == true())
+
+
+def _split(f: Filters) -> tuple[Filters | None, list[Filters]]:
+    """The filters for the rollup (whole weeks Monday..Sunday inside start..end) and for the result rows
+    (the part-weeks at either end); (None, []) when the range holds no whole week."""
+    first = last = None  # Mondays of the first and last whole week
+    if f.start:
+        first = f.start + dt.timedelta(days=-f.start.weekday() % 7)
+    if f.end:
+        last = f.end - dt.timedelta(days=(f.end.weekday() + 1) % 7 + 6)
+    if first and last and first > last:
+        return None, []
+    edges = []
+    if f.start and first and f.start < first:
+        edges.append(replace(f, end=first - dt.timedelta(days=1)))
+    if f.end and last and f.end > last + dt.timedelta(days=6):
+        edges.append(replace(f, start=last + dt.timedelta(days=7)))
+    return replace(f, start=first, end=last), edges
+
+
+def _rollup_where(f: Filters, table: Any) -> list[ColumnElement[bool]]:
+    """f's filters on a rollup table (both have these columns); start/end must be whole weeks (_split)."""
+    c: list[ColumnElement[bool]] = []
+    for value, column in ((f.scanner, "scanner"), (f.profile, "profile_id"), (f.purpose, "purpose"),
+                          (f.week, "week"), (f.month, "month")):
+        if value:
+            c.append(table.c[column] == value)
+    if f.start:
+        c.append(table.c.week >= f.start.isoformat())  # also leaves out '' (no study date)
+    if f.end:
+        c += [table.c.week <= f.end.isoformat(), table.c.week != ""]
+    return c
+
+
+def _rollup_sums(session: Session, f: Filters, by: str) -> _Sums:
+    """The figures of the rollup's cells, summed in SQL per scanner and period, per profile and period,
+    and per verdict: ~1,700 rows for the week view instead of ~16,000 cells shaped in Python."""
+    c = ComplianceCell
+    period = c.week if by == "week" else c.month
+    where = [c.studies > 0, *_rollup_where(f, c.__table__)]
+    compliant = or_(c.reviewed == "compliant", and_(c.reviewed == "", c.verdict == "compliant"))
+    ok = func.sum(case((compliant, c.studies), else_=0))
+    conn = session.connection()
+    sums = _Sums()
+    for dim, column in (("scanner", c.scanner), ("profile", c.profile_id)):
+        sums.per[dim] = {(key, when): [int(n), int(k)] for key, when, n, k in conn.execute(
+            select(column, period, func.sum(c.studies), ok).where(*where, period != "").group_by(column, period))}
+    for verdict, reviewed, n in conn.execute(
+            select(c.verdict, c.reviewed, func.sum(c.studies)).where(*where).group_by(c.verdict, c.reviewed)):
+        sums.add_total(verdict, reviewed or None, int(n))
+    return sums
+
+
+def _failing_merged(session: Session, weeks: Filters, edges: list[Filters]) -> list[tuple[str, str | None, int]]:
+    """The ten requirements failing most: the rollup's whole weeks plus the part-weeks' result rows,
+    summed and ordered in SQL (the database's collation breaks ties, as in dashboard_from_rows)."""
+    cell = RequirementFailureCell
+    parts: list[Any] = [
+        select(cell.requirement_id, func.max(func.nullif(cell.label, "")).label("label"),
+               func.sum(cell.failures).label("failures"))
+        .where(cell.failures > 0, *_rollup_where(weeks, cell.__table__)).group_by(cell.requirement_id)]
+    parts += [_failing_rows(edge) for edge in edges]
+    both = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    total = func.sum(both.c.failures)
+    rows = session.execute(select(both.c.requirement_id, func.max(both.c.label), total)
+                           .group_by(both.c.requirement_id).order_by(total.desc(), both.c.requirement_id).limit(10))
+    return [(r, label, int(n)) for r, label, n in rows]
+
+
+class _Sums:
+    """Studies and compliant studies per (scanner, period) and (profile, period), totals per effective
+    verdict, and the number awaiting review. Every figure is a sum, so parts add up: the rollup's whole
+    weeks and the part-weeks' rows."""
+
+    def __init__(self) -> None:
+        self.per: dict[str, dict[tuple[str, str], list[int]]] = {"scanner": {}, "profile": {}}
+        self.totals: dict[str, int] = {}
+        self.awaiting = 0
+
+    def add_total(self, verdict: str, reviewed: str | None, n: int) -> None:
+        effective = reviewed or verdict
+        self.totals[effective] = self.totals.get(effective, 0) + n
+        if verdict == "unverifiable" and reviewed is None:
+            self.awaiting += n
+
+    def add_cells(self, cells: list[Cell]) -> None:
+        """Result-row cells: both dimensions and the totals in one pass instead of four queries."""
+        per_scanner, per_profile = self.per["scanner"], self.per["profile"]
+        for scanner, profile, when, verdict, reviewed, n in cells:
+            self.add_total(verdict, reviewed, n)
+            if when is None:
+                continue
+            ok = n if (reviewed or verdict) == "compliant" else 0
+            for dim, key in ((per_scanner, (scanner, when)), (per_profile, (profile, when))):
+                cell = dim.get(key)
+                if cell is None:
+                    dim[key] = [n, ok]
+                else:
+                    cell[0] += n
+                    cell[1] += ok
+
+
+def _shape(f: Filters, by: str, sums: _Sums, failing: list[tuple[Any, ...]],
+           choices: dict[str, list[str]]) -> dict[str, Any]:
     return {
         "by": by,
         "filters": f.query(),
-        "totals": totals,
-        "awaiting_review": awaiting,
-        "per_scanner": _rates(per["scanner"]),
-        "per_profile": _rates(per["profile"]),
+        "totals": sums.totals,
+        "awaiting_review": sums.awaiting,
+        "per_scanner": _rates(sums.per["scanner"]),
+        "per_profile": _rates(sums.per["profile"]),
         "failing_requirements": [{"requirement": r, "label": label, "failures": n} for r, label, n in failing],
-        "choices": _choices_from(cells) if not f.query() else filter_choices(session),
+        "choices": choices,
     }
 
 
@@ -231,10 +348,10 @@ def _choices_from(cells: Any) -> dict[str, list[str]]:
 
 
 def filter_choices(session: Session) -> dict[str, list[str]]:
-    """The scanners and profiles there are (one pass over a covering index)."""
+    """The scanners and profiles there are (from the rollup's cells)."""
     return _choices_from(session.execute(
-        select(StudyResult.scanner, StudyResult.profile_id).where(LATEST)
-        .group_by(StudyResult.scanner, StudyResult.profile_id)).all())
+        select(ComplianceCell.scanner, ComplianceCell.profile_id).where(ComplianceCell.studies > 0)
+        .group_by(ComplianceCell.scanner, ComplianceCell.profile_id)).all())
 
 
 def _study_select(f: Filters) -> Any:

@@ -147,15 +147,19 @@ class Pipeline:
             ))
         try:
             with self.db.session() as s:
+                from msfollowup.app import rollup
                 from msfollowup.app.results import record_check  # rows the compliance dashboard sums up
                 from msfollowup.app.notify.emit import on_study_checked  # issue 15: same transaction as the check
 
+                deltas = rollup.Deltas()  # the dashboard rollup of every purpose, written once in key order
                 for row in rows:
                     s.add(row)
                     s.flush()
                     doc = json.loads(row.result_json)
-                    record_check(s, row.id, study_uid, version, patient_id, study_date, doc, purpose=row.purpose)
+                    record_check(s, row.id, study_uid, version, patient_id, study_date, doc, purpose=row.purpose,
+                                 deltas=deltas)
                     on_study_checked(s, self.cfg, study_uid, version, doc)
+                rollup.apply(s, deltas)
         except IntegrityError:
             log.info("study=%s version=%d already checked by another worker", study_uid, version)
             return None

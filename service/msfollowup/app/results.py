@@ -13,9 +13,10 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, select, update
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, select, true, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from msfollowup.app import rollup
 from msfollowup.db import Base, UTCDateTime, utcnow
 
 OTHER = "(unknown)"  # scanner key when the headers name no station or serial
@@ -132,23 +133,64 @@ def scanner_key(series: Iterable[dict[str, Any]]) -> str:
 
 
 def record_check(session: Session, check_id: int, study_uid: str, version: int, patient_id: str | None,
-                 study_date: str | None, result: dict[str, Any], purpose: str = "brain") -> None:
-    """Store the rows of one recorded check (in the caller's transaction, beside the study_checks row)."""
+                 study_date: str | None, result: dict[str, Any], purpose: str = "brain",
+                 deltas: rollup.Deltas | None = None) -> None:
+    """Store the rows of one recorded check (in the caller's transaction, beside the study_checks row),
+    and move the dashboard's rollup from the versions it replaces to this one.
+
+    `deltas`: a caller recording several checks in one transaction (one per purpose) collects them
+    and calls `rollup.apply` once, so that all its cell locks are taken in one sorted order."""
+    own = deltas is None
+    deltas = rollup.Deltas() if deltas is None else deltas
+    # RETURNING: exactly the rows this statement retired (on PostgreSQL a concurrent writer's UPDATE
+    # waits for our row locks and then no longer matches `latest`), so each is subtracted once.
+    retired = session.execute(
+        update(StudyResult).where(StudyResult.study_uid == study_uid, StudyResult.version < version,
+                                  StudyResult.latest == true())
+        .values(latest=False).returning(StudyResult.check_id, *FACTS, StudyResult.verdict, StudyResult.reviewed_verdict)
+    ).all()
+    facts = {r[0]: tuple(r[1:6]) for r in retired}
+    for r in retired:
+        deltas.study(tuple(r[1:6]), r[6], r[7], -1)
     older = select(StudyResult.check_id).where(StudyResult.study_uid == study_uid, StudyResult.version < version)
-    session.execute(update(RequirementRow).where(RequirementRow.check_id.in_(older)).values(latest=False))
-    session.execute(update(StudyResult).where(StudyResult.study_uid == study_uid, StudyResult.version < version)
-                    .values(latest=False))
+    gone = session.execute(
+        update(RequirementRow).where(RequirementRow.check_id.in_(older), RequirementRow.latest == true())
+        .values(latest=False)
+        .returning(RequirementRow.check_id, RequirementRow.requirement_id, RequirementRow.label,
+                   RequirementRow.status, RequirementRow.informational)
+    ).all()
+    for cid, req, label, status, informational in gone:
+        if status == "fail" and not informational:
+            deltas.failure(req, label, facts[cid] if cid in facts else _facts_of(session, cid), -1)
     day = _date(study_date)
-    session.add(StudyResult(
+    row = StudyResult(
         check_id=check_id, study_uid=study_uid, version=version, latest=True,
         patient_ref=patient_ref(session, patient_id) if patient_id else None,
         profile_id=result["profile"]["id"], purpose=purpose, verdict=result["verdict"],
         scanner=scanner_key(result.get("series", [])), study_date=day,
         week=week_key(day) if day else None, month=month_key(day) if day else None,
         checked_at=utcnow(),
-    ))
-    session.add_all(
+    )
+    session.add(row)
+    requirements = [
         RequirementRow(check_id=check_id, latest=True, requirement_id=r["id"][:64], label=(r.get("label") or None),
                        status=r["status"], informational=bool(r.get("informational")))
         for r in result.get("requirements", [])
-    )
+    ]
+    session.add_all(requirements)
+    mine = (row.scanner, row.profile_id, row.purpose, row.week, row.month)
+    deltas.study(mine, row.verdict, None, +1)
+    for q in requirements:
+        if q.status == "fail" and not q.informational:
+            deltas.failure(q.requirement_id, q.label, mine, +1)
+    if own:
+        rollup.apply(session, deltas)
+
+
+FACTS = (StudyResult.scanner, StudyResult.profile_id, StudyResult.purpose, StudyResult.week, StudyResult.month)
+
+
+def _facts_of(session: Session, check_id: int) -> tuple[Any, ...]:
+    """The rollup facts of a version whose requirement rows were still flagged latest after its study row
+    was not (only after an interrupted repair or a race the raw rows share; counted where they are)."""
+    return tuple(session.execute(select(*FACTS).where(StudyResult.check_id == check_id)).one())

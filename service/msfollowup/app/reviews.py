@@ -9,11 +9,12 @@ resets the clock exactly as `msfollowup study accept` does. The dashboard's copy
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import select, true, update
 from sqlalchemy.orm import Session
 
 from msfollowup.app import study_review
-from msfollowup.app.results import PatientRef, StudyResult
+from msfollowup.app import rollup
+from msfollowup.app.results import FACTS, PatientRef, StudyResult
 from msfollowup.app.study_review import ACCEPT, REFERENCE, ReviewError, StudyDecision
 
 __all__ = ["ACCEPT", "REFERENCE", "ReviewError", "accept_as_compliant", "reference_study", "reviews_of",
@@ -41,10 +42,19 @@ def accept_as_compliant(session: Session, check_id: int, reason: str, author: st
     if row.reviewed_verdict == "compliant":
         raise ReviewError("already accepted as compliant")
     decided = study_review.accept_study(session, row.study_uid, _reason(reason), author, host=host)
-    session.execute(update(StudyResult).where(
-        StudyResult.study_uid == row.study_uid, StudyResult.version == row.version,
-        StudyResult.verdict == "unverifiable", StudyResult.purpose.in_([d.purpose for d in decided]),
-    ).values(reviewed_verdict="compliant"))
+    which = (StudyResult.study_uid == row.study_uid, StudyResult.version == row.version,
+             StudyResult.verdict == "unverifiable", StudyResult.purpose.in_([d.purpose for d in decided]))
+    # The dashboard's rollup moves each latest row from its old review to "compliant". FOR UPDATE: on
+    # PostgreSQL the old value read is the one this transaction replaces (a concurrent acceptance or new
+    # version waits for, or is waited on by, these row locks); SQLite has a single writer anyway.
+    deltas = rollup.Deltas()
+    for *facts, verdict, reviewed in session.execute(
+            select(*FACTS, StudyResult.verdict, StudyResult.reviewed_verdict)
+            .where(*which, StudyResult.latest == true()).with_for_update()):
+        deltas.study(tuple(facts), verdict, reviewed, -1)
+        deltas.study(tuple(facts), verdict, "compliant", +1)
+    session.execute(update(StudyResult).where(*which).values(reviewed_verdict="compliant"))
+    rollup.apply(session, deltas)
 
 
 def use_as_reference(session: Session, check_id: int, reason: str, author: str, host: str | None = None) -> None:

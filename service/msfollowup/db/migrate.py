@@ -42,6 +42,7 @@ SCHEMA_MODULES = (
     "msfollowup.db.provisional",
     "msfollowup.db.notifications",
     "msfollowup.app.results",
+    "msfollowup.app.rollup",
     "msfollowup.app.accounts",
     "msfollowup.app.study_review",
     "msfollowup.db.cluster",

@@ -12,7 +12,7 @@ from urllib.parse import quote_plus, urlencode
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from msfollowup import __version__
 
@@ -206,15 +206,37 @@ def dashboard(request: Request, who: Principal = Depends(require("read"))) -> Re
         def link(dim: str) -> Callable[[str, str], str]:
             return lambda key, period: "/studies?" + quote.query({**base, dim: key, by: period})
 
-        rows = [(r, quote.query({**base, "scanner": r["key"], by: r["period"]}, skip_empty=True),
-                 quote.query({**base, "scanner": r["key"], by: r["period"], "verdict": "compliant"}, skip_empty=True))
-                for r in data["per_scanner"]]
         return {"charts": {dim: line_chart(data[f"per_{dim}"], by, link(dim)) for dim in ("scanner", "profile")},
-                "scanner_table": Markup(templates.env.get_template("_scanner_rows.html").render(rows=rows))}
+                "scanner_table": _scanner_rows(data["per_scanner"], base, by, quote)}
 
     # Built once per kept dashboard: the week view links ~4,000 numbers (charts and table) to their studies.
     view = _ctx(request).dashboards.derived(data, "page", links_and_charts)
     return render(request, "dashboard.html", who, data=data, f=base, by=by, **view)
+
+
+def _scanner_rows(rows: list[dict[str, Any]], base: dict[str, str], by: str, quote: _QuoteOnce) -> Markup:
+    """The per-scanner table's rows (~1,300 by week), each number linking to its studies. Built here
+    rather than in a Jinja loop (5x faster: the first view after a change renders them all again);
+    every text is escaped as the template's autoescape would."""
+    esc: dict[str, str] = {}
+
+    def e(value: object) -> str:  # escape each distinct scanner, period and query string once
+        text = str(value)
+        found = esc.get(text)
+        if found is None:
+            found = esc[text] = str(escape(text))
+        return found
+
+    out = []
+    for r in rows:
+        key, period = r["key"], r["period"]
+        studies_qs = e(quote.query({**base, "scanner": key, by: period}, skip_empty=True))
+        compliant_qs = e(quote.query({**base, "scanner": key, by: period, "verdict": "compliant"}, skip_empty=True))
+        out.append(f'\n<tr><td>{e(key)}</td><td>{e(period)}</td>\n'
+                   f'<td class="num"><a href="/studies?{studies_qs}">{r["studies"]}</a></td>\n'
+                   f'<td class="num"><a href="/studies?{compliant_qs}">{r["compliant"]}</a></td>\n'
+                   f'<td class="num">{(r["rate"] or 0) * 100:.0f}%</td></tr>\n')
+    return Markup("".join(out))
 
 
 class _QuoteOnce:
