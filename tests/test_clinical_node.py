@@ -95,6 +95,21 @@ def test_unverifiable_study_does_not_count_until_accepted(node: RunningNode, tmp
     assert brain["target"] == "2027-06-10" and not brain["review"]  # 002 Box 2: annual, from the accepted study
     audit = cli(node, "audit", "--action", "study.accept", "--json")
     assert any(a.get("object_uid") == uid for a in audit)
+    # The dashboard counts it as accepted too (the same use case as the web's "accept as compliant").
+    from msfollowup.app.results import StudyResult
+    from msfollowup.app.rollup import ComplianceCell
+
+    with node.db.session() as s:
+        reviewed = s.query(StudyResult.reviewed_verdict).filter_by(study_uid=uid, latest=True).all()
+        rows = s.query(StudyResult.verdict, StudyResult.reviewed_verdict).filter_by(latest=True).all()
+        cells: dict[tuple[str, str], int] = {}
+        for c in s.query(ComplianceCell).all():
+            cells[(c.verdict, c.reviewed)] = cells.get((c.verdict, c.reviewed), 0) + c.studies
+    assert reviewed == [("compliant",)]
+    accepted = sum(1 for v, r in rows if (v, r) == ("unverifiable", "compliant"))
+    waiting = sum(1 for v, r in rows if v == "unverifiable" and r is None)
+    assert accepted >= 1 and cells.get(("unverifiable", "compliant"), 0) == accepted
+    assert cells.get(("unverifiable", ""), 0) == waiting
 
 
 def test_partial_recall_is_completed_by_the_missing_series(node: RunningNode, tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ resets the clock exactly as `msfollowup study accept` does. The dashboard's copy
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select, true, update
 from sqlalchemy.orm import Session
 
@@ -17,7 +19,7 @@ from msfollowup.app import rollup
 from msfollowup.app.results import FACTS, PatientRef, StudyResult
 from msfollowup.app.study_review import ACCEPT, REFERENCE, ReviewError, StudyDecision
 
-__all__ = ["ACCEPT", "REFERENCE", "ReviewError", "accept_as_compliant", "reference_study", "reviews_of",
+__all__ = ["ACCEPT", "REFERENCE", "ReviewError", "accept_as_compliant", "accept_study", "reference_study", "reviews_of",
            "use_as_reference"]
 
 
@@ -42,8 +44,23 @@ def accept_as_compliant(session: Session, check_id: int, reason: str, author: st
     if row.reviewed_verdict == "compliant":
         raise ReviewError("already accepted as compliant")
     decided = study_review.accept_study(session, row.study_uid, _reason(reason), author, host=host)
-    which = (StudyResult.study_uid == row.study_uid, StudyResult.version == row.version,
-             StudyResult.verdict == "unverifiable", StudyResult.purpose.in_([d.purpose for d in decided]))
+    _mark_accepted(session, (StudyResult.study_uid == row.study_uid, StudyResult.version == row.version,
+                             StudyResult.purpose.in_([d.purpose for d in decided])))
+
+
+def accept_study(session: Session, study_uid: str, reason: str, author: str,
+                 host: str | None = None) -> list[study_review.Decision]:
+    """`msfollowup study accept`: the same decision as the study page's, and the dashboard's verdict
+    (reviewed_verdict and its rollup) moved with it, for the latest version's unverifiable checks."""
+    decided = study_review.accept_study(session, study_uid, reason, author, host=host)
+    _mark_accepted(session, (StudyResult.study_uid == study_uid, StudyResult.latest == true(),
+                             StudyResult.purpose.in_([d.purpose for d in decided])))
+    return decided
+
+
+def _mark_accepted(session: Session, which: tuple[Any, ...]) -> None:
+    """Accepted unverifiable result rows (selected by `which`) count as compliant on the dashboard."""
+    which = (*which, StudyResult.verdict == "unverifiable")
     # The dashboard's rollup moves each latest row from its old review to "compliant". FOR UPDATE: on
     # PostgreSQL the old value read is the one this transaction replaces (a concurrent acceptance or new
     # version waits for, or is waited on by, these row locks); SQLite has a single writer anyway.

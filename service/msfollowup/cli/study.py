@@ -26,7 +26,8 @@ def _reschedule(s: Session, args: argparse.Namespace, patient_ids: set[str]) -> 
 
 def _run(args: argparse.Namespace) -> int:
     from msfollowup.db.checks import StudyCheck
-    from msfollowup.app.study_review import ReviewError, accept_study, designate_reference
+    from msfollowup.app.reviews import accept_study
+    from msfollowup.app.study_review import ReviewError, designate_reference
 
     cfg = cli._config(args)
     db = cli._database(cfg)
