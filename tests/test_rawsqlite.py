@@ -98,3 +98,18 @@ def test_the_same_sop_instance_in_another_study_is_refused_on_both(tmp_path: Pat
                 with pytest.raises(IngestError) as refused:
                     store.ingest_file(temp)
                 assert refused.value.status == 0xA900 and "already in study" in str(refused.value)
+
+
+def test_a_uid_under_another_vr_is_judged_as_pydicom_reads_it(tmp_path: Path) -> None:
+    """The ingest reads UIDs from the raw bytes only when the element's VR is UI: a hostile file whose
+    StudyInstanceUID is encoded as OB (found by tests/test_fuzz.py) is refused as the later stages would
+    read it, instead of being indexed and then failing every check."""
+    ds = mr_dataset()
+    del ds.StudyInstanceUID
+    ds.add_new(0x0020000D, "OB", b"1.2.3.4\0")
+    store = InstanceStore(tmp_path / "s", Database(f"sqlite:///{tmp_path}/i.sqlite3"), fsync=False)
+    temp = store.tmp / "ob.part"
+    ds.save_as(temp, enforce_file_format=True)
+    with pytest.raises(IngestError) as refused:
+        store.ingest_file(temp)
+    assert refused.value.status == 0xC000 and "StudyInstanceUID" in str(refused.value)

@@ -139,11 +139,11 @@ class GuardedServer(AssociationServer):
                     self._half_open.pop(host, None)
 
     def shared_contexts(self) -> list[Any]:
-        """One deep copy of the supported contexts (taken at the first association), read by all."""
-        with self._lock:
-            if self._contexts_copy is None:
-                self._contexts_copy = deepcopy(self.contexts)
-            return self._contexts_copy
+        """One deep copy of the supported contexts (taken at the first association), read by all. Not
+        under the server lock: the accept loop takes that lock, and the copy takes a moment."""
+        if self._contexts_copy is None:
+            self._contexts_copy = deepcopy(self.contexts)  # two first associations may both copy: harmless
+        return self._contexts_copy
 
     def half_open(self) -> int:
         with self._lock:
