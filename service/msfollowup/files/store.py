@@ -136,6 +136,7 @@ def _ascii(ds: Dataset, tag: int, vr: str = "UI") -> object:
 
 
 _STUDY_UID, _SERIES_UID, _SOP_UID, _SOP_CLASS, _INSTANCE_NUMBER = 0x0020000D, 0x0020000E, 0x00080018, 0x00080016, 0x00200013
+_IDENTITY_TAGS = (_STUDY_UID, _SERIES_UID, _SOP_UID, _SOP_CLASS)
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
@@ -184,7 +185,7 @@ def _fast_header(path: Path) -> reader.Header | None:
     if header is None:
         return None
     ds = header.dataset
-    if not all(k in ds for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")):
+    if not all(tag in ds for tag in _IDENTITY_TAGS):
         return None
     return header
 

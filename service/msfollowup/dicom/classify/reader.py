@@ -299,6 +299,20 @@ def _file_meta(ts: str) -> FileMetaDataset:
     return meta
 
 
+def _charset(elem: Any) -> str | list[str] | None:
+    """SpecificCharacterSet from its raw CS bytes as pydicom converts it (values split at backslashes,
+    spaces stripped; one value as a string), without pydicom's element conversion (~0.15 ms per file);
+    None for anything unusual (another VR, not ASCII), which pydicom then converts."""
+    value = getattr(elem, "value", None)
+    if not isinstance(value, bytes) or getattr(elem, "VR", None) not in (None, "CS"):
+        return None
+    try:
+        values = [v.strip(" \0") for v in value.decode("ascii").split("\\")]
+    except UnicodeDecodeError:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
 def _parse(buf: bytes, total: int) -> Header:
     ts, pos = _meta(buf)
     if ts in _FALLBACK_TS:
@@ -312,7 +326,7 @@ def _parse(buf: bytes, total: int) -> Header:
     if 0x00080005 in raw:
         from pydicom.charset import convert_encodings
 
-        charset = ds.get("SpecificCharacterSet")
+        charset = _charset(raw[BaseTag(0x00080005)]) or ds.get("SpecificCharacterSet")
         encoding = convert_encodings(charset) if charset else "iso8859"
     ds.set_original_encoding(implicit, True, encoding)
     ds.file_meta = _file_meta(ts or _IMPLICIT_TS)
