@@ -219,9 +219,14 @@ def test_stop_while_a_destination_hangs(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while _jobs(db)[0].state != SENDING and time.monotonic() < deadline:
             time.sleep(0.05)
+        # The job is marked sending before its association starts: wait for the connection, so the stop
+        # below meets a negotiation in progress (on a loaded machine it could otherwise come first).
+        hang.settimeout(10)
+        peer, _ = hang.accept()
         thread = box._worker  # the PollingWorker running the loop
         assert thread is not None
         box.stop(timeout=20)
+        peer.close()
         assert not thread.is_alive()  # the negotiation was aborted, not waited out
         (job,) = _jobs(db)
         assert job.state == PENDING and "aborted" in (job.last_error or "")

@@ -24,6 +24,8 @@ down_revision = "0010_kiosk_mpps_series"
 branch_labels = None
 depends_on = None
 
+# The same statements as app/rollup.REBUILD_SQL, copied on purpose: a migration is a frozen record of
+# what this revision did and must not change when the application's rollup code changes later.
 BACKFILL = (
     "INSERT INTO compliance_cells (scanner, profile_id, purpose, week, month, verdict, reviewed, studies) "
     "SELECT scanner, profile_id, purpose, COALESCE(week, ''), COALESCE(month, ''), verdict, "
