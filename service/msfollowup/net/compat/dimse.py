@@ -86,24 +86,41 @@ def _implicit(elem: int, value: bytes) -> bytes:
     return struct.pack("<HHI", 0x0000, elem, len(value)) + value
 
 
+def _us(value: int) -> bytes:
+    return struct.pack("<H", value & 0xFFFF)
+
+
+def command_set(elements: list[tuple[int, bytes]]) -> bytes:
+    """A command set, implicit VR little endian: the group length, then `elements` (tag order)."""
+    body = b"".join(_implicit(tag, value) for tag, value in elements)
+    return _implicit(0x0000, struct.pack("<I", len(body))) + body
+
+
 _original_send_msg = DIMSEServiceProvider.send_msg
 _MIN_PDU_FOR_FAST_RSP = 1024
+_C_STORE_RSP = 0x8001
+
+
+def store_rsp(sop_class: str, message_id: int, status: int, sop_instance: str, comment: str | None = None) -> bytes:
+    """A C-STORE-RSP command set in tag order as pynetdicom encodes it (Error Comment when given)."""
+    elements = [(0x0002, _ui(sop_class))] if sop_class else []
+    elements += [(0x0100, _us(_C_STORE_RSP)), (0x0120, _us(message_id)), (0x0800, _us(_NO_DATA_SET)),
+                 (0x0900, _us(status))]
+    if comment:
+        raw = comment[:64].encode("latin-1", "replace")  # LO: at most 64 characters
+        elements.append((0x0902, raw + b" " if len(raw) % 2 else raw))
+    if sop_instance:
+        elements.append((0x1000, _ui(sop_instance)))
+    return command_set(elements)
 
 
 def _store_rsp(rsp: C_STORE) -> bytes | None:
-    """The command set of a plain C-STORE-RSP (status, no comment or offending element), implicit VR LE,
-    in tag order as pynetdicom encodes it; None for anything else (pynetdicom encodes that)."""
+    """The command set of a plain C-STORE-RSP primitive (status, no comment or offending element); None
+    for anything else (pynetdicom encodes that)."""
     if rsp.ErrorComment is not None or rsp.OffendingElement is not None or rsp.Status is None:
         return None
-    body = b"".join((
-        _implicit(0x0002, _ui(rsp.AffectedSOPClassUID)) if rsp.AffectedSOPClassUID else b"",
-        _implicit(0x0100, struct.pack("<H", 0x8001)),
-        _implicit(0x0120, struct.pack("<H", int(cast(int, rsp.MessageIDBeingRespondedTo)))),
-        _implicit(0x0800, struct.pack("<H", 0x0101)),
-        _implicit(0x0900, struct.pack("<H", int(rsp.Status))),
-        _implicit(0x1000, _ui(rsp.AffectedSOPInstanceUID)) if rsp.AffectedSOPInstanceUID else b"",
-    ))
-    return _implicit(0x0000, struct.pack("<I", len(body))) + body
+    return store_rsp(str(rsp.AffectedSOPClassUID or ""), int(cast(int, rsp.MessageIDBeingRespondedTo)),
+                     int(rsp.Status), str(rsp.AffectedSOPInstanceUID or ""))
 
 
 def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
@@ -225,16 +242,21 @@ class FastStoreRQ(dimse_messages.C_STORE_RQ):
         return primitive
 
 
+def open_spool(sop_class: Any, sop_instance: Any, transfer_syntax: Any) -> Any:
+    """A spool file for one received data set, as pynetdicom's decode_msg makes it: preamble and file
+    meta first (through the module globals, so stream_datasets_to's replacements apply)."""
+    spool: Any = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+    spool.write(b"\x00" * 128)
+    spool.write(b"DICM")
+    dimse_messages.write_file_meta_info(spool, dimse_messages.create_file_meta(
+        sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=transfer_syntax))
+    return spool
+
+
 def _open_spool(msg: Any, assoc: Any, context_id: int, sop_class: Any, sop_instance: Any) -> None:
-    """As pynetdicom's decode_msg: the spool file of a streamed data set, preamble and file meta first
-    (through the module globals, so stream_datasets_to's replacements apply)."""
-    msg._data_set_file = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+    """The spool file of a streamed data set on pynetdicom's message, as its decode_msg sets it."""
+    msg._data_set_file = open_spool(sop_class, sop_instance, assoc._accepted_cx[context_id].transfer_syntax[0])
     msg._data_set_path = Path(msg._data_set_file.name)
-    msg._data_set_file.write(b"\x00" * 128)
-    msg._data_set_file.write(b"DICM")
-    cx = assoc._accepted_cx[context_id]
-    dimse_messages.write_file_meta_info(msg._data_set_file, dimse_messages.create_file_meta(
-        sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=cx.transfer_syntax[0]))
 
 
 _original_decode_msg = DIMSEMessage.decode_msg

@@ -34,15 +34,15 @@ from pydicom.uid import UID
 from pynetdicom import dimse_messages, evt
 from pynetdicom.association import Association
 
-from msfollowup.net.compat.dimse import _NO_DATA_SET, _implicit, _ui, decode_store_rq
-from msfollowup.net.compat.transport import BoundedSocket
+from msfollowup.net.compat.dimse import _NO_DATA_SET, _ui, _us, command_set, decode_store_rq, open_spool, store_rsp
+from msfollowup.net.compat.transport import _ABORT_INVALID_PDU, BoundedSocket
 
 log = logging.getLogger(__name__)
 
 VERIFICATION = "1.2.840.10008.1.1"
 _P_DATA_TF, _A_RELEASE_RQ, _A_ABORT = 0x04, 0x05, 0x07
 _RELEASE_RP = bytes([0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0])
-_C_STORE_RQ, _C_STORE_RSP, _C_ECHO_RQ, _C_ECHO_RSP = 0x0001, 0x8001, 0x0030, 0x8030
+_C_STORE_RQ, _C_ECHO_RQ, _C_ECHO_RSP = 0x0001, 0x0030, 0x8030
 _STATUS_HANDLER_EXCEPTION = 0xC211  # pynetdicom's status when the C-STORE handler raised
 
 
@@ -51,7 +51,6 @@ def _abort_pdu(source: int, reason: int) -> bytes:
 
 
 _ABORT_UNEXPECTED = _abort_pdu(0x02, 0x02)  # provider: unexpected PDU
-_ABORT_INVALID = _abort_pdu(0x02, 0x06)  # provider: invalid PDU parameter value
 _ABORT_SERVICE_USER = _abort_pdu(0x00, 0x00)  # what pynetdicom sends for assoc.abort()
 
 
@@ -86,30 +85,8 @@ class LeanConfig:
         )
 
 
-def _command(elements: list[tuple[int, bytes]]) -> bytes:
-    body = b"".join(_implicit(tag, value) for tag, value in elements)
-    return _implicit(0x0000, struct.pack("<I", len(body))) + body
-
-
-def _us(value: int) -> bytes:
-    return struct.pack("<H", value & 0xFFFF)
-
-
-def store_rsp(sop_class: str, message_id: int, status: int, sop_instance: str, comment: str | None) -> bytes:
-    """A C-STORE-RSP command set, implicit VR LE, in tag order as pynetdicom encodes it."""
-    elements = [(0x0002, _ui(sop_class))] if sop_class else []
-    elements += [(0x0100, _us(_C_STORE_RSP)), (0x0120, _us(message_id)), (0x0800, _us(_NO_DATA_SET)),
-                 (0x0900, _us(status))]
-    if comment:
-        raw = comment[:64].encode("latin-1", "replace")  # LO: at most 64 characters
-        elements.append((0x0902, raw + b" " if len(raw) % 2 else raw))
-    if sop_instance:
-        elements.append((0x1000, _ui(sop_instance)))
-    return _command(elements)
-
-
 def echo_rsp(message_id: int) -> bytes:
-    return _command([(0x0002, _ui(VERIFICATION)), (0x0100, _us(_C_ECHO_RSP)), (0x0120, _us(message_id)),
+    return command_set([(0x0002, _ui(VERIFICATION)), (0x0100, _us(_C_ECHO_RSP)), (0x0120, _us(message_id)),
                      (0x0800, _us(_NO_DATA_SET)), (0x0900, _us(0))])
 
 
@@ -135,13 +112,12 @@ def _command_fields(command: bytes) -> dict[str, Any] | None:
 class LeanStorage:
     """Serves one established storage association on its own thread; `run()` returns how it ended."""
 
-    def __init__(self, assoc: Association, transport: BoundedSocket, config: LeanConfig, idle_seconds: float | None,
-                 new_spool: Callable[[], Any]) -> None:
+    def __init__(self, assoc: Association, transport: BoundedSocket, config: LeanConfig,
+                 idle_seconds: float | None) -> None:
         self.assoc = assoc
         self.transport = transport
         self.config = config
         self.idle_seconds = idle_seconds
-        self.new_spool = new_spool
         self.peer_max = int(getattr(assoc.requestor, "maximum_length", 0) or 0)
         self.contexts = {cid: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
                          for cid, cx in assoc._accepted_cx.items()}
@@ -235,7 +211,7 @@ class LeanStorage:
             pdu_type, body = pdu
             if pdu_type == _P_DATA_TF:
                 if not self._p_data(body):
-                    self._send(_ABORT_INVALID)
+                    self._send(_ABORT_INVALID_PDU)
                     return "aborted"
             elif pdu_type == _A_RELEASE_RQ:
                 self._send(_RELEASE_RP)
@@ -291,12 +267,8 @@ class LeanStorage:
         if fields.get("CommandDataSetType") == _NO_DATA_SET:
             return self._store(context_id, fields, None)
         self._request, self._request_cx = fields, context_id
-        self.spool = self.new_spool()
-        self.spool.write(b"\x00" * 128 + b"DICM")
-        dimse_messages.write_file_meta_info(self.spool, dimse_messages.create_file_meta(
-            sop_class_uid=UID(str(fields.get("AffectedSOPClassUID") or "")),
-            sop_instance_uid=UID(str(fields.get("AffectedSOPInstanceUID") or "")),
-            transfer_syntax=UID(self.contexts[context_id][1])))
+        self.spool = open_spool(UID(str(fields.get("AffectedSOPClassUID") or "")),
+                                UID(str(fields.get("AffectedSOPInstanceUID") or "")), UID(self.contexts[context_id][1]))
         return True
 
     def _data_fragment(self, data: memoryview, last: bool) -> bool:
@@ -325,11 +297,6 @@ class LeanStorage:
             log.exception("exception in the C-STORE handler")
             status, comment = _STATUS_HANDLER_EXCEPTION, None
         return self._send_command(context_id, store_rsp(sop_class, message_id, status, sop_instance, comment))
-
-
-def new_spool() -> Any:
-    """A spool file as pynetdicom makes one (through the module global stream_datasets_to replaces)."""
-    return dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
 
 
 def _discard(spool: Any) -> None:

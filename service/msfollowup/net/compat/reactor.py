@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any, cast
 
 
-from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
@@ -20,7 +19,7 @@ from pynetdicom.transport import AssociationSocket
 
 
 
-from msfollowup.net.compat.lean import LeanConfig, LeanStorage, finish, new_spool, raw_transport
+from msfollowup.net.compat.lean import LeanConfig, LeanStorage, finish, raw_transport
 from msfollowup.net.compat.transport import BoundedSocket
 
 log = logging.getLogger(__name__)
@@ -230,7 +229,7 @@ class EventAssociation(Association):
         transport = raw_transport(self)
         if not dul.handed_over or dul.is_alive() or transport is None or self.lean is None:
             return False
-        self._lean_server = LeanStorage(self, transport, self.lean, self.network_timeout, new_spool)
+        self._lean_server = LeanStorage(self, transport, self.lean, self.network_timeout)
         how = self._lean_server.run()
         finish(self, how)
         return True
@@ -273,18 +272,12 @@ class EventAssociation(Association):
 
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)
-                self.is_released = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_RELEASED, {})
-                self.kill()
+                finish(self, "released")
                 return
 
             if self.acse.is_aborted():
                 self.dul.receive_pdu(wait=False)  # so EVT_ACSE_RECV fires for subscribers
-                self.is_aborted = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_ABORTED, {})
-                self.kill()
+                finish(self, "aborted")
                 return
 
             if not self.dul.is_alive():

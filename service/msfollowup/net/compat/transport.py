@@ -67,24 +67,29 @@ def _quickack(sock: socket.socket) -> None:
             pass
 
 
+def _recv_before(sock: socket.socket, n: int, deadline: float) -> bytes:
+    """Between 1 and n bytes (at most one read) before `deadline`, or PeerViolation (closed, timed out)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise PeerViolation("timed out")
+    sock.settimeout(left)
+    _quickack(sock)
+    try:
+        data = sock.recv(min(n, _READ))
+    except (TimeoutError, socket.timeout):
+        raise PeerViolation("timed out") from None
+    except OSError as exc:
+        raise PeerViolation(exc.strerror or type(exc).__name__) from None
+    if not data:
+        raise PeerViolation("closed")
+    return data
+
+
 def _read_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
     """n bytes before `deadline`, or PeerViolation (closed, timed out)."""
     out = bytearray()
     while len(out) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise PeerViolation("timed out")
-        sock.settimeout(left)
-        _quickack(sock)
-        try:
-            data = sock.recv(min(n - len(out), _READ))
-        except (TimeoutError, socket.timeout):
-            raise PeerViolation("timed out") from None
-        except OSError as exc:
-            raise PeerViolation(exc.strerror or type(exc).__name__) from None
-        if not data:
-            raise PeerViolation("closed")
-        out += data
+        out += _recv_before(sock, n - len(out), deadline)
     return bytes(out)
 
 
@@ -174,29 +179,13 @@ class BoundedSocket(AssociationSocket):
                 self._left = length
                 self._buffer += header
                 return True
-            data = self._read_some(sock)
+            data = _recv_before(sock, self._left, self._deadline)
             self._left -= len(data)
             self._buffer += data
             return True
         except PeerViolation as exc:
             self._violation(sock, str(exc))
             return False
-
-    def _read_some(self, sock: socket.socket) -> bytes:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise PeerViolation("timed out")
-        sock.settimeout(left)
-        _quickack(sock)
-        try:
-            data = sock.recv(min(self._left, _READ))
-        except (TimeoutError, socket.timeout):
-            raise PeerViolation("timed out") from None
-        except OSError as exc:
-            raise PeerViolation(exc.strerror or type(exc).__name__) from None
-        if not data:
-            raise PeerViolation("closed")
-        return data
 
     def _violation(self, sock: socket.socket, reason: str) -> None:
         """Closed by the peer: pynetdicom's normal path. A broken limit: logged and aborted."""
