@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import re
 import tempfile
 import threading
 from collections.abc import Callable
@@ -23,10 +22,7 @@ from enum import Enum
 from pathlib import Path
 from typing import IO, Any, Literal, cast
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
 from sqlalchemy import (Connection, Row, Table, bindparam,
                         func, select)
 from sqlalchemy.exc import IntegrityError
@@ -34,12 +30,13 @@ from sqlalchemy.sql.expression import Executable
 
 from msfollowup.dicom import structure
 from msfollowup.dicom.classify import reader
+from msfollowup.files.index_header import (SOP_CLASS, IngestError, ascii_value, instance_number, int_value,
+                                           read_index_header, text_value)
 from msfollowup.db import REBUILD_HINT, Database, IndexDatabaseError, rawsqlite, utcnow
 from msfollowup.db.index import Instance, Series, Study, StudyState
 
 log = logging.getLogger(__name__)
 
-UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 CHUNK = 1 << 20
 
 
@@ -59,23 +56,6 @@ class _SQL:
 
 # --- ingest ------------------------------------------------------------------------------------
 
-# Header attributes the index needs; reading only these keeps ingest cheap on multi-GB objects.
-_INDEX_TAGS = [
-    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate", "StudyTime",
-    "AccessionNumber", "Modality", "StationName", "StudyDescription", "SeriesDescription",
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
-    "SeriesInstanceUID", "SeriesNumber", "InstanceNumber",
-]
-
-
-class IngestError(Exception):
-    """An instance that cannot be stored; `status` is the DICOM status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class Outcome(str, Enum):
     STORED = "stored"
     DUPLICATE_SAME = "duplicate"  # identical bytes already stored: success, one copy kept
@@ -92,69 +72,12 @@ class IngestResult:
     path: Path
 
 
-def check_uid(name: str, value: object) -> str:
-    """A UID becomes part of a path: digits and dots only, at most 64 characters."""
-    if not isinstance(value, str) or not value:
-        raise IngestError(0xC000, f"{name} is missing")
-    uid = value.strip("\x00 ")
-    if len(uid) > 64 or not UID_RE.match(uid):
-        raise IngestError(0xC000, f"{name} is not a valid UID (digits and dots, at most 64 characters)")
-    return uid
-
-
 def _fsync_path(path: Path, directory: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _text(ds: Dataset, keyword: str, limit: int | None = None) -> str | None:
-    """An attribute as stored text; a multi-valued one in DICOM's backslash form ("ISO 2022 IR 6\\...")."""
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    text = "\\".join(str(v) for v in value).strip() if isinstance(value, MultiValue) else str(value).strip()
-    return text[:limit] if limit else text
-
-
-def _ascii(ds: Dataset, tag: int, vr: str = "UI") -> object:
-    """A UI or IS value as the data set holds it, without pydicom's conversion when the element is still
-    raw with that VR (or implicit, where the dictionary gives it): the bytes as text, NUL/space padding
-    removed, backslashes kept (a multi-valued UID still fails check_uid). Any other VR (a damaged or
-    hostile file) goes through pydicom as everywhere else, so the index accepts exactly what the later
-    stages can read. None when absent or empty. Saves ~50 us per element on the ingest path."""
-    if tag not in ds:
-        return None
-    item = ds.get_item(tag)
-    if item is not None and isinstance(item.value, bytes) and getattr(item, "VR", None) in (None, vr):
-        return item.value.decode("latin-1").strip("\x00 ") or None
-    value = ds.get(tag)
-    value = value.value if value is not None else None
-    return value if value not in (None, "") else None
-
-
-_STUDY_UID, _SERIES_UID, _SOP_UID = 0x0020000D, 0x0020000E, 0x00080018
-_SOP_CLASS, _INSTANCE_NUMBER = 0x00080016, 0x00200013
-_IDENTITY_TAGS = (_STUDY_UID, _SERIES_UID, _SOP_UID, _SOP_CLASS)
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _number(ds: Dataset) -> int | None:
-    """InstanceNumber (IS) as an int, None when absent or not a number."""
-    value = _ascii(ds, _INSTANCE_NUMBER, "IS")
-    try:
-        return int(str(value).strip()) if value is not None else None
-    except ValueError:
-        return _int(ds, "InstanceNumber")  # "1.0" and the like: pydicom's IS rules decide
 
 
 def _existing_or_insert(c: Connection | rawsqlite.RawTransaction, probe: Executable, key: dict[str, str],
@@ -173,39 +96,6 @@ def _existing_or_insert(c: Connection | rawsqlite.RawTransaction, probe: Executa
     except IntegrityError:
         return c.execute(probe, key).one()
     return None
-
-
-def _fast_header(path: Path) -> reader.Header | None:
-    """The index attributes through the project's fast header reader (one struct scan of the top level,
-    values decoded lazily): ~0.2 ms against ~1.5 ms for pydicom's dcmread on an MR slice. None when
-    the file needs pydicom (no preamble, unusual encoding, or UIDs only in the file meta)."""
-    try:
-        header = reader.read_header(path)
-    except Exception:  # noqa: BLE001 - whatever the fast path dislikes, pydicom decides below
-        return None
-    if header is None:
-        return None
-    ds = header.dataset
-    if not all(tag in ds for tag in _IDENTITY_TAGS):
-        return None
-    return header
-
-
-def _read_header(path: Path) -> tuple[Dataset, str, str, str, reader.Header | None]:
-    """The index attributes of a Part 10 file, its checked Study/Series/SOP Instance UIDs, and the
-    fast reader's header when that read it (for reader.remember)."""
-    try:
-        header = _fast_header(path)
-        ds = header.dataset if header is not None else dcmread(path, stop_before_pixels=True, specific_tags=_INDEX_TAGS)
-        meta = ds.file_meta
-        # Elements are decoded lazily, here: an unknown VR raises NotImplementedError.
-        study = check_uid("StudyInstanceUID", _ascii(ds, _STUDY_UID))
-        series = check_uid("SeriesInstanceUID", _ascii(ds, _SERIES_UID))
-        sop = check_uid("SOPInstanceUID", _ascii(ds, _SOP_UID) or meta.get("MediaStorageSOPInstanceUID"))
-        check_uid("SOPClassUID", _ascii(ds, _SOP_CLASS) or meta.get("MediaStorageSOPClassUID"))
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
-        raise IngestError(0xC000, f"cannot parse the data set: {type(exc).__name__}") from None
-    return ds, study, series, sop, header
 
 
 def _has_file(root: Path) -> bool:
@@ -274,10 +164,10 @@ class InstanceStore:
             structure.check_file(temp_path)
         except structure.Malformed as exc:
             raise IngestError(0xC000, f"malformed: {exc}") from None
-        ds, study, series, sop, header = _read_header(temp_path)
+        ds, study, series, sop, header = read_index_header(temp_path)
         if expected_sop is not None and sop != expected_sop.strip("\x00 "):
             raise IngestError(0xA900, "SOPInstanceUID in the data set differs from the C-STORE request")
-        sop_class = _ascii(ds, _SOP_CLASS)
+        sop_class = ascii_value(ds, SOP_CLASS)
         if expected_sop_class is not None and sop_class and str(sop_class).strip("\x00 ") != expected_sop_class.strip("\x00 "):
             raise IngestError(0xA900, "SOPClassUID in the data set differs from the C-STORE request")
         try:
@@ -364,7 +254,7 @@ class InstanceStore:
 
     def index_stored_file(self, path: Path) -> bool:
         """Index a file already in store/ (`msfollowup index rebuild`); False when its row exists."""
-        ds, study, series, sop, _ = _read_header(path)
+        ds, study, series, sop, _ = read_index_header(path)
         rel = path.relative_to(self.root).as_posix()
         if rel != self.relative_path(study, series, sop):
             raise IngestError(0xC000, "file name does not match its Study/Series/SOP Instance UIDs")
@@ -373,7 +263,7 @@ class InstanceStore:
     def _index(self, ds: Dataset, uids: tuple[str, str, str], rel: str, size: int, calling_ae: str | None,
                only_if_missing: bool) -> bool:
         """Upsert the study, series and instance rows in one transaction. `uids`: the Study, Series and
-        SOP Instance UIDs _read_header checked.
+        SOP Instance UIDs read_index_header checked.
 
         Constant Core statements with parameters rather than ORM loads: this runs once per received
         instance, and the ORM cost about 1 ms of a 3 ms ingest (benchmarks/ingest.py).
@@ -382,8 +272,8 @@ class InstanceStore:
         study_uid, series_uid, sop_uid = uids
         row = dict(
             sop_instance_uid=sop_uid, series_uid=series_uid, study_uid=study_uid,
-            sop_class_uid=str(_ascii(ds, _SOP_CLASS) or ds.file_meta.MediaStorageSOPClassUID),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), instance_number=_number(ds),
+            sop_class_uid=str(ascii_value(ds, SOP_CLASS) or ds.file_meta.MediaStorageSOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), instance_number=instance_number(ds),
             path=rel, size=size, received_at=now, calling_ae=calling_ae,
         )
         with self._begin() as c:
@@ -401,8 +291,8 @@ class InstanceStore:
                 return False
             self._touch_study(c, ds, study_uid, now)
             _existing_or_insert(c, _SQL.series_exists, {"b_uid": series_uid}, _SQL.new_series, lambda: dict(
-                series_uid=series_uid, study_uid=study_uid, series_number=_int(ds, "SeriesNumber"),
-                modality=_text(ds, "Modality", 16), description=_text(ds, "SeriesDescription", 64),
+                series_uid=series_uid, study_uid=study_uid, series_number=int_value(ds, "SeriesNumber"),
+                modality=text_value(ds, "Modality", 16), description=text_value(ds, "SeriesDescription", 64),
                 first_received=now,
             ))
             if exists:
@@ -424,12 +314,12 @@ class InstanceStore:
         key = {"b_uid": study_uid}
         row = _existing_or_insert(c, _SQL.study_state, key, _SQL.new_study, lambda: dict(
             study_uid=study_uid, state=StudyState.RECEIVING.value, version=0, complete_requested=False,
-            patient_id=_text(ds, "PatientID", 64), patient_name=_text(ds, "PatientName", 324),
-            patient_birth_date=_text(ds, "PatientBirthDate", 8), patient_sex=_text(ds, "PatientSex", 16),
-            specific_character_set=_text(ds, "SpecificCharacterSet", 128),
-            accession_number=_text(ds, "AccessionNumber", 16), study_date=_text(ds, "StudyDate", 8),
-            study_time=_text(ds, "StudyTime", 16), study_description=_text(ds, "StudyDescription", 64),
-            station_name=_text(ds, "StationName", 16), first_received=now, last_received=now,
+            patient_id=text_value(ds, "PatientID", 64), patient_name=text_value(ds, "PatientName", 324),
+            patient_birth_date=text_value(ds, "PatientBirthDate", 8), patient_sex=text_value(ds, "PatientSex", 16),
+            specific_character_set=text_value(ds, "SpecificCharacterSet", 128),
+            accession_number=text_value(ds, "AccessionNumber", 16), study_date=text_value(ds, "StudyDate", 8),
+            study_time=text_value(ds, "StudyTime", 16), study_description=text_value(ds, "StudyDescription", 64),
+            station_name=text_value(ds, "StationName", 16), first_received=now, last_received=now,
         ))
         if row is None:
             return
