@@ -219,9 +219,9 @@ def test_a_file_removed_by_retention_before_its_index_commit_is_linked_again(
     study = generate_study(tmp_path / "race", slices=1, seed=43, patient_id="RETRACE")
     original = service.store._index
 
-    def index_after_retention(ds: Any, rel: str, *args: Any, **kwargs: Any) -> bool:
+    def index_after_retention(ds: Any, uids: tuple[str, str, str], rel: str, *args: Any, **kwargs: Any) -> bool:
         service.store.absolute(rel).unlink()  # what remove_unindexed_files does to an unindexed file
-        return original(ds, rel, *args, **kwargs)
+        return original(ds, uids, rel, *args, **kwargs)
 
     monkeypatch.setattr(service.store, "_index", index_after_retention)
     _ingest(service, study.files)
