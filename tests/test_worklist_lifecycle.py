@@ -35,6 +35,14 @@ TODAY = dt.date.today()
 STATION = "MRSCANNER1"
 
 
+@pytest.fixture(autouse=True)
+def _today_at_test_start() -> None:
+    """Read "today" when each test starts, not at import: a run that crossed midnight UTC left TODAY a day behind
+    the node's own today and the overdue test failed."""
+    global TODAY
+    TODAY = utcnow().date()
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
     database = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
