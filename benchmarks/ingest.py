@@ -41,7 +41,7 @@ from typing import Protocol
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from dicom_fixtures import generate_study, write_large_multiframe  # noqa: E402
-from msfollowup.site.config import CompletionConfig, StorageConfig  # noqa: E402
+from msfollowup.site.config import CompletionConfig  # noqa: E402
 from nodeutil import RunningNode, free_port  # noqa: E402
 from test_report_fixtures import StoreSCP  # noqa: E402
 
@@ -160,8 +160,7 @@ class MsFollowup:
         # 0.2 s to keep tests short; a deployed node polls every second).
         self.node = RunningNode(folder, stable_seconds=3600, sections={
             "scheduler": {"enabled": False}, "logging": {"level": "WARNING"},
-            "completion": {"poll_seconds": CompletionConfig().poll_seconds},
-            "storage": {"journal_segment_mb": StorageConfig().journal_segment_mb}}).start()
+            "completion": {"poll_seconds": CompletionConfig().poll_seconds}}).start()
         self.port, self.ae_title = self.node.port, self.node.ae_title
         assert self.node.proc is not None
         return self.node.proc.pid

@@ -134,9 +134,7 @@ class RunningNode:
         tmp.mkdir(parents=True, exist_ok=True)
         merged: dict[str, dict[str, Any]] = {
             "node": {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port, "shutdown_grace_seconds": 5},
-            # A 1 MiB journal segment: 256x256 fixtures take the journal, larger objects the three flushes,
-            # and checkpoints happen every few instances (the production default is 64 MiB).
-            "storage": {"data_dir": str(self.data_dir), "journal_segment_mb": 1},
+            "storage": {"data_dir": str(self.data_dir)},
             "completion": {"stable_seconds": stable_seconds, "poll_seconds": 0.2},
         }
         for name, values in (sections or {}).items():

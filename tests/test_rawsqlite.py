@@ -24,7 +24,7 @@ STORED_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
 class CoreStore(InstanceStore):
     """The same store with the index transaction through SQLAlchemy Core (as on PostgreSQL)."""
 
-    def _begin(self, flush: bool = True) -> AbstractContextManager[Any]:
+    def _begin(self) -> AbstractContextManager[Any]:
         return self.db.engine.begin()
 
 

@@ -65,26 +65,14 @@ _SQL_CACHE: dict[tuple[Any, ...], tuple[str, Any]] = {}
 
 
 @contextmanager
-def begin(engine: Engine, durable: bool = True) -> Iterator[RawTransaction]:
-    """`with begin(engine) as c:` as `with engine.begin() as c:`, for the statements RawTransaction takes.
-
-    `durable=False` (the ingest journal, files/journal.py, holds a durable record of what this
-    transaction writes): this one COMMIT runs with `synchronous=NORMAL`, i.e. without the WAL flush;
-    the connection goes back to the pool with `synchronous=FULL` again, or is discarded."""
+def begin(engine: Engine) -> Iterator[RawTransaction]:
+    """`with begin(engine) as c:` as `with engine.begin() as c:`, for the statements RawTransaction takes."""
     pooled = engine.raw_connection()
-    cursor = pooled.cursor()
     try:
-        if not durable:
-            cursor.execute("PRAGMA synchronous=NORMAL")
-        tx = RawTransaction(cursor)
+        tx = RawTransaction(pooled.cursor())
         with tx.transaction():
             yield tx
     finally:
-        if not durable:
-            try:
-                cursor.execute("PRAGMA synchronous=FULL")
-            except sqlite3.Error:
-                pooled.invalidate()  # never hand a non-flushing connection to another writer
         pooled.close()  # back to the pool
 
 

@@ -76,9 +76,7 @@ def remove_unindexed_files(store: InstanceStore, study_uid: str) -> int:
 
 
 def retire_study(store: InstanceStore, study_uid: str, cutoff: dt.datetime | None = None) -> int:
-    """Both steps for one study; the number of instances whose rows were deleted. The journal is
-    checkpointed first: a record of this study replayed after a crash would bring its files back."""
-    store.checkpoint()
+    """Both steps for one study; the number of instances whose rows were deleted."""
     n = delete_rows(store, study_uid, cutoff)
     files = remove_unindexed_files(store, study_uid)
     if files and not n:

@@ -6,10 +6,6 @@ fsync'd, hard-linked to `store/<study>/<series>/<sop>.dcm` (the directory fsync'
 then is the temp name removed. So after a crash `recover` only has to look in tmp/: a temp file with a
 second link was linked (and maybe not indexed) -> index it; one without was never acknowledged -> delete.
 The final name never holds a partial file, and start-up never has to walk the whole store.
-
-With the ingest journal (files/journal.py, SQLite index) the three flushes become one: the file's
-bytes go into a journal record made durable first, then link and index follow without flushes of
-their own, and start-up replays the records since the last checkpoint through the flushing path.
 """
 
 from __future__ import annotations
@@ -34,9 +30,8 @@ from sqlalchemy.sql.expression import Executable
 
 from msfollowup.dicom import structure
 from msfollowup.dicom.classify import reader
-from msfollowup.files.index_header import (SOP_CLASS, IngestError, ascii_value, check_uid, instance_number,
-                                           int_value, read_index_header, text_value)
-from msfollowup.files.journal import Journal
+from msfollowup.files.index_header import (SOP_CLASS, IngestError, ascii_value, instance_number, int_value,
+                                           read_index_header, text_value)
 from msfollowup.db import REBUILD_HINT, Database, IndexDatabaseError, rawsqlite, utcnow
 from msfollowup.db.index import Instance, Series, Study, StudyState
 
@@ -131,14 +126,12 @@ class InstanceStore:
         db: Database,
         duplicate_policy: Literal["keep_first", "replace", "reject"] = "keep_first",
         fsync: bool = True,
-        journal: Journal | None = None,
     ) -> None:
         self.root = data_dir / "store"
         self.tmp = data_dir / "tmp"
         self.db = db
         self.duplicate_policy = duplicate_policy
         self.fsync = fsync
-        self.journal = journal if fsync else None
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         # One SOP Instance UID is linked and indexed by one thread at a time (striped locks), so a
@@ -160,13 +153,12 @@ class InstanceStore:
     # -- ingest
 
     def ingest_file(self, temp_path: Path, calling_ae: str | None = None, expected_sop: str | None = None,
-                    expected_sop_class: str | None = None, journaled: bool = True) -> IngestResult:
+                    expected_sop_class: str | None = None) -> IngestResult:
         """Make a complete Part 10 file at `temp_path` (in self.tmp) durable and indexed.
 
         The caller owns `temp_path` and removes it afterwards (pynetdicom does so for received files).
         Raises IngestError with the status to answer; nothing is linked into the store in that case.
         The encoded structure is checked first: a file a later stage cannot read is never acknowledged.
-        `journaled=False`: the three flushes even when a journal is configured (the journal's replay).
         """
         try:
             structure.check_file(temp_path)
@@ -183,74 +175,63 @@ class InstanceStore:
         except IndexDatabaseError as exc:
             log.error("C-STORE refused: %s", exc)
             raise IngestError(0xA700, "index database file missing or replaced") from None
-        lock = self._sop_locks[hash(sop) % len(self._sop_locks)]
-        size = temp_path.stat().st_size
-        if journaled and self.journal is not None and size <= self.journal.inline_limit:
-            # One flush: the record (the whole file) is durable before store/ and the index see it.
-            with open(temp_path, "rb") as f:
-                data = f.read()
-            meta = {"study": study, "series": series, "sop": sop, "calling_ae": calling_ae or ""}
-            with self.journal.entry(meta, data), lock:
-                result = self._link_and_index(temp_path, ds, study, series, sop, calling_ae, flush=False)
-        else:
-            if self.fsync:
-                _fsync_path(temp_path)
-            with lock:
-                result = self._link_and_index(temp_path, ds, study, series, sop, calling_ae, flush=self.fsync)
+        if self.fsync:
+            _fsync_path(temp_path)
+        with self._sop_locks[hash(sop) % len(self._sop_locks)]:
+            result = self._link_and_index(temp_path, ds, study, series, sop, calling_ae)
         if header is not None and result.outcome in (Outcome.STORED, Outcome.REPLACED):
-            reader.remember(result.path, header, size)  # for the live check's read
+            reader.remember(result.path, header, temp_path.stat().st_size)  # for the live check's read
         return result
 
-    def _link_and_index(self, temp_path: Path, ds: Dataset, study: str, series: str, sop: str,
-                        calling_ae: str | None, flush: bool) -> IngestResult:
-        """`flush`: fsync new names and commit the index durably (False: a journal record covers them)."""
+    def _link_and_index(
+        self, temp_path: Path, ds: Dataset, study: str, series: str, sop: str, calling_ae: str | None
+    ) -> IngestResult:
         rel = self.relative_path(study, series, sop)
         final = self.absolute(rel)
-        outcome = self._link(temp_path, final, flush)
+        outcome = self._link(temp_path, final)
         if outcome is Outcome.DUPLICATE_SAME or outcome is Outcome.DUPLICATE_KEPT_FIRST:
             # Make sure a row exists (the first copy may have been linked just before a crash).
             try:
                 size = final.stat().st_size
             except FileNotFoundError:  # retention removed the first copy since _link found it
                 size = temp_path.stat().st_size
-            if self._index(ds, (study, series, sop), rel, size, calling_ae, only_if_missing=True, flush=flush):
-                self._relink_if_retired(temp_path, final, flush)
+            if self._index(ds, (study, series, sop), rel, size, calling_ae, only_if_missing=True):
+                self._relink_if_retired(temp_path, final)
             return IngestResult(outcome, study, series, sop, final)
         try:
-            self._index(ds, (study, series, sop), rel, final.stat().st_size, calling_ae, only_if_missing=False,
-                        flush=flush)
+            self._index(ds, (study, series, sop), rel, final.stat().st_size, calling_ae, only_if_missing=False)
         except BaseException:
             if outcome is Outcome.STORED:
                 # Not indexed -> not acknowledged: the name goes too, so store/ only holds indexed files.
                 final.unlink(missing_ok=True)
             raise
-        self._relink_if_retired(temp_path, final, flush)
+        self._relink_if_retired(temp_path, final)
         return IngestResult(outcome, study, series, sop, final)
 
-    def _relink_if_retired(self, temp_path: Path, final: Path, flush: bool) -> None:
+    def _relink_if_retired(self, temp_path: Path, final: Path) -> None:
         """Retention removes unindexed files of an old study under the study row lock; a file linked
         before this ingest's index transaction got that lock may be gone: put it back from the temp
         file (still ours until the caller removes it) before the instance is acknowledged."""
         if final.exists():
             return
         log.warning("a stored file was removed by retention before its index commit; linked again")
-        self._make_dirs(final.parent, flush)
+        self._make_dirs(final.parent)
         os.link(temp_path, final)
-        if flush:
+        if self.fsync:
             _fsync_path(final.parent, directory=True)
 
-    def _make_dirs(self, series_dir: Path, flush: bool) -> None:
+    def _make_dirs(self, series_dir: Path) -> None:
         """Create study/series folders; a new folder's parent is fsync'd so the folder survives a crash."""
         for folder in (series_dir.parent, series_dir):
             try:
                 folder.mkdir()
             except FileExistsError:
                 continue
-            if flush:
+            if self.fsync:
                 _fsync_path(folder.parent, directory=True)
 
-    def _link(self, temp_path: Path, final: Path, flush: bool) -> Outcome:
-        self._make_dirs(final.parent, flush)
+    def _link(self, temp_path: Path, final: Path) -> Outcome:
+        self._make_dirs(final.parent)
         try:
             os.link(temp_path, final)
         except FileExistsError:
@@ -264,10 +245,10 @@ class InstanceStore:
             spare = temp_path.with_suffix(".replace")
             os.link(temp_path, spare)
             os.replace(spare, final)
-            if flush:
+            if self.fsync:
                 _fsync_path(final.parent, directory=True)
             return Outcome.REPLACED
-        if flush:
+        if self.fsync:
             _fsync_path(final.parent, directory=True)  # the new name itself
         return Outcome.STORED
 
@@ -280,9 +261,9 @@ class InstanceStore:
         return self._index(ds, (study, series, sop), rel, path.stat().st_size, None, only_if_missing=True)
 
     def _index(self, ds: Dataset, uids: tuple[str, str, str], rel: str, size: int, calling_ae: str | None,
-               only_if_missing: bool, flush: bool = True) -> bool:
+               only_if_missing: bool) -> bool:
         """Upsert the study, series and instance rows in one transaction. `uids`: the Study, Series and
-        SOP Instance UIDs read_index_header checked. `flush=False`: a journal record covers the commit.
+        SOP Instance UIDs read_index_header checked.
 
         Constant Core statements with parameters rather than ORM loads: this runs once per received
         instance, and the ORM cost about 1 ms of a 3 ms ingest (benchmarks/ingest.py).
@@ -295,7 +276,7 @@ class InstanceStore:
             transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), instance_number=instance_number(ds),
             path=rel, size=size, received_at=now, calling_ae=calling_ae,
         )
-        with self._begin(flush) as c:
+        with self._begin() as c:
             stored = c.execute(_SQL.instance_exists, {"b_uid": sop_uid}).first()
             exists = stored is not None
             if stored is not None and (stored.study_uid, stored.series_uid) != (study_uid, series_uid):
@@ -320,12 +301,11 @@ class InstanceStore:
                 c.execute(_SQL.new_instance, row)
         return True
 
-    def _begin(self, flush: bool = True) -> AbstractContextManager[Connection | rawsqlite.RawTransaction]:
+    def _begin(self) -> AbstractContextManager[Connection | rawsqlite.RawTransaction]:
         """The index transaction: on SQLite through the DB-API connection (db/rawsqlite.py, a fraction
-        of Core's CPU per statement), elsewhere SQLAlchemy Core. `flush=False` (SQLite only, with the
-        journal): the commit does not wait for the WAL flush."""
+        of Core's CPU per statement), elsewhere SQLAlchemy Core."""
         if self.db.engine.dialect.name == "sqlite":
-            return rawsqlite.begin(self.db.engine, durable=flush)
+            return rawsqlite.begin(self.db.engine)
         return self.db.engine.begin()
 
     def _touch_study(self, c: Connection | rawsqlite.RawTransaction, ds: Dataset, study_uid: str,
@@ -368,7 +348,7 @@ class InstanceStore:
     def recover(self) -> dict[str, int]:
         """Finish what a crash interrupted: see the module docstring. Returns counts for the log."""
         self.check_index_matches_files()
-        counts = {"indexed": 0, "discarded": 0, "replayed": self.replay_journal()}
+        counts = {"indexed": 0, "discarded": 0}
         for entry in sorted(self.tmp.iterdir()):
             if not entry.is_file():
                 continue
@@ -386,54 +366,6 @@ class InstanceStore:
         if self.fsync:
             _fsync_path(self.tmp, directory=True)
         return counts
-
-    def replay_journal(self) -> int:
-        """Ingest again, through the flushing path, every journal record since the last checkpoint; then
-        checkpoint. A name whose data the crash lost (a truncated or empty file) is replaced from the
-        record first. Returns the number of records replayed."""
-        if self.journal is None:
-            return 0
-        replayed = 0
-        for record in self.journal.records():
-            spool = self.temp_file()
-            try:
-                with spool:
-                    spool.write(record.data)
-                    spool.flush()
-                temp = Path(spool.name)
-                self._drop_damaged(record.meta)
-                self.ingest_file(temp, calling_ae=record.meta.get("calling_ae") or None, journaled=False)
-                replayed += 1
-            except IngestError as exc:  # refused when it arrived, refused again: nothing was acknowledged
-                log.info("journal replay: a record not stored again (%s)", exc)
-            finally:
-                Path(spool.name).unlink(missing_ok=True)
-        self.journal.checkpoint(force=True)
-        if replayed:
-            log.warning("journal replay: %d instance(s) made durable again after an interrupted run", replayed)
-        return replayed
-
-    def _drop_damaged(self, meta: dict[str, str]) -> None:
-        """Remove the stored file a record names when the crash left it unreadable (its data never
-        reached the disk): the record's bytes take its place instead of being refused as a duplicate."""
-        try:
-            rel = self.relative_path(*(check_uid(k, meta.get(k)) for k in ("study", "series", "sop")))
-        except IngestError:
-            return
-        final = self.absolute(rel)
-        if not final.exists():
-            return
-        try:
-            structure.check_file(final)
-        except (structure.Malformed, OSError):
-            log.warning("journal replay: a stored file lost its data in the crash; written again from the journal")
-            final.unlink()
-
-    def checkpoint(self) -> None:
-        """Make the store and the index durable by themselves (the journal's records retired): before
-        retention removes files, so no later replay brings a removed instance back, and at shutdown."""
-        if self.journal is not None:
-            self.journal.checkpoint()
 
     # -- queries used by later stages
 

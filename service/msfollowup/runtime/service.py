@@ -31,7 +31,6 @@ from msfollowup.app.metrics import Metrics, check_database, check_storage
 from msfollowup.net.node import Node
 from msfollowup.app.outbox import Outbox
 from msfollowup.app.pipeline import Pipeline, PipelineWorker
-from msfollowup.files.journal import Journal, sync_filesystem
 from msfollowup.files.store import InstanceStore
 
 log = logging.getLogger("msfollowup")
@@ -140,11 +139,9 @@ class Service:
             self.cluster.join()
         else:
             self._data_dir_lock = cluster.DataDirLock(self.cfg.storage.data_dir).acquire()
-        self.store.journal = self._open_journal()
         counts = self.store.recover()
         if any(counts.values()):
-            log.warning("recovered after an interrupted run: indexed=%d discarded=%d replayed=%d",
-                        counts["indexed"], counts["discarded"], counts["replayed"])
+            log.warning("recovered after an interrupted run: indexed=%d discarded=%d", counts["indexed"], counts["discarded"])
         self.pipeline_worker.start()
         self.completion.start()
         self.outbox.start()
@@ -235,19 +232,6 @@ class Service:
         for t in stoppers:
             t.join(max(0.0, deadline - time.monotonic()))
 
-    def _open_journal(self) -> Journal | None:
-        """The ingest journal (files/journal.py) when this node may use one: a SQLite index, fsync on,
-        no cluster (several nodes share a PostgreSQL index and the store; each commit is durable there)."""
-        storage = self.cfg.storage
-        if not (storage.fsync and storage.journal_segment_mb and self.db.file is not None and self.cluster is None):
-            return None
-        index_dir = self.db.file.parent
-        # The checkpoint's syncfs of the data folder covers the index when it lives on the same filesystem;
-        # never an fsync through a descriptor of the SQLite file itself: closing it would drop SQLite's locks.
-        same_fs = os.stat(index_dir).st_dev == os.stat(storage.data_dir).st_dev
-        return Journal(storage.data_dir / "journal", storage.journal_segment_mb << 20, storage.data_dir,
-                       flush_others=(lambda: None) if same_fs else (lambda: sync_filesystem(index_dir)))
-
     def stop(self) -> None:
         if self.http is not None:
             self.http.stop()
@@ -255,12 +239,6 @@ class Service:
         if aborted:
             log.warning("shutdown aborted %d association(s) after the grace period", aborted)
         self._stop_workers(WORKER_STOP_SECONDS)
-        if self.store.journal is not None:  # a clean stop leaves nothing to replay
-            try:
-                self.store.checkpoint()
-            except OSError as exc:
-                log.error("journal checkpoint at shutdown failed (replayed at the next start): %s", exc.strerror)
-            self.store.journal.close()
         if self.cluster is not None:
             self.cluster.stop()
         if self._data_dir_lock is not None:

@@ -64,10 +64,6 @@ class StorageConfig(_Section):
     database: str | None = None  # SQLAlchemy URL; default sqlite:///<data_dir>/index.sqlite3
     duplicate_policy: Literal["keep_first", "replace", "reject"] = "keep_first"
     fsync: bool = True  # only benchmarks against non-durable references may turn this off
-    # The ingest journal (files/journal.py): one flush per received instance instead of three, on a
-    # SQLite index. Its segment file (MiB, written in full at first start) is checkpointed when full;
-    # objects over a quarter of it take the three flushes. 0: no journal.
-    journal_segment_mb: int = Field(default=64, ge=0, le=4096)
     # How long a write waits for a locked SQLite index before the C-STORE fails (Out of Resources).
     busy_timeout_seconds: float = Field(default=30.0, gt=0)
     # An index database of an older schema revision: false -> `serve` refuses to start and names
