@@ -178,16 +178,6 @@ class LeanStorage:
             return True
         return bool(readable)
 
-    def _read_pdu(self) -> tuple[int, bytes] | None:
-        header = self.transport.recv(6)
-        if len(header) < 6:
-            return None
-        pdu_type, _, length = struct.unpack(">BBI", header)
-        body = self.transport.recv(length) if length else bytearray()
-        if len(body) < length:
-            return None
-        return pdu_type, bytes(body)
-
     def run(self) -> str:
         """'released' or 'aborted'."""
         try:
@@ -205,7 +195,7 @@ class LeanStorage:
                 log.warning("network timeout reached, association A-ABORT")
                 self._send(_ABORT_SERVICE_USER)
                 return "aborted"
-            pdu = self._read_pdu()
+            pdu = self.transport.read_pdu()
             if pdu is None:
                 return "aborted"  # closed by the peer, or cut by the transport for a broken limit
             pdu_type, body = pdu
@@ -223,7 +213,7 @@ class LeanStorage:
                 self._send(_ABORT_UNEXPECTED)
                 return "aborted"
 
-    def _p_data(self, body: bytes) -> bool:
+    def _p_data(self, body: bytearray) -> bool:
         """Every PDV of one P-DATA-TF; False on a broken PDU (the caller aborts)."""
         offset, end = 0, len(body)
         view = memoryview(body)
