@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import pydicom
+import pytest
 
 from dicom_fixtures import generate_study
 from msfollowup.db import Database
-from msfollowup.files.store import InstanceStore, Study
+from msfollowup.files import store as store_module
+from msfollowup.files.store import IngestError, Instance, InstanceStore, Study
 
 
 def test_multi_valued_character_set_is_indexed_in_dicom_backslash_form(tmp_path: Path) -> None:
@@ -26,3 +32,62 @@ def test_multi_valued_character_set_is_indexed_in_dicom_backslash_form(tmp_path:
     with db.session() as s:
         row = s.get(Study, study.study_uid)
         assert row is not None and row.specific_character_set == "ISO 2022 IR 6\\ISO 2022 IR 87"
+
+
+# --- issue 17: the bytes' flush runs while the checks parse the file ------------------------------
+
+
+def _one(tmp_path: Path) -> tuple[InstanceStore, Database, Path]:
+    study = generate_study(tmp_path / "gen", slices=1, seed=43)
+    db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    store = InstanceStore(tmp_path / "var", db)
+    temp = store.tmp / "one.part"
+    shutil.copyfile(study.files[0], temp)
+    return store, db, temp
+
+
+def test_nothing_is_linked_before_the_received_bytes_are_flushed(tmp_path: Path, monkeypatch: Any) -> None:
+    """The flush runs on a helper thread; a slow disk must still come before the final name."""
+    store, _db, temp = _one(tmp_path)
+    events: list[str] = []
+
+    def slow_fsync(path: Path, directory: bool = False) -> None:
+        if not directory:
+            time.sleep(0.3)  # the checks finish long before this flush
+            events.append(f"flushed {Path(path).name}")
+        real_fsync(path, directory)
+
+    def link(src: Any, dst: Any) -> None:
+        events.append(f"linked {Path(src).name}")
+        real_link(src, dst)
+
+    real_fsync, real_link = store_module._fsync_path, os.link
+    monkeypatch.setattr(store_module, "_fsync_path", slow_fsync)
+    monkeypatch.setattr(store_module.os, "link", link)
+    store.ingest_file(temp)
+    assert events == ["flushed one.part", "linked one.part"]
+
+
+def test_a_failed_flush_fails_the_store_and_links_nothing(tmp_path: Path, monkeypatch: Any) -> None:
+    store, db, temp = _one(tmp_path)
+
+    def failing_fsync(path: Path, directory: bool = False) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(store_module, "_fsync_path", failing_fsync)
+    with pytest.raises(OSError) as raised:
+        store.ingest_file(temp)
+    assert raised.value.errno == errno.EIO
+    assert not list(store.root.rglob("*.dcm"))
+    with db.session() as s:
+        assert s.query(Instance).count() == 0
+
+
+def test_a_refused_file_answers_its_own_error_not_the_flush(tmp_path: Path) -> None:
+    """A malformed file is refused for what it is, even though its flush was started."""
+    store, _db, temp = _one(tmp_path)
+    temp.write_bytes(temp.read_bytes()[:400])  # cut inside the header
+    with pytest.raises(IngestError) as raised:
+        store.ingest_file(temp)
+    assert raised.value.status == 0xC000
+    assert not list(store.root.rglob("*.dcm"))

@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
@@ -78,6 +79,20 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_FLUSHER: ThreadPoolExecutor | None = None
+_FLUSHER_LOCK = threading.Lock()
+
+
+def _flusher() -> ThreadPoolExecutor:
+    """The threads that flush received files while their association thread checks them (one per
+    concurrent association is plenty: each waits on the disk, holding the GIL only to start)."""
+    global _FLUSHER
+    with _FLUSHER_LOCK:
+        if _FLUSHER is None:
+            _FLUSHER = ThreadPoolExecutor(max_workers=16, thread_name_prefix="msf-flush")
+        return _FLUSHER
 
 
 def _existing_or_insert(c: Connection | rawsqlite.RawTransaction, probe: Executable, key: dict[str, str],
@@ -159,7 +174,27 @@ class InstanceStore:
         The caller owns `temp_path` and removes it afterwards (pynetdicom does so for received files).
         Raises IngestError with the status to answer; nothing is linked into the store in that case.
         The encoded structure is checked first: a file a later stage cannot read is never acknowledged.
+        The bytes' flush starts at once on a helper thread and runs while the checks parse the file (the
+        flush waits for the disk, the checks for the CPU): one sender waits for the longer of the two, not
+        for both. Nothing is linked before the flush has succeeded.
         """
+        flushing = _flusher().submit(_fsync_path, temp_path) if self.fsync else None
+        try:
+            ds, study, series, sop, header = self._check(temp_path, expected_sop, expected_sop_class)
+        finally:
+            if flushing is not None:
+                flush_error = flushing.exception()  # waits; an error is raised below, after the checks'
+        if flushing is not None and flush_error is not None:
+            raise flush_error
+        with self._sop_locks[hash(sop) % len(self._sop_locks)]:
+            result = self._link_and_index(temp_path, ds, study, series, sop, calling_ae)
+        if header is not None and result.outcome in (Outcome.STORED, Outcome.REPLACED):
+            reader.remember(result.path, header, temp_path.stat().st_size)  # for the live check's read
+        return result
+
+    def _check(self, temp_path: Path, expected_sop: str | None, expected_sop_class: str | None
+               ) -> tuple[Dataset, str, str, str, reader.Header | None]:
+        """The encoded structure, the index attributes and checked UIDs, the index file's identity."""
         try:
             structure.check_file(temp_path)
         except structure.Malformed as exc:
@@ -175,13 +210,7 @@ class InstanceStore:
         except IndexDatabaseError as exc:
             log.error("C-STORE refused: %s", exc)
             raise IngestError(0xA700, "index database file missing or replaced") from None
-        if self.fsync:
-            _fsync_path(temp_path)
-        with self._sop_locks[hash(sop) % len(self._sop_locks)]:
-            result = self._link_and_index(temp_path, ds, study, series, sop, calling_ae)
-        if header is not None and result.outcome in (Outcome.STORED, Outcome.REPLACED):
-            reader.remember(result.path, header, temp_path.stat().st_size)  # for the live check's read
-        return result
+        return ds, study, series, sop, header
 
     def _link_and_index(
         self, temp_path: Path, ds: Dataset, study: str, series: str, sop: str, calling_ae: str | None
