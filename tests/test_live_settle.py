@@ -8,7 +8,9 @@ import datetime as dt
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import update
 
 from dicom_fixtures import generate_study
@@ -16,8 +18,9 @@ from msfollowup.site.config import Config
 from msfollowup.db import Database, utcnow
 from msfollowup.db import provisional as records
 from msfollowup.app.live.broker import Broker
+from msfollowup.app.live import settle
 from msfollowup.app.live.settle import LiveChecker
-from msfollowup.files.store import InstanceStore, Study
+from msfollowup.files.store import Instance, InstanceStore, Study
 
 
 def _ingest(store: InstanceStore, files: list[Path]) -> None:
@@ -71,5 +74,54 @@ def test_series_are_judged_once_settled_and_only_changes_are_recorded(db_url: st
     with db.session() as s:
         history = records.history(s, study.study_uid)
     assert len(history) == 3
+    db.dispose()
+    shutil.rmtree(tmp_path / "var", ignore_errors=True)
+
+
+def test_a_settled_series_is_classified_once_and_the_profile_looked_up_when_the_settled_set_changes(
+        db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: a check that only adds an arriving series reuses each settled series' classification
+    and the study's expected profile; what it publishes is what a fresh checker computes from scratch."""
+    cfg = Config.model_validate({"storage": {"data_dir": str(tmp_path / "var"), "database": db_url},
+                                 "live": {"settle_seconds": 5}})
+    db = Database(db_url)
+    store = InstanceStore(cfg.storage.data_dir, db, fsync=False)
+    study = generate_study(tmp_path / "study", profile="ms-brain-routine", slices=3, accession="A10")
+    calls = {"classify": 0, "profile": 0}
+
+    def counted(name: str, real: Any) -> Any:
+        def wrapper(*args: Any) -> Any:
+            calls[name] += 1
+            return real(*args)
+        return wrapper
+
+    monkeypatch.setattr(settle, "classify_series", counted("classify", settle.classify_series))
+    monkeypatch.setattr(settle, "expected_profile", counted("profile", settle.expected_profile))
+    checker = LiveChecker(db, cfg, store, Broker())
+    loc, t1_pre, flair, t2, _t1_post = study.series
+    t0 = utcnow()
+
+    def quiet_since_a_minute() -> None:  # every instance so far arrived long ago: those series settle
+        with db.session() as s:
+            s.execute(update(Instance).where(Instance.study_uid == study.study_uid)
+                      .values(received_at=t0 - dt.timedelta(minutes=1)))
+
+    _ingest(store, list(loc.files) + list(t1_pre.files))
+    quiet_since_a_minute()
+    assert checker.run_once(now=t0) == 1 and calls == {"classify": 2, "profile": 1}
+    _ingest(store, list(flair.files))  # one more series arriving: nothing settled changed
+    assert checker.run_once(now=t0 + dt.timedelta(seconds=1)) == 1 and calls == {"classify": 2, "profile": 1}
+    quiet_since_a_minute()
+    assert checker.run_once(now=t0 + dt.timedelta(seconds=2)) == 1  # FLAIR settles: only it is classified
+    assert calls == {"classify": 3, "profile": 2}
+    _ingest(store, list(t2.files))
+    assert checker.run_once(now=t0 + dt.timedelta(seconds=3)) == 1  # T2 arriving: listed, the rest reused
+    assert calls == {"classify": 3, "profile": 2}
+    quiet_since_a_minute()
+    later = t0 + dt.timedelta(seconds=4)
+    assert checker.run_once(now=later) == 1  # T2 settles
+    assert calls == {"classify": 4, "profile": 3}
+    fresh = LiveChecker(db, cfg, store, Broker())  # no caches: computes everything, finds the same result
+    assert fresh.run_once(now=later) == 0
     db.dispose()
     shutil.rmtree(tmp_path / "var", ignore_errors=True)

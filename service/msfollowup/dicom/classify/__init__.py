@@ -13,7 +13,8 @@ Modules, in reading order:
 - `tokens`: description words read as evidence (protocols/classify-tokens.toml);
 - `contrast`: pre / post / unknown with its evidence, per series and across the study;
 - `anatomy`: brain / cervical / thoracic / lumbar spine per series, and `study_anatomy` per study;
-- `study`: `classify_series` and `classify_study` (derived, 2D/3D, then the study-level inference).
+- `study`: `classify_series` and `classify_study` (derived, 2D/3D, then the study-level inference,
+  `infer_study`).
 """
 
 from msfollowup.dicom.classify.access import study_uid
@@ -23,11 +24,11 @@ from msfollowup.dicom.classify.facts import summarize
 from msfollowup.dicom.classify.header import Header, as_header
 from msfollowup.dicom.classify.model import KINDS, Basis, Kind, Orientation, SeriesClassification, SeriesFacts
 from msfollowup.dicom.classify.reader import HEADER_KEYWORDS, DamagedFileError, read_header, read_headers
-from msfollowup.dicom.classify.study import classify_series, classify_study
+from msfollowup.dicom.classify.study import classify_series, classify_study, infer_study
 
 __all__ = [
     "ANATOMIES", "REGIONS", "Contrast", "Region", "StudyAnatomy", "regions_of", "study_anatomy",
     "HEADER_KEYWORDS", "KINDS", "Basis", "DamagedFileError", "Header", "Kind", "Orientation", "SeriesClassification",
-    "SeriesFacts", "as_header", "classify_series", "classify_study", "read_header", "read_headers", "study_uid",
+    "SeriesFacts", "as_header", "classify_series", "classify_study", "infer_study", "read_header", "read_headers", "study_uid",
     "summarize",
 ]

@@ -105,5 +105,11 @@ def classify_series(datasets: Sequence[Dataset | Header]) -> SeriesClassificatio
 def classify_study(series: Sequence[Sequence[Dataset | Header]]) -> list[SeriesClassification]:
     """Classify every series of a study; contrast and anatomy are then inferred across the study
     (see classify.contrast.study_contrast and classify.anatomy.inherit_anatomy)."""
-    results = [classify_series(s) for s in series if s]
-    return inherit_anatomy(study_contrast(results))
+    return infer_study([classify_series(s) for s in series if s])
+
+
+def infer_study(series: Sequence[SeriesClassification]) -> list[SeriesClassification]:
+    """The study-level inference over series classified one by one: classify_study's second half, for
+    a caller that keeps each series' classify_series result while its instances do not change (the live
+    check). The inputs are frozen; changed series come back as new objects."""
+    return inherit_anatomy(study_contrast(list(series)))
