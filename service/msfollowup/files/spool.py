@@ -13,11 +13,11 @@ from typing import Any
 _SEQUENCE = itertools.count()
 
 
-def _create(folder: Path) -> tuple[int, str]:
+def _create(folder: str) -> tuple[int, str]:
     """A new file of our own in `folder`: process id and a counter, created exclusively (a name left by
     an earlier process is skipped). tempfile.mkstemp's random names cost ~0.2 ms of CPU per instance."""
     while True:
-        name = os.path.join(folder, f"{os.getpid()}-{next(_SEQUENCE)}.part")
+        name = f"{folder}/{os.getpid()}-{next(_SEQUENCE)}.part"
         try:
             return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), name
         except FileExistsError:
@@ -33,17 +33,17 @@ class SpoolFile:
     Out of Resources. Unbuffered: pynetdicom flushes after every fragment anyway.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path | str) -> None:
         self.error: OSError | None = None
         self._fd: int | None = None
         # pynetdicom writes from the network thread, an abort discards from the association thread:
         # the lock keeps a write from landing on a descriptor number already closed and reused.
         self._lock = threading.Lock()
-        self.name = str(folder / "unavailable.part")
         try:
-            self._fd, self.name = _create(folder)
+            self._fd, self.name = _create(str(folder))  # a str: pathlib's joins cost more than the open
         except OSError as exc:  # no inode / no descriptor left: same answer as a full disk
             self.error = exc
+            self.name = os.path.join(folder, "unavailable.part")
         self.file = self  # pynetdicom calls `.file.flush()`
 
     def write(self, data: bytes) -> int:
@@ -84,7 +84,9 @@ class SpoolFile:
 
 
 def spool_factory(folder: Path) -> Callable[..., SpoolFile]:
+    where = str(folder)
+
     def make(*_args: Any, **_kwargs: Any) -> SpoolFile:  # NamedTemporaryFile's signature, arguments unused
-        return SpoolFile(folder)
+        return SpoolFile(where)
 
     return make
