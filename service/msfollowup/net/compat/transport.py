@@ -8,8 +8,9 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 
 from pynetdicom.association import Association
@@ -24,6 +25,7 @@ PDATA_OVERHEAD = 12  # PDU header + PDV item header: a P-DATA may exceed the max
 _A_ASSOCIATE_RQ, _P_DATA_TF = 0x01, 0x04
 _ABORT_INVALID_PDU = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])  # A-ABORT, provider, invalid PDU parameter
 _READ = 64 * 1024
+_T = TypeVar("_T", bytes, int)
 
 
 @dataclass(frozen=True)
@@ -67,15 +69,15 @@ def _quickack(sock: socket.socket) -> None:
             pass
 
 
-def _recv_before(sock: socket.socket, n: int, deadline: float) -> bytes:
-    """Between 1 and n bytes (at most one read) before `deadline`, or PeerViolation (closed, timed out)."""
+def _before(sock: socket.socket, deadline: float, read: Callable[[], _T]) -> _T:
+    """One read (`read`) before `deadline`: its result, or PeerViolation (closed, timed out, failed)."""
     left = deadline - time.monotonic()
     if left <= 0:
         raise PeerViolation("timed out")
     sock.settimeout(left)
     _quickack(sock)
     try:
-        data = sock.recv(min(n, _READ))
+        data = read()
     except (TimeoutError, socket.timeout):
         raise PeerViolation("timed out") from None
     except OSError as exc:
@@ -85,22 +87,14 @@ def _recv_before(sock: socket.socket, n: int, deadline: float) -> bytes:
     return data
 
 
+def _recv_before(sock: socket.socket, n: int, deadline: float) -> bytes:
+    """Between 1 and n bytes (at most one read) before `deadline`, or PeerViolation (closed, timed out)."""
+    return _before(sock, deadline, lambda: sock.recv(min(n, _READ)))
+
+
 def _recv_into_before(sock: socket.socket, view: memoryview, deadline: float) -> int:
     """As _recv_before, into `view` (at most one read of at most len(view) bytes): the byte count."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise PeerViolation("timed out")
-    sock.settimeout(left)
-    _quickack(sock)
-    try:
-        n = sock.recv_into(view)
-    except (TimeoutError, socket.timeout):
-        raise PeerViolation("timed out") from None
-    except OSError as exc:
-        raise PeerViolation(exc.strerror or type(exc).__name__) from None
-    if not n:
-        raise PeerViolation("closed")
-    return n
+    return _before(sock, deadline, lambda: sock.recv_into(view))
 
 
 def _read_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
