@@ -275,3 +275,27 @@ def test_lean_and_pynetdicom_paths_give_the_same_answers(tmp_path: Path) -> None
     statuses = [status for status, _ in answers[True]]
     assert statuses == [0x0000, 0xB006, 0xC000, 0x0000], answers
     assert "first kept" in answers[True][1][1] and "StudyInstanceUID" in answers[True][2][1]
+
+
+def test_an_announced_pdu_length_is_not_allocated_before_its_bytes_arrive(tmp_path: Path) -> None:
+    """With `max_pdu = 0` (no limit, as a site may configure) a peer may announce a P-DATA of 1 GiB and
+    send a few bytes: the node must not set that memory aside up front. It aborts the association after
+    the network timeout, stays small and serves the next peer."""
+    n = _Node(tmp_path, max_pdu=0).start()
+    try:
+        baseline = n.peak_rss_mb()
+        sock = open_association(n, [(1, MR)])
+        try:
+            sock.sendall(struct.pack(">BBI", 0x04, 0, 1 << 30) + struct.pack(">IBB", (1 << 30) - 4, 1, 0x01))
+            sock.settimeout(IDLE + 10)
+            try:
+                while sock.recv(65536):  # the node cuts the connection once the PDU is overdue
+                    pass
+            except (ConnectionError, socket.timeout):
+                pass
+        finally:
+            sock.close()
+        assert n.peak_rss_mb() < baseline + 100, "memory set aside for bytes that never came"
+        assert store(n, [mr_dataset()]) == [0x0000]
+    finally:
+        n.stop()

@@ -25,6 +25,7 @@ PDATA_OVERHEAD = 12  # PDU header + PDV item header: a P-DATA may exceed the max
 _A_ASSOCIATE_RQ, _P_DATA_TF = 0x01, 0x04
 _ABORT_INVALID_PDU = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])  # A-ABORT, provider, invalid PDU parameter
 _READ = 64 * 1024
+_PART = 1 << 20  # read_pdu's largest buffer before the bytes to fill it have come
 _T = TypeVar("_T", bytes, int)
 
 
@@ -95,6 +96,19 @@ def _recv_before(sock: socket.socket, n: int, deadline: float) -> bytes:
 def _recv_into_before(sock: socket.socket, view: memoryview, deadline: float) -> int:
     """As _recv_before, into `view` (at most one read of at most len(view) bytes): the byte count."""
     return _before(sock, deadline, lambda: sock.recv_into(view))
+
+
+def _read_body(sock: socket.socket, length: int, deadline: float) -> bytearray:
+    """`length` bytes before `deadline`, read with recv_into into buffers of at most _PART bytes each: a
+    peer that announces a large PDU (no limit configured) gets memory only for what it has sent."""
+    parts: list[bytearray] = []
+    for start in range(0, length, _PART):
+        part = bytearray(min(_PART, length - start))
+        view, got = memoryview(part), 0
+        while got < len(part):
+            got += _recv_into_before(sock, view[got:], deadline)
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else bytearray().join(parts)  # no part: an empty PDU
 
 
 def _read_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
@@ -198,11 +212,7 @@ class BoundedSocket(AssociationSocket):
             limit = _pdu_limit(pdu_type, self._limits.max_pdu)
             if limit is not None and length > limit:
                 raise PeerViolation(f"PDU type 0x{pdu_type:02X} of {length} bytes (limit {limit})")
-            body = bytearray(length)
-            view, got = memoryview(body), 0
-            while got < length:
-                got += _recv_into_before(sock, view[got:], deadline)
-            return pdu_type, body
+            return pdu_type, _read_body(sock, length, deadline)
         except PeerViolation as exc:
             self._violation(sock, str(exc))
             return None
