@@ -81,18 +81,9 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
-_FLUSHER: ThreadPoolExecutor | None = None
-_FLUSHER_LOCK = threading.Lock()
-
-
-def _flusher() -> ThreadPoolExecutor:
-    """The threads that flush received files while their association thread checks them (one per
-    concurrent association is plenty: each waits on the disk, holding the GIL only to start)."""
-    global _FLUSHER
-    with _FLUSHER_LOCK:
-        if _FLUSHER is None:
-            _FLUSHER = ThreadPoolExecutor(max_workers=16, thread_name_prefix="msf-flush")
-        return _FLUSHER
+# The threads that flush received files while their association thread checks them (each waits on the
+# disk, holding the GIL only to start). The executor starts a thread only when a flush is submitted.
+_FLUSHER = ThreadPoolExecutor(max_workers=16, thread_name_prefix="msf-flush")
 
 
 def _existing_or_insert(c: Connection | rawsqlite.RawTransaction, probe: Executable, key: dict[str, str],
@@ -178,14 +169,15 @@ class InstanceStore:
         flush waits for the disk, the checks for the CPU): one sender waits for the longer of the two, not
         for both. Nothing is linked before the flush has succeeded.
         """
-        flushing = _flusher().submit(_fsync_path, temp_path) if self.fsync else None
+        flushing = _FLUSHER.submit(_fsync_path, temp_path) if self.fsync else None
         try:
             ds, study, series, sop, header = self._check(temp_path, expected_sop, expected_sop_class)
-        finally:
+        except BaseException:
             if flushing is not None:
-                flush_error = flushing.exception()  # waits; an error is raised below, after the checks'
-        if flushing is not None and flush_error is not None:
-            raise flush_error
+                flushing.exception()  # wait for it; the refusal is the answer, not the flush
+            raise
+        if flushing is not None:
+            flushing.result()  # waits; a failed flush raises its OSError (Out of Resources)
         with self._sop_locks[hash(sop) % len(self._sop_locks)]:
             result = self._link_and_index(temp_path, ds, study, series, sop, calling_ae)
         if header is not None and result.outcome in (Outcome.STORED, Outcome.REPLACED):
