@@ -7,6 +7,9 @@ the sender is served throughout and that what was acknowledged is stored.
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ from nodeutil import RunningNode, free_port
 
 ARTIM = 2.0  # node.acse_timeout in these tests: the deadline for a complete A-ASSOCIATE-RQ
 PDU_SECONDS = 3.0  # node.network_timeout: the deadline for any later PDU once started
+DRIP_HOST = "127.0.0.4"  # a third host (loopback too)
 
 
 class _Node(RunningNode):
@@ -75,7 +79,7 @@ def test_stalled_and_dripping_association_requests_are_dropped_at_the_artim_dead
         s = raw(node)
         s.sendall(pdu_header(0x01, 200))  # an A-ASSOCIATE-RQ header, then nothing
         stalled.append(s)
-    drip = raw(node)
+    drip = raw(node, DRIP_HOST)  # another host: this host's half-open bound (8) refuses at once
     acknowledged = _served(node)  # while 16 peers hold connections
     started = time.monotonic()
     request = pdu_header(0x01, 68) + bytes(68)
@@ -96,6 +100,26 @@ def test_stalled_and_dripping_association_requests_are_dropped_at_the_artim_dead
     acknowledged += _served(node)
     _indexed(node, acknowledged)
     assert "no complete A-ASSOCIATE-RQ within 2 s" in node.log()
+
+
+def test_a_burst_of_connections_waits_in_the_listen_queue_not_in_resent_handshakes(node: _Node) -> None:
+    """With socketserver's backlog of 5, the 7th connection that arrives while the accept loop is busy has
+    its handshake dropped by the kernel and waits for a resend (1 s, 3 s, ...): its ARTIM timer, and the
+    half-open counts, start seconds late (a CI run saw a dripping request outlive ARTIM + 2 s so)."""
+    assert node.proc is not None
+    held: list[socket.socket] = []
+    os.kill(node.proc.pid, signal.SIGSTOP)  # an accept loop that is late, made certain
+    try:
+        for _ in range(40):
+            held.append(socket.create_connection(("127.0.0.1", node.port), timeout=0.5, source_address=(BAD_HOST, 0)))
+    except TimeoutError:
+        pass
+    finally:
+        os.kill(node.proc.pid, signal.SIGCONT)
+    for s in held:
+        s.close()
+    assert len(held) == 40, f"only {len(held)} connections fitted the listen queue"
+    _indexed(node, _served(node))
 
 
 def test_slot_exhaustion_fails_health_and_rejects_transiently_until_a_slot_frees(node: _Node) -> None:

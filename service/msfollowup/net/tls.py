@@ -98,6 +98,12 @@ class AssociationServer(ThreadedAssociationServer):
     """
 
     daemon_threads = True  # a handshake still waiting must not hold up shutdown
+    # socketserver listens with a backlog of 5. When the accept loop is late (a burst of connections, a
+    # busy host), the kernel then drops the handshake's last ACK and the peer's connection waits for the
+    # SYN-ACK to be resent: 1 s, then 2 s, 4 s ... A connection that waited so is accepted late, and
+    # every timer of ours (ARTIM, half-open counts) starts late with it. 256 connections fit the
+    # half-open bound (64) and the association slots with room; the kernel caps it at somaxconn.
+    request_queue_size = 256
 
     def __init__(self, *args: Any, handshake_timeout: float = 30.0, **kwargs: Any) -> None:
         self.handshake_timeout = handshake_timeout
