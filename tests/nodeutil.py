@@ -6,6 +6,7 @@ import atexit
 import datetime as dt
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,10 +34,23 @@ DCMTK = Path("/usr/bin")
 DEFAULT_ALLOW = ("STORESCU", "ECHOSCU", "FINDSCU", "PYNETDICOM", "TESTSCU", "MPPSSCU")
 
 
+_PORTS = random.Random()  # seeded from the OS per process: parallel workers draw differently
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody holds, drawn below the kernel's ephemeral range (32768-60999 by default).
+    A port taken from port 0 is an ephemeral one, which the suite's many outgoing connections may take
+    before the server meant for it binds it: a storescp in CI lost that race once."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = _PORTS.randrange(10000, max(low, 20000))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free loopback port found")
 
 
 def due_exam(patient_id: str, target: dt.date, purpose: str = "brain", profile_id: str = "ms-brain-routine",

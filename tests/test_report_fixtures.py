@@ -199,9 +199,9 @@ def make_result(study_uid: str, series: list[dict[str, Any]], verdict: str = "co
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    from nodeutil import free_port as _free_port  # the one way the suite picks ports (see there)
+
+    return _free_port()
 
 
 class StoreSCP:

@@ -40,7 +40,7 @@ from msfollowup.db import Database, utcnow
 from msfollowup.app.plans import DueExam
 from msfollowup.site.profiles import Profile, get_profile
 from msfollowup.app.worklist import Demographics, QueryError, ScheduledStep
-from nodeutil import due_exam, worklist_scp
+from nodeutil import due_exam, free_port, worklist_scp
 
 TODAY = dt.date(2026, 11, 1)
 FINDSCU = "/usr/bin/findscu"
@@ -418,10 +418,6 @@ def test_unknown_optional_key_is_ignored_with_warning(mwl_port: int, populated: 
 # --- export for a department worklist server (DCMTK wlmscpfs) ----------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_export_follows_commits_and_wlmscpfs_serves_it(tmp_path: Path, db: Database) -> None:
@@ -441,7 +437,7 @@ def test_export_follows_commits_and_wlmscpfs_serves_it(tmp_path: Path, db: Datab
         worklist.close_for_study(s, a.study_uid, None, None, None)
     assert [p.name for p in folder.glob("*.wl")] == [f"MSFU-{b.accession_number}.wl"]
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(["/usr/bin/wlmscpfs", "-dfp", str(export), str(port)], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
