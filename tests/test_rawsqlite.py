@@ -113,3 +113,18 @@ def test_a_uid_under_another_vr_is_judged_as_pydicom_reads_it(tmp_path: Path) ->
     with pytest.raises(IngestError) as refused:
         store.ingest_file(temp)
     assert refused.value.status == 0xC000 and "StudyInstanceUID" in str(refused.value)
+
+
+def test_index_transactions_of_one_process_take_turns_on_a_lock_per_file(tmp_path: Path) -> None:
+    """Threads that would otherwise meet in SQLite's busy handler (which sleeps up to 100 ms between
+    tries) queue on one lock per database file, whichever Database object they came through."""
+    from msfollowup.db import rawsqlite
+
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    first, second = Database(url, auto_upgrade=True), Database(url)
+    with rawsqlite.begin(first.engine):
+        assert rawsqlite._write_lock(second.engine).locked()
+    assert not rawsqlite._write_lock(second.engine).locked()
+    with pytest.raises(ZeroDivisionError), rawsqlite.begin(second.engine):
+        1 / 0
+    assert not rawsqlite._write_lock(first.engine).locked(), "a failed transaction kept the lock"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import threading
 from collections import namedtuple
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,13 +65,30 @@ def _key_column(statement: Select[Any] | Update) -> tuple[str, str]:
 _SQL_CACHE: dict[tuple[Any, ...], tuple[str, Any]] = {}
 
 
+# One lock per database file for this process's index transactions. Without it, threads that want the
+# write lock at the same moment meet in SQLite's busy handler, which sleeps 1, 2, 5, 10 ... 100 ms
+# between tries instead of waking when the lock is free. Measured with four threads (a 2 ms pause,
+# then BEGIN IMMEDIATE, two statements, COMMIT with synchronous=FULL): 905-942 transactions/s and
+# waits for the lock of 3.2 ms at p90 (105 ms at most) without this lock, 1,260-1,543/s and 0.3-1.0 ms
+# with it. Other writers (other processes, SQLAlchemy sessions) still meet these in SQLite's handler.
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(engine: Engine) -> threading.Lock:
+    key = str(engine.url.database)
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(key, threading.Lock())
+
+
 @contextmanager
 def begin(engine: Engine) -> Iterator[RawTransaction]:
-    """`with begin(engine) as c:` as `with engine.begin() as c:`, for the statements RawTransaction takes."""
+    """`with begin(engine) as c:` as `with engine.begin() as c:`, for the statements RawTransaction takes.
+    The transactions of one process on one file take turns on a lock first (see _WRITE_LOCKS)."""
     pooled = engine.raw_connection()
     try:
         tx = RawTransaction(pooled.cursor())
-        with tx.transaction():
+        with _write_lock(engine), tx.transaction():
             yield tx
     finally:
         pooled.close()  # back to the pool
