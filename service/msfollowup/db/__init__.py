@@ -9,19 +9,68 @@ is the embedded default; the same code runs on PostgreSQL, so no SQLite-only SQL
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DatabaseError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from msfollowup.site.config import ConfigError
+from msfollowup.db import rawsqlite
 
 from msfollowup.db.base import Base, UTCDateTime, utcnow  # noqa: F401 - the names every table module imports
 
 REBUILD_HINT = "msfollowup index rebuild"
+
+
+READ_ONLY = "msfollowup_read_only"  # execution option of Database.read_session's connections
+
+
+def _begin_in_turn(engine: Engine, busy_timeout: float) -> None:
+    """BEGIN IMMEDIATE: it takes the write lock up front, so a read-then-write transaction can never
+    fail with SQLITE_BUSY_SNAPSHOT when another thread committed in between.
+
+    Every transaction of this engine waits for its turn on the index's writer lock before BEGIN
+    IMMEDIATE and ends it after its COMMIT or ROLLBACK (db/rawsqlite.py `take_turn`), as the ingest's
+    index transactions do: writers that meet in SQLite's busy handler sleep up to 100 ms between tries.
+    The turn's end is hooked into the dialect's commit, rollback and close, which run after the
+    statement (the `commit` event runs before it)."""
+    ends: dict[int, Callable[[], None]] = {}
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
+        if conn.get_execution_options().get(READ_ONLY):  # Database.read_session: a snapshot, no lock
+            conn.exec_driver_sql("BEGIN")
+            return
+        key = id(conn.connection.dbapi_connection)
+        ends[key] = rawsqlite.take_turn(engine, busy_timeout)
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            ends.pop(key)()  # no transaction, so no commit or rollback will end the turn
+            raise
+
+    def ending(step: Callable[[Any], None]) -> Callable[[Any], None]:
+        def wrapped(dbapi_conn: Any) -> None:
+            try:
+                step(dbapi_conn)
+            finally:
+                # the pool hands either its proxy or the sqlite3 connection itself
+                end = ends.pop(id(getattr(dbapi_conn, "dbapi_connection", dbapi_conn)), None)
+                if end is not None:
+                    end()
+        return wrapped
+
+    for name in ("do_commit", "do_rollback", "do_close"):
+        setattr(dialect, name, ending(getattr(dialect, name)))
+
+
+def _refuse_writes(session: Session, _context: Any, _instances: Any) -> None:
+    raise RuntimeError("a read session may not write (use Database.session)")
 
 
 def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:
@@ -45,12 +94,7 @@ def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:
             # Let SQLAlchemy own transaction boundaries (pysqlite's own BEGIN handling is deferred).
             dbapi_conn.isolation_level = None
 
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
-            # IMMEDIATE takes the write lock up front: a read-then-write transaction can then never
-            # fail with SQLITE_BUSY_SNAPSHOT when another thread committed in between.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
+        _begin_in_turn(engine, busy_timeout)
         return engine
     return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
@@ -115,6 +159,8 @@ class Database:
             raise
         self._identity = self._stat()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+        event.listen(self._read_sessions, "before_flush", _refuse_writes)
 
     def _stat(self) -> tuple[int, int] | None:
         if self.file is None:
@@ -139,6 +185,17 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A transaction: committed on success, rolled back on any exception."""
         with self._sessions() as s:
+            with s.begin():
+                yield s
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A transaction that only reads (a write raises). On SQLite it begins DEFERRED: a consistent
+        snapshot (WAL) that takes neither the write lock nor a writer's turn, so a background reader
+        (the live checker) never holds up an instance's index transaction in another process. Measured
+        with two ingest processes and one sender: 97.6-98.9 instances/s with the live checker's reads
+        in write transactions, against 113-116 for one process (equal with the live checker off)."""
+        with self._read_sessions() as s:
             with s.begin():
                 yield s
 

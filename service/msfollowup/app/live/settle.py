@@ -95,7 +95,7 @@ class LiveChecker:
         from msfollowup.db.worklist import mpps_settled_series
 
         since = now - dt.timedelta(minutes=self.cfg.live.window_minutes)
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             studies = s.execute(
                 select(Study.study_uid, Study.state, Study.complete_requested,
                        mpps_completed(Study.study_uid).label("mpps"))
@@ -187,7 +187,7 @@ class LiveChecker:
         from msfollowup.site.profiles import get_profile
 
         classified = self._classified(study_uid, settled)
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             study = s.get(Study, study_uid)
             if study is None:
                 return 0
