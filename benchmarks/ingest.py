@@ -1,6 +1,7 @@
 """Ingest benchmark: DCMTK storescu -> msfollowup, DCMTK storescp and Orthanc, side by side in one run.
 
     python benchmarks/ingest.py [--reps R] [--small N] [--large N] [--senders K] [--multiframe-mb MB] [--out DIR]
+                                [--processes P] [--cases abce] [--only-msfollowup]
 
 Cases: (a) N small (256x256 16-bit) instances from one sender, (b) N large (512x512) instances from one
 sender, (c) the small set split over K concurrent senders. Every receiver is started fresh for every
@@ -10,7 +11,9 @@ instances/s, MB/s, CPU ms per instance (user + system of the receiver's process 
 peak RSS, and each receiver's ratio to msfollowup.
 
 * msfollowup: fsync + index on (the durability guarantee of docs/architecture.md "Durability");
-  TCP_NODELAY set by the node itself on every association's socket.
+  TCP_NODELAY set by the node itself on every association's socket. msf-xP: the same with
+  `[node] processes = P` (default 2; ingest processes sharing the port, runtime/ingest_workers.py);
+  its peak RSS is the sum over its processes.
 * storescp: DCMTK, TCP_NODELAY=1, writes every instance to disk, never flushes.
 * Orthanc (Debian `orthanc`, if /usr/sbin/Orthanc exists): default SQLite index, SyncStorageArea on,
   TCP_NODELAY=1 (it uses DCMTK's network layer); skipped with a note when not installed.
@@ -121,10 +124,21 @@ def cpu_seconds(pid: int) -> float:
 
 
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """The peak resident set of pid and its descendants (ingest processes), summed."""
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:"))
+    return total
+
+
+def listeners(port: int) -> int:
+    """Sockets listening on this TCP port (several with SO_REUSEPORT)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A")
 
 
 def wait_listening(port: int, timeout: float = 20) -> None:
@@ -152,15 +166,21 @@ class Receiver(Protocol):
 class MsFollowup:
     name = "msfollowup"
 
-    def __init__(self) -> None:
+    def __init__(self, processes: int = 1) -> None:
         self.node: RunningNode | None = None
+        self.processes = processes
+        if processes > 1:
+            self.name = f"msf-x{processes}"
 
     def start(self, folder: Path) -> int:
         # The production defaults for the background pollers (the test harness polls completion every
         # 0.2 s to keep tests short; a deployed node polls every second).
         self.node = RunningNode(folder, stable_seconds=3600, sections={
             "scheduler": {"enabled": False}, "logging": {"level": "WARNING"},
-            "completion": {"poll_seconds": CompletionConfig().poll_seconds}}).start()
+            "completion": {"poll_seconds": CompletionConfig().poll_seconds},
+            "node": {"processes": self.processes}, "live": {"enabled": os.environ.get("NOLIVE") is None}}).start()
+        # C-ECHO is answered once the main process listens; the ingest processes listen a moment later
+        self.node.wait_for("ingest processes", lambda: listeners(self.node.port) >= self.processes or None, 60)
         self.port, self.ae_title = self.node.port, self.node.ae_title
         assert self.node.proc is not None
         return self.node.proc.pid
@@ -255,15 +275,18 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cases", default="abce", help="which of the cases a, b, c, e to run")
     ap.add_argument("--only-msfollowup", action="store_true", help="no other receivers (quick A/B runs)")
+    ap.add_argument("--processes", type=int, default=2,
+                    help="also measure msfollowup with [node] processes = N (ingest processes; 1: skip)")
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-"))
     print(f"generating data under {root} ...", flush=True)
     small = make_set(root / "small", args.small, 256, 100)
     large = make_set(root / "large", args.large, 512, 500)
 
-    receivers: list[Receiver] = [MsFollowup(), DcmtkStoreSCP()]
+    receivers: list[Receiver] = [MsFollowup()] + ([MsFollowup(args.processes)] if args.processes > 1 else [])
+    receivers.append(DcmtkStoreSCP())
     if args.only_msfollowup:
-        receivers = receivers[:1]
+        receivers = [rx for rx in receivers if isinstance(rx, MsFollowup)]
     elif Path(ORTHANC).exists():
         receivers.append(Orthanc())
     else:

@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 import os
 import tempfile
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -31,6 +30,7 @@ from sqlalchemy.sql.expression import Executable
 
 from msfollowup.dicom import structure
 from msfollowup.dicom.classify import reader
+from msfollowup.files.soplocks import SopLocks
 from msfollowup.files.index_header import (SOP_CLASS, IngestError, ascii_value, instance_number, int_value,
                                            read_index_header, text_value)
 from msfollowup.db import REBUILD_HINT, Database, IndexDatabaseError, rawsqlite, utcnow
@@ -140,9 +140,9 @@ class InstanceStore:
         self.fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        # One SOP Instance UID is linked and indexed by one thread at a time (striped locks), so a
-        # failed ingest can take its fresh link back without removing a concurrent copy's success.
-        self._sop_locks = [threading.Lock() for _ in range(64)]
+        # One SOP Instance UID is linked and indexed by one ingest at a time (files/soplocks.py); across
+        # processes too once the service calls `sop_locks.share(...)` (runtime/ingest_workers.py).
+        self.sop_locks = SopLocks()
 
     # -- paths
 
@@ -178,7 +178,7 @@ class InstanceStore:
             raise
         if flushing is not None:
             flushing.result()  # waits; a failed flush raises its OSError (Out of Resources)
-        with self._sop_locks[hash(sop) % len(self._sop_locks)]:
+        with self.sop_locks.held(sop):
             result = self._link_and_index(temp_path, ds, study, series, sop, calling_ae)
         if header is not None and result.outcome in (Outcome.STORED, Outcome.REPLACED):
             reader.remember(result.path, header, temp_path.stat().st_size)  # for the live check's read
@@ -366,11 +366,13 @@ class InstanceStore:
             f"replaced?); run `{REBUILD_HINT}` to rebuild the index from the files, then start again"
         )
 
-    def recover(self) -> dict[str, int]:
-        """Finish what a crash interrupted: see the module docstring. Returns counts for the log."""
+    def recover(self, folder: Path | None = None) -> dict[str, int]:
+        """Finish what a crash interrupted: see the module docstring. Returns counts for the log.
+        `folder`: a spool folder other than tmp/ (an ingest process's, runtime/ingest_workers.py)."""
         self.check_index_matches_files()
+        folder = folder or self.tmp
         counts = {"indexed": 0, "discarded": 0}
-        for entry in sorted(self.tmp.iterdir()):
+        for entry in sorted(folder.iterdir()):
             if not entry.is_file():
                 continue
             linked = entry.stat().st_nlink > 1
@@ -385,7 +387,7 @@ class InstanceStore:
                 counts["discarded"] += 1
             entry.unlink()
         if self.fsync:
-            _fsync_path(self.tmp, directory=True)
+            _fsync_path(folder, directory=True)
         return counts
 
     # -- queries used by later stages

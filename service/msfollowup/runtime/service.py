@@ -21,7 +21,7 @@ from typing import Any
 from msfollowup.net import worklist_scp
 from msfollowup.app import cluster, worklist
 
-from msfollowup.runtime import jobs, sdnotify
+from msfollowup.runtime import ingest_workers, jobs, sdnotify
 from msfollowup.app.completion import CompletionWorker
 from msfollowup.site.config import Config, ConfigError, LoggingConfig
 from msfollowup.db import Database
@@ -126,6 +126,10 @@ class Service:
             metrics=self.metrics,
         )
         self.outbox = Outbox(self.db, cfg)
+        self.ingest: ingest_workers.IngestWorkers | None = None
+        if cfg.node.processes > 1:  # more processes receive on the same port (runtime/ingest_workers.py)
+            self.store.sop_locks.share(ingest_workers.lock_folder(cfg))
+            self.ingest = ingest_workers.IngestWorkers(cfg, self.metrics, cfg.node.processes, self.store.tmp)
         # issue 15: settle detector + live broker (the web app mounts live.http.router(self.live.broker, ...))
         self.live = LiveWorker(self.db, cfg, self.store) if cfg.live.enabled else None
         self.notify = NotifyWorker(self.db, cfg, health=self.dead_parts) if cfg.notify.destinations else None
@@ -140,6 +144,9 @@ class Service:
         else:
             self._data_dir_lock = cluster.DataDirLock(self.cfg.storage.data_dir).acquire()
         counts = self.store.recover()
+        for folder in sorted(self.store.tmp.glob("ingest-*")):  # ingest processes' (not started yet)
+            for k, v in self.store.recover(folder).items():
+                counts[k] += v
         if any(counts.values()):
             log.warning("recovered after an interrupted run: indexed=%d discarded=%d", counts["indexed"], counts["discarded"])
         self.pipeline_worker.start()
@@ -156,6 +163,8 @@ class Service:
         if self.cfg.http.port is not None:  # before the node: once it answers C-ECHO, the web answers too
             self.http = _start_web(self)
         self.address = self.node.start()
+        if self.ingest is not None:
+            self.ingest.start(self.address[1])
         log.info("listening ae_title=%s host=%s port=%d", self.cfg.node.ae_title, *self.address)
         if self.cluster is not None:
             self.cluster.set_address("%s:%d" % self.address)
@@ -235,9 +244,13 @@ class Service:
     def stop(self) -> None:
         if self.http is not None:
             self.http.stop()
+        if self.ingest is not None:  # they stop accepting and drain alongside this process
+            self.ingest.signal_stop()
         aborted = self.node.stop(self.cfg.node.shutdown_grace_seconds)
         if aborted:
             log.warning("shutdown aborted %d association(s) after the grace period", aborted)
+        if self.ingest is not None:
+            self.ingest.join(self.cfg.node.shutdown_grace_seconds + WORKER_STOP_SECONDS)
         self._stop_workers(WORKER_STOP_SECONDS)
         if self.cluster is not None:
             self.cluster.stop()

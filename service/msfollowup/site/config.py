@@ -54,6 +54,10 @@ class NodeConfig(_Section):
     # Storage-only associations: the data-transfer phase runs in net/compat/lean.py instead of
     # pynetdicom's state machine (same answers, ~3 ms less CPU per instance). false: pynetdicom throughout.
     lean_storage: bool = True
+    # Processes receiving on the DICOM port (runtime/ingest_workers.py): one interpreter lock caps one
+    # process near one core, so with several senders on a machine of several cores 2 or more spread
+    # the associations (SO_REUSEPORT). max_associations applies per process.
+    processes: int = Field(default=1, ge=1, le=16)
     tls: TLSConfig | None = None
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))

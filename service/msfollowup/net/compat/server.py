@@ -178,12 +178,14 @@ class GuardedServer(AssociationServer):
 
 
 def make_guarded_server(ae: Any, address: tuple[str, int], handlers: list[Any], ssl_context: Any,
-                        handshake_timeout: float, limits: Limits, lean: LeanConfig | None = None) -> GuardedServer:
+                        handshake_timeout: float, limits: Limits, lean: LeanConfig | None = None,
+                        reuse_port: bool = False) -> GuardedServer:
     """What `ae.start_server(block=False)` does, with the guarded server; AE.shutdown() finds it.
-    `lean`: storage associations serve their data-transfer phase in compat.lean."""
+    `lean`: storage associations serve their data-transfer phase in compat.lean. `reuse_port`: other
+    processes of this service listen on the same port (net/tls.py)."""
     server = cast(GuardedServer, ae.make_server(
         address, evt_handlers=handlers, ssl_context=ssl_context, server_class=GuardedServer,
-        handshake_timeout=handshake_timeout, limits=limits, lean=lean,
+        handshake_timeout=handshake_timeout, limits=limits, lean=lean, reuse_port=reuse_port,
     ))
     ae._servers.append(server)
     return server
