@@ -178,7 +178,7 @@ class MsFollowup:
         self.node = RunningNode(folder, stable_seconds=3600, sections={
             "scheduler": {"enabled": False}, "logging": {"level": "WARNING"},
             "completion": {"poll_seconds": CompletionConfig().poll_seconds},
-            "node": {"processes": self.processes}, "live": {"enabled": os.environ.get("NOLIVE") is None}}).start()
+            "node": {"processes": self.processes}}).start()
         # C-ECHO is answered once the main process listens; the ingest processes listen a moment later
         self.node.wait_for("ingest processes", lambda: listeners(self.node.port) >= self.processes or None, 60)
         self.port, self.ae_title = self.node.port, self.node.ae_title
