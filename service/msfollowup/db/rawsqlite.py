@@ -74,9 +74,9 @@ _SQL_CACHE: dict[tuple[Any, ...], tuple[str, Any]] = {}
 # Measured with four threads (a 2 ms pause, then BEGIN IMMEDIATE, two statements, COMMIT with
 # synchronous=FULL): 905-942 transactions/s and waits for the lock of 3.2 ms at p90 (105 ms at most)
 # without the lock, 1,260-1,543/s and 0.3-1.0 ms with it. Two ingest processes with four senders:
-# 209 instances/s without the flock, 242 with it (one process: 206-234). SQLAlchemy sessions (pollers,
-# web) still meet these in SQLite's handler. The lock file is separate from the index on purpose:
-# closing any descriptor of the index file would drop SQLite's own POSIX locks on it.
+# 209 instances/s without the flock, 242 with it (one process: 206-234). SQLAlchemy's transactions take
+# the same turns (db/__init__.py). The lock file is separate from the index on purpose: closing any
+# descriptor of the index file would drop SQLite's own POSIX locks on it.
 _WRITE_LOCKS: dict[str, threading.Lock] = {}
 _LOCK_FILES: dict[str, int] = {}
 _WRITE_LOCKS_GUARD = threading.Lock()

@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -98,12 +99,13 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def lock_folder(cfg: Config) -> Path:
-    """Where the processes of one service find the SOP Instance UID lock files (files/soplocks.py)."""
-    return cfg.storage.data_dir / "tmp" / "locks"
+def lock_folder(tmp_root: Path) -> Path:
+    """Where the processes of one service find the SOP Instance UID lock files (files/soplocks.py):
+    beside their spool folders, in the main process's tmp/."""
+    return tmp_root / "locks"
 
 
-def worker_main(cfg: Config, index: int, tmp: Path, parent: int, conn: Connection) -> None:
+def worker_main(cfg: Config, index: int, tmp_root: Path, parent: int, conn: Connection) -> None:
     """A worker process: one DICOM node on the shared port until SIGTERM (or the main process ends)."""
     _die_with_parent(parent)
     from msfollowup.app import cluster, worklist
@@ -111,8 +113,9 @@ def worker_main(cfg: Config, index: int, tmp: Path, parent: int, conn: Connectio
     from msfollowup.files.store import InstanceStore
     from msfollowup.net import worklist_scp
     from msfollowup.net.node import Node
-    from msfollowup.runtime.service import setup_logging
+    from msfollowup.runtime.service import SWITCH_INTERVAL_SECONDS, setup_logging
 
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)  # as in the main process (runtime/service.py)
     setup_logging(cfg.logging)
     for handler in logging.getLogger().handlers:  # which process says it, in the one shared journal
         handler.addFilter(_Prefix(f"[ingest {index}] "))
@@ -121,9 +124,9 @@ def worker_main(cfg: Config, index: int, tmp: Path, parent: int, conn: Connectio
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process decides
     db = Database(cfg.storage.database_url, cfg.storage.busy_timeout_seconds, auto_upgrade=False)
     store = InstanceStore(cfg.storage.data_dir, db, cfg.storage.duplicate_policy, cfg.storage.fsync)
-    store.tmp = tmp
+    store.tmp = tmp_root / f"ingest-{index}"
     store.tmp.mkdir(parents=True, exist_ok=True)
-    store.sop_locks.share(lock_folder(cfg))
+    store.sop_locks.share(lock_folder(tmp_root))
     store.recover()  # this worker's own spool folder: what a crash of the previous worker left
     metrics = ForwardingMetrics()
     node = Node(cfg, store, extra_handlers=worklist_scp.event_handlers(db, cluster.stage_config(cfg)),
@@ -178,7 +181,7 @@ class IngestWorkers:
     def _start_one(self, index: int) -> Connection:
         mine, theirs = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(target=worker_main,
-                                 args=(self.cfg, index, self.tmp_root / f"ingest-{index}", os.getpid(), theirs),
+                                 args=(self.cfg, index, self.tmp_root, os.getpid(), theirs),
                                  name=f"msfollowup-ingest-{index}", daemon=True)
         proc.start()
         theirs.close()
@@ -217,8 +220,11 @@ class IngestWorkers:
             if not self._ready(index, conn):
                 log.error("ingest worker %d did not start (its error is above)", index)
 
-    def alive(self) -> list[int]:
-        return [k for k, p in self._procs.items() if p.is_alive()]
+    def check_health(self) -> None:
+        """For /healthz: every worker runs (one being started again counts as down: less capacity)."""
+        down = [k for k in range(1, self.count) if k not in self._procs or not self._procs[k].is_alive()]
+        if down:
+            raise RuntimeError(f"ingest process(es) {', '.join(map(str, down))} not running")
 
     def signal_stop(self) -> None:
         """SIGTERM every worker: each stops accepting and lets its associations finish (grace period)."""

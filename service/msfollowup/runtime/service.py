@@ -128,7 +128,7 @@ class Service:
         self.outbox = Outbox(self.db, cfg)
         self.ingest: ingest_workers.IngestWorkers | None = None
         if cfg.node.processes > 1:  # more processes receive on the same port (runtime/ingest_workers.py)
-            self.store.sop_locks.share(ingest_workers.lock_folder(cfg))
+            self.store.sop_locks.share(ingest_workers.lock_folder(self.store.tmp))
             self.ingest = ingest_workers.IngestWorkers(cfg, self.metrics, cfg.node.processes, self.store.tmp)
         # issue 15: settle detector + live broker (the web app mounts live.http.router(self.live.broker, ...))
         self.live = LiveWorker(self.db, cfg, self.store) if cfg.live.enabled else None
@@ -198,6 +198,8 @@ class Service:
             "storage": lambda: check_storage(self.store.tmp),
             "node": self.node.check_health,
         }
+        if self.ingest is not None:
+            checks["ingest"] = self.ingest.check_health
         if self.cluster is not None:
             checks["cluster"] = self.cluster.check_heartbeat
         elif self.cfg.scheduler.enabled:
