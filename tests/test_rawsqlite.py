@@ -128,3 +128,29 @@ def test_index_transactions_of_one_process_take_turns_on_a_lock_per_file(tmp_pat
     with pytest.raises(ZeroDivisionError), rawsqlite.begin(second.engine):
         1 / 0
     assert not rawsqlite._write_lock(first.engine).locked(), "a failed transaction kept the lock"
+
+
+def test_sqlalchemy_transactions_take_the_same_turn_and_read_sessions_none(tmp_path: Path) -> None:
+    """Sessions hold the writer's turn from BEGIN to COMMIT/ROLLBACK; a read session reads a snapshot
+    without it (it would otherwise wait here for the turn this very thread holds) and may not write."""
+    from sqlalchemy import text
+
+    from msfollowup.db import rawsqlite
+
+    db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}", auto_upgrade=True)
+    turn = rawsqlite._write_lock(db.engine)
+    with db.session() as s:
+        s.execute(text("SELECT 1"))
+        assert turn.locked()
+    assert not turn.locked()
+    with pytest.raises(ZeroDivisionError), db.session() as s:
+        s.execute(text("SELECT 1"))
+        1 / 0
+    assert not turn.locked(), "a rolled-back session kept the turn"
+    with rawsqlite.begin(db.engine):  # an index transaction is open ...
+        with db.read_session() as s:  # ... and a reader is not held up by it
+            assert s.execute(text("SELECT count(*) FROM instances")).scalar() == 0
+    with pytest.raises(RuntimeError, match="read session may not write"), db.read_session() as s:
+        s.add(Study(study_uid="1.2.3"))
+        s.flush()
+    assert not turn.locked()
