@@ -99,6 +99,16 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+def spool_folder(tmp_root: Path, index: int) -> Path:
+    """Worker `index`'s spool folder, inside the main process's tmp/."""
+    return tmp_root / f"ingest-{index}"
+
+
+def spool_folders(tmp_root: Path) -> list[Path]:
+    """Every worker spool folder there is, of this run's workers or an earlier run's (recovered at start)."""
+    return sorted(p for p in tmp_root.glob("ingest-*") if p.is_dir())
+
+
 def lock_folder(tmp_root: Path) -> Path:
     """Where the processes of one service find the SOP Instance UID lock files (files/soplocks.py):
     beside their spool folders, in the main process's tmp/."""
@@ -124,7 +134,7 @@ def worker_main(cfg: Config, index: int, tmp_root: Path, parent: int, conn: Conn
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process decides
     db = Database(cfg.storage.database_url, cfg.storage.busy_timeout_seconds, auto_upgrade=False)
     store = InstanceStore(cfg.storage.data_dir, db, cfg.storage.duplicate_policy, cfg.storage.fsync)
-    store.tmp = tmp_root / f"ingest-{index}"
+    store.tmp = spool_folder(tmp_root, index)
     store.tmp.mkdir(parents=True, exist_ok=True)
     store.sop_locks.share(lock_folder(tmp_root))
     store.recover()  # this worker's own spool folder: what a crash of the previous worker left

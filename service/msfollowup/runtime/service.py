@@ -144,7 +144,7 @@ class Service:
         else:
             self._data_dir_lock = cluster.DataDirLock(self.cfg.storage.data_dir).acquire()
         counts = self.store.recover()
-        for folder in sorted(self.store.tmp.glob("ingest-*")):  # ingest processes' (not started yet)
+        for folder in ingest_workers.spool_folders(self.store.tmp):  # workers are not started yet
             for k, v in self.store.recover(folder).items():
                 counts[k] += v
         if any(counts.values()):
