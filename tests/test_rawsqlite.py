@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ STORED_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
 class CoreStore(InstanceStore):
     """The same store with the index transaction through SQLAlchemy Core (as on PostgreSQL)."""
 
-    def _begin(self) -> AbstractContextManager[Any]:
-        return self.db.engine.begin()
+    def _in_transaction(self, work: Callable[[Any], bool]) -> bool:
+        with self.db.engine.begin() as c:
+            return work(c)
 
 
 def _files(tmp: Path) -> list[Path]:

@@ -120,7 +120,7 @@ def take_turn(engine: Engine, timeout: float = 30.0) -> Callable[[], None]:
 
 
 @contextmanager
-def _turn(engine: Engine) -> Iterator[None]:
+def writer_turn(engine: Engine) -> Iterator[None]:
     end = take_turn(engine)
     try:
         yield
@@ -135,7 +135,7 @@ def begin(engine: Engine) -> Iterator[RawTransaction]:
     pooled = engine.raw_connection()
     try:
         tx = RawTransaction(pooled.cursor())
-        with _turn(engine), tx.transaction():
+        with writer_turn(engine), tx.transaction():
             yield tx
     finally:
         pooled.close()  # back to the pool
@@ -159,6 +159,10 @@ class RawTransaction:
             except sqlite3.Error:
                 pass  # no transaction left to roll back (the failed COMMIT ended it)
             raise
+
+    def execute_sql(self, sql: str) -> None:
+        """A statement without parameters or rows (SAVEPOINT, RELEASE ...)."""
+        self._run(sql, {})
 
     def _run(self, sql: str, params: dict[str, Any]) -> sqlite3.Cursor:
         try:

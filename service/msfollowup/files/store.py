@@ -16,7 +16,6 @@ import os
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -30,10 +29,11 @@ from sqlalchemy.sql.expression import Executable
 
 from msfollowup.dicom import structure
 from msfollowup.dicom.classify import reader
+from msfollowup.files.dirflush import DirectoryFlusher
 from msfollowup.files.soplocks import SopLocks
 from msfollowup.files.index_header import (SOP_CLASS, IngestError, ascii_value, instance_number, int_value,
                                            read_index_header, text_value)
-from msfollowup.db import REBUILD_HINT, Database, IndexDatabaseError, rawsqlite, utcnow
+from msfollowup.db import REBUILD_HINT, Database, IndexDatabaseError, groupcommit, rawsqlite, utcnow
 from msfollowup.db.index import Instance, Series, Study, StudyState
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,8 @@ class InstanceStore:
         # One SOP Instance UID is linked and indexed by one ingest at a time (files/soplocks.py); across
         # processes too once the service calls `sop_locks.share(...)` (runtime/ingest_workers.py).
         self.sop_locks = SopLocks()
+        self._committer = groupcommit.GroupCommitter(db.engine)  # SQLite's index transactions (not PostgreSQL's)
+        self._folder_flushes = DirectoryFlusher()
 
     # -- paths
 
@@ -269,8 +271,8 @@ class InstanceStore:
             if self.fsync:
                 _fsync_path(final.parent, directory=True)
             return Outcome.REPLACED
-        if self.fsync:
-            _fsync_path(final.parent, directory=True)  # the new name itself
+        if self.fsync:  # the new name itself; one flush of the folder serves concurrent ingests
+            self._folder_flushes.flush(str(final.parent), lambda: _fsync_path(final.parent, directory=True))
         return Outcome.STORED
 
     def index_stored_file(self, path: Path) -> bool:
@@ -297,7 +299,8 @@ class InstanceStore:
             transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), instance_number=instance_number(ds),
             path=rel, size=size, received_at=now, calling_ae=calling_ae,
         )
-        with self._begin() as c:
+
+        def work(c: Connection | rawsqlite.RawTransaction) -> bool:
             stored = c.execute(_SQL.instance_exists, {"b_uid": sop_uid}).first()
             exists = stored is not None
             if stored is not None and (stored.study_uid, stored.series_uid) != (study_uid, series_uid):
@@ -320,14 +323,18 @@ class InstanceStore:
                 c.execute(_SQL.update_instance, {"b_uid": sop_uid, **row})
             else:
                 c.execute(_SQL.new_instance, row)
-        return True
+            return True
 
-    def _begin(self) -> AbstractContextManager[Connection | rawsqlite.RawTransaction]:
-        """The index transaction: on SQLite through the DB-API connection (db/rawsqlite.py, a fraction
-        of Core's CPU per statement), elsewhere SQLAlchemy Core."""
+        return self._in_transaction(work)
+
+    def _in_transaction(self, work: Callable[[Connection | rawsqlite.RawTransaction], bool]) -> bool:
+        """Run the index statements of one instance in a transaction: on SQLite through the DB-API
+        connection (db/rawsqlite.py, a fraction of Core's CPU per statement) and committed together
+        with concurrent ingests' (db/groupcommit.py), elsewhere SQLAlchemy Core."""
         if self.db.engine.dialect.name == "sqlite":
-            return rawsqlite.begin(self.db.engine)
-        return self.db.engine.begin()
+            return self._committer.run(work)
+        with self.db.engine.begin() as c:
+            return work(c)
 
     def _touch_study(self, c: Connection | rawsqlite.RawTransaction, ds: Dataset, study_uid: str,
                      now: dt.datetime) -> None:
