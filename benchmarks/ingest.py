@@ -135,10 +135,18 @@ def peak_rss_mb(pid: int) -> float:
     return total
 
 
-def listeners(port: int) -> int:
-    """Sockets listening on this TCP port (several with SO_REUSEPORT)."""
-    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return sum(1 for line in lines if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A")
+def listening(pid: int) -> bool:
+    """The process holds a listening TCP socket."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")}
+    except OSError:
+        return False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                return True
+    return False
 
 
 def wait_listening(port: int, timeout: float = 20) -> None:
@@ -179,10 +187,14 @@ class MsFollowup:
             "scheduler": {"enabled": False}, "logging": {"level": "WARNING"},
             "completion": {"poll_seconds": CompletionConfig().poll_seconds},
             "node": {"processes": self.processes}}).start()
-        # C-ECHO is answered once the main process listens; the ingest processes listen a moment later
-        self.node.wait_for("ingest processes", lambda: listeners(self.node.port) >= self.processes or None, 60)
-        self.port, self.ae_title = self.node.port, self.node.ae_title
+        # C-ECHO is answered once the main process listens; it hands connections to the ingest
+        # processes once they have started, and each started one listens on a port of its own
+        # (runtime/ingest_workers.py)
         assert self.node.proc is not None
+        main = self.node.proc.pid
+        self.node.wait_for("ingest processes", lambda: sum(
+            1 for p in _tree(main) if p != main and listening(p)) >= self.processes - 1 or None, 60)
+        self.port, self.ae_title = self.node.port, self.node.ae_title
         return self.node.proc.pid
 
     def stop(self) -> None:

@@ -34,7 +34,7 @@ T = TypeVar("T")
 class _Member(Generic[T]):
     """One caller's transaction in a group: its work, then its result or error."""
 
-    __slots__ = ("work", "wake", "finished", "result", "error")
+    __slots__ = ("error", "finished", "result", "wake", "work")
 
     def __init__(self, work: Callable[[rawsqlite.RawTransaction], T]) -> None:
         self.work = work
@@ -101,7 +101,7 @@ class GroupCommitter:
                         self._run_member(tx, member)
             self.groups += 1
             self.members += len(group)
-        except BaseException as exc:  # BEGIN, COMMIT, or a lone member's own error
+        except BaseException as exc:  # noqa: BLE001 - BEGIN, COMMIT, or a lone member's own error: handed to the members
             if isinstance(exc, SQLAlchemyError) and not isinstance(exc, IntegrityError):
                 self._drop_connection()  # a broken connection (I/O error, file gone) is not reused
             for member in group:
@@ -131,7 +131,7 @@ class GroupCommitter:
         tx.execute_sql("SAVEPOINT msf_member")
         try:
             member.result = member.work(tx)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the member's own error, raised in its own thread
             member.error = exc
             tx.execute_sql("ROLLBACK TO msf_member")
         tx.execute_sql("RELEASE msf_member")

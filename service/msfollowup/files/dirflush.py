@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 
 class _Folder:
-    __slots__ = ("cond", "linked", "covered", "running", "users")
+    __slots__ = ("cond", "covered", "linked", "running", "users")
 
     def __init__(self) -> None:
         self.cond = threading.Condition(threading.Lock())

@@ -118,7 +118,6 @@ class Node:
         metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
-        self.reuse_port = cfg.node.processes > 1  # the port is shared with ingest processes
         self.store = store
         self.metrics = metrics or Metrics()
         # Received data sets are streamed to a file instead of memory (bounded memory for multi-GB
@@ -182,7 +181,6 @@ class Node:
         lean = netcompat.LeanConfig(self._storage_syntaxes, self._on_lean_store) if node.lean_storage else None
         server = netcompat.make_guarded_server(
             self.ae, (node.host, node.port), self.handlers, self.ssl_context, node.acse_timeout, limits, lean,
-            self.reuse_port,
         )
         self._serving = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
         self._serving.start()

@@ -105,18 +105,9 @@ class AssociationServer(ThreadedAssociationServer):
     # half-open bound (64) and the association slots with room; the kernel caps it at somaxconn.
     request_queue_size = 256
 
-    def __init__(self, *args: Any, handshake_timeout: float = 30.0, reuse_port: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, handshake_timeout: float = 30.0, **kwargs: Any) -> None:
         self.handshake_timeout = handshake_timeout
-        self.reuse_port = reuse_port
         super().__init__(*args, **kwargs)
-
-    def server_bind(self) -> None:
-        """`reuse_port`: the ingest processes of one service listen on the same port, each with its own
-        accept queue; the kernel spreads new connections over them (Linux SO_REUSEPORT, same user only)."""
-        if self.reuse_port:
-            assert self.socket is not None
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None

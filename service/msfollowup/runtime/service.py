@@ -127,7 +127,7 @@ class Service:
         )
         self.outbox = Outbox(self.db, cfg)
         self.ingest: ingest_workers.IngestWorkers | None = None
-        if cfg.node.processes > 1:  # more processes receive on the same port (runtime/ingest_workers.py)
+        if cfg.node.processes > 1:  # more processes receive, handed connections by this one (runtime/ingest_workers.py)
             self.store.sop_locks.share(ingest_workers.lock_folder(self.store.tmp))
             self.ingest = ingest_workers.IngestWorkers(cfg, self.metrics, cfg.node.processes, self.store.tmp)
         # issue 15: settle detector + live broker (the web app mounts live.http.router(self.live.broker, ...))
@@ -164,7 +164,8 @@ class Service:
             self.http = _start_web(self)
         self.address = self.node.start()
         if self.ingest is not None:
-            self.ingest.start(self.address[1])
+            assert self.node.server is not None
+            self.ingest.start(self.node.server)
         log.info("listening ae_title=%s host=%s port=%d", self.cfg.node.ae_title, *self.address)
         if self.cluster is not None:
             self.cluster.set_address("%s:%d" % self.address)

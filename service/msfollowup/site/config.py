@@ -56,7 +56,8 @@ class NodeConfig(_Section):
     lean_storage: bool = True
     # Processes receiving on the DICOM port (runtime/ingest_workers.py): one interpreter lock caps one
     # process near one core, so with several senders on a machine of several cores 2 or more spread
-    # the associations (SO_REUSEPORT). max_associations applies per process.
+    # the associations (the main process hands each new connection to the least busy one).
+    # max_associations applies per process.
     processes: int = Field(default=1, ge=1, le=16)
     tls: TLSConfig | None = None
 

@@ -208,6 +208,14 @@ class EventAssociation(Association):
         self.dimse.msg_queue = _SignallingQueue(self._wake.set)
         self.lean: LeanConfig | None = None  # set by the server: storage associations may take compat.lean
         self._lean_server: LeanStorage | None = None
+        self.on_end: Callable[[], None] | None = None  # set by the server: this association's thread ended
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            if self.on_end is not None:
+                self.on_end()
 
     def _lean_wanted(self) -> bool:
         """Every accepted context is one the lean path serves (known once the contexts are negotiated,

@@ -9,24 +9,29 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from copy import deepcopy
 from datetime import datetime
 from typing import Any, cast
 
-
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
-from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler
-
-from msfollowup.net.tls import AssociationServer
-
 
 from msfollowup.net.compat.lean import LeanConfig
 from msfollowup.net.compat.reactor import EventAssociation
 from msfollowup.net.compat.transport import (
-    _A_ASSOCIATE_RQ, ASSOCIATION_PDU_LIMIT, PDU_HEADER, BoundedSocket, Limits, PeerViolation, _host, _read_exactly, cut,
+    _A_ASSOCIATE_RQ,
+    ASSOCIATION_PDU_LIMIT,
+    PDU_HEADER,
+    BoundedSocket,
+    Limits,
+    PeerViolation,
+    _host,
+    _read_exactly,
+    cut,
 )
+from msfollowup.net.tls import AssociationServer
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +53,11 @@ class _GuardedHandler(RequestHandler):
             return
         assoc = self._associate(first, host)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.on_end = server.finished_one
         assoc.start()
+        server.association_started()  # from here its thread's end counts the connection as ended
 
-    def _associate(self, first: bytes, host: str) -> Association:
+    def _associate(self, first: bytes, host: str) -> EventAssociation:
         """pynetdicom's RequestHandler._create_association with our transport."""
         server = self.server
         assoc = EventAssociation(self.ae, MODE_ACCEPTOR)
@@ -108,6 +115,13 @@ class GuardedServer(AssociationServer):
         self._refused = 0
         self._last_refusal_log = 0.0
         self._contexts_copy: list[Any] | None = None
+        # Several receiving processes (runtime/ingest_workers.py): the main process's acceptor may hand
+        # a connection to another process (`handoff` returns True once it did), and that process serves
+        # it with `serve_handed`; `on_finished` runs when a connection served here ends.
+        self.handoff: Callable[[socket.socket], bool] | None = None
+        self.on_finished: Callable[[], None] | None = None
+        self.serving = 0  # connections served by this process right now (accepted or handed, not ended)
+        self._request_thread = threading.local()  # does this request thread's connection have an association?
         super().__init__(*args, request_handler=_GuardedHandler, **kwargs)
 
     # -- half-open connections: counted from accept to a complete A-ASSOCIATE-RQ (or its failure)
@@ -130,13 +144,66 @@ class GuardedServer(AssociationServer):
         try:
             super().finish_request(request, client_address)
         finally:
-            host = _host(client_address)
+            self._release_half_open(_host(client_address))
+
+    def _release_half_open(self, host: str) -> None:
+        with self._lock:
+            n = self._half_open.get(host, 1) - 1
+            if n > 0:
+                self._half_open[host] = n
+            else:
+                self._half_open.pop(host, None)
+
+    # -- connections served by another process of the service
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        handoff = self.handoff
+        if handoff is not None and handoff(request):
+            self._release_half_open(_host(client_address))  # the other process counts it from here
+            request.close()  # this process's descriptor only: the connection lives on over there
+            return
+        with self._lock:
+            self.serving += 1
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """A connection ends here unless it became an association (then when the association's thread
+        ends): a refused handshake or A-ASSOCIATE-RQ, or an error, ends it now."""
+        self._request_thread.association = False
+        try:
+            super().process_request_thread(request, client_address)  # type: ignore[misc]
+        finally:
+            if not self._request_thread.association:
+                self.finished_one()
+
+    def association_started(self) -> None:
+        self._request_thread.association = True
+
+    def finished_one(self) -> None:
+        """A connection served by this process ended (its association's thread, or before one started)."""
+        with self._lock:
+            self.serving -= 1
+        if self.on_finished is not None:
+            self.on_finished()
+
+    def serve_handed(self, request: socket.socket) -> None:
+        """Serve a connection that another process of this service accepted and handed over, exactly
+        as one accepted here (the same bounds and half-open counts apply from now on)."""
+        try:
+            client_address = request.getpeername()
+        except OSError:  # the peer is already gone
+            request.close()
             with self._lock:
-                n = self._half_open.get(host, 1) - 1
-                if n > 0:
-                    self._half_open[host] = n
-                else:
-                    self._half_open.pop(host, None)
+                self.serving += 1
+            self.finished_one()
+            return
+        if self.verify_request(request, client_address):
+            self.process_request(request, client_address)
+        else:
+            self.shutdown_request(request)
+            with self._lock:
+                self.serving += 1
+            self.finished_one()
 
     def shared_contexts(self) -> list[Any]:
         """One deep copy of the supported contexts (taken at the first association), read by all. Not
@@ -178,14 +245,12 @@ class GuardedServer(AssociationServer):
 
 
 def make_guarded_server(ae: Any, address: tuple[str, int], handlers: list[Any], ssl_context: Any,
-                        handshake_timeout: float, limits: Limits, lean: LeanConfig | None = None,
-                        reuse_port: bool = False) -> GuardedServer:
+                        handshake_timeout: float, limits: Limits, lean: LeanConfig | None = None) -> GuardedServer:
     """What `ae.start_server(block=False)` does, with the guarded server; AE.shutdown() finds it.
-    `lean`: storage associations serve their data-transfer phase in compat.lean. `reuse_port`: other
-    processes of this service listen on the same port (net/tls.py)."""
+    `lean`: storage associations serve their data-transfer phase in compat.lean."""
     server = cast(GuardedServer, ae.make_server(
         address, evt_handlers=handlers, ssl_context=ssl_context, server_class=GuardedServer,
-        handshake_timeout=handshake_timeout, limits=limits, lean=lean, reuse_port=reuse_port,
+        handshake_timeout=handshake_timeout, limits=limits, lean=lean,
     ))
     ae._servers.append(server)
     return server
