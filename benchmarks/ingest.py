@@ -12,7 +12,8 @@ peak RSS, and each receiver's ratio to msfollowup.
 
 * msfollowup: fsync + index on (the durability guarantee of docs/architecture.md "Durability");
   TCP_NODELAY set by the node itself on every association's socket. msf-xP: the same with
-  `[node] processes = P` (default 2; ingest processes sharing the port, runtime/ingest_workers.py);
+  `[node] processes = P` (default 2; ingest processes the main process hands connections to,
+  runtime/ingest_workers.py);
   its peak RSS is the sum over its processes.
 * storescp: DCMTK, TCP_NODELAY=1, writes every instance to disk, never flushes.
 * Orthanc (Debian `orthanc`, if /usr/sbin/Orthanc exists): default SQLite index, SyncStorageArea on,

@@ -335,8 +335,11 @@ class IngestWorkers:
             raise RuntimeError(f"ingest process(es) {', '.join(map(str, down))} not running")
 
     def signal_stop(self) -> None:
-        """SIGTERM every worker: each stops accepting and lets its associations finish (grace period)."""
+        """SIGTERM every worker: each lets its associations finish (grace period). New connections
+        are no longer handed to them: the main process serves them until it stops accepting too."""
         self._stopping.set()
+        if self._local is not None:
+            self._local.handoff = None
         for proc in self._procs.values():
             if proc.is_alive() and proc.pid is not None:
                 os.kill(proc.pid, signal.SIGTERM)
