@@ -170,15 +170,25 @@ def test_a_failed_folder_flush_is_raised_and_the_others_flush_for_themselves(tmp
     assert len(calls) == 2, "the callers behind a failed flush must run one that covers them"
 
 
-def test_concurrent_ingests_into_one_series_share_folder_flushes_and_commits(tmp_path: Path) -> None:
+def test_concurrent_ingests_into_one_series_share_folder_flushes_and_commits(tmp_path: Path, monkeypatch: Any) -> None:
     """Through the store: every instance indexed and linked, with fewer commits and folder flushes
-    than instances when eight threads ingest into one series at once."""
+    than instances when eight threads ingest into one series at once. The folder's flush is made
+    slow (5 ms, a busy disk) so that the threads meet there whatever this machine's disk does."""
     import shutil
 
     from hostileutil import mr_dataset
     from msfollowup.db.index import Instance
+    from msfollowup.files import store as store_module
     from msfollowup.files.store import InstanceStore
 
+    real_fsync = store_module._fsync_path
+
+    def slow_folder_fsync(path: Path, directory: bool = False) -> None:
+        if directory:
+            time.sleep(0.005)
+        real_fsync(path, directory)
+
+    monkeypatch.setattr(store_module, "_fsync_path", slow_folder_fsync)
     db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}", auto_upgrade=True)
     store = InstanceStore(tmp_path / "var", db)
     first = mr_dataset()
