@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from dicom_fixtures import generate_study, write_large_multiframe  # noqa: E402
 from msfollowup.site.config import CompletionConfig  # noqa: E402
-from nodeutil import RunningNode, free_port  # noqa: E402
+from nodeutil import RunningNode, free_port, tcp_sockets  # noqa: E402
 from test_report_fixtures import StoreSCP  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"
@@ -136,20 +136,6 @@ def peak_rss_mb(pid: int) -> float:
     return total
 
 
-def listening(pid: int) -> bool:
-    """The process holds a listening TCP socket."""
-    try:
-        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")}
-    except OSError:
-        return False
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:
-                return True
-    return False
-
-
 def wait_listening(port: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -194,7 +180,7 @@ class MsFollowup:
         assert self.node.proc is not None
         main = self.node.proc.pid
         self.node.wait_for("ingest processes", lambda: sum(
-            1 for p in _tree(main) if p != main and listening(p)) >= self.processes - 1 or None, 60)
+            1 for p in _tree(main) if p != main and tcp_sockets(p, "0A")) >= self.processes - 1 or None, 60)
         self.port, self.ae_title = self.node.port, self.node.ae_title
         return self.node.proc.pid
 

@@ -37,6 +37,23 @@ DEFAULT_ALLOW = ("STORESCU", "ECHOSCU", "FINDSCU", "PYNETDICOM", "TESTSCU", "MPP
 _PORTS = random.Random()  # seeded from the OS per process: parallel workers draw differently
 
 
+def tcp_sockets(pid: int, state: str, port: int | None = None) -> int:
+    """TCP sockets the process holds in `state` (/proc/net/tcp's hex code: "01" established, "0A"
+    listening), on local `port` if given: the process's socket inodes matched against the tables."""
+    try:
+        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:  # the process ended
+        return 0
+    inodes = {t[8:-1] for t in targets if t.startswith("socket:[")}
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == state and (port is None or fields[1].endswith(f":{port:04X}")):
+                found.add(fields[9])
+    return len(inodes & found)
+
+
 def free_port() -> int:
     """A loopback port nobody holds, drawn below the kernel's ephemeral range (32768-60999 by default).
     A port taken from port 0 is an ephemeral one, which the suite's many outgoing connections may take

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hostileutil import healthz, mr_dataset, store
-from nodeutil import RunningNode, free_port
+from nodeutil import RunningNode, free_port, tcp_sockets
 
 
 class _Node(RunningNode):
@@ -87,25 +87,8 @@ def test_both_processes_receive_and_every_acknowledged_instance_is_indexed(tmp_p
 
 
 def _connections_by_pid(port: int, pids: list[int]) -> dict[int, int]:
-    """Established TCP connections on local `port` held open by each process (/proc: fd -> inode)."""
-    established: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[1].endswith(f":{port:04X}") and fields[3] == "01":
-                established.add(fields[9])
-    out = {}
-    for pid in pids:
-        inodes = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-        out[pid] = len(inodes & established)
-    return out
+    """Established TCP connections on local `port` held open by each process."""
+    return {pid: tcp_sockets(pid, "01", port) for pid in pids}
 
 
 def test_the_main_process_hands_each_connection_to_the_least_busy_process(tmp_path: Path) -> None:
@@ -194,7 +177,8 @@ def test_the_sop_and_index_locks_are_held_across_processes(tmp_path: Path) -> No
     """A second open file description (as another process has) cannot take a held lock."""
     import fcntl
 
-    from msfollowup.db import Database, rawsqlite
+    from msfollowup.db import Database
+    from msfollowup.db.groupcommit import GroupCommitter
     from msfollowup.files.soplocks import SopLocks
 
     def free(path: Path) -> bool:
@@ -214,6 +198,5 @@ def test_the_sop_and_index_locks_are_held_across_processes(tmp_path: Path) -> No
         assert not free(stripe)
     assert free(stripe)
     db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}", auto_upgrade=True)
-    with rawsqlite.begin(db.engine):
-        assert not free(tmp_path / "index.sqlite3-writer.lock")
+    assert GroupCommitter(db.engine).run(lambda _tx: not free(tmp_path / "index.sqlite3-writer.lock"))
     assert free(tmp_path / "index.sqlite3-writer.lock")

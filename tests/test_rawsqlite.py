@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 
 from hostileutil import mr_dataset
 from msfollowup.db import Database
+from msfollowup.db.groupcommit import GroupCommitter
 from msfollowup.db.index import Instance, Study
 from msfollowup.files.store import IngestError, InstanceStore
 
@@ -123,11 +124,17 @@ def test_index_transactions_of_one_process_take_turns_on_a_lock_per_file(tmp_pat
 
     url = f"sqlite:///{tmp_path / 'index.db'}"
     first, second = Database(url, auto_upgrade=True), Database(url)
-    with rawsqlite.begin(first.engine):
-        assert rawsqlite._write_lock(second.engine).locked()
-    assert not rawsqlite._write_lock(second.engine).locked()
-    with pytest.raises(ZeroDivisionError), rawsqlite.begin(second.engine):
+
+    def held(_tx: Any) -> bool:
+        return rawsqlite._write_lock(second.engine).locked()
+
+    def fails(_tx: Any) -> None:
         1 / 0
+
+    assert GroupCommitter(first.engine).run(held)
+    assert not rawsqlite._write_lock(second.engine).locked()
+    with pytest.raises(ZeroDivisionError):
+        GroupCommitter(second.engine).run(fails)
     assert not rawsqlite._write_lock(first.engine).locked(), "a failed transaction kept the lock"
 
 
@@ -148,9 +155,11 @@ def test_sqlalchemy_transactions_take_the_same_turn_and_read_sessions_none(tmp_p
         s.execute(text("SELECT 1"))
         1 / 0
     assert not turn.locked(), "a rolled-back session kept the turn"
-    with rawsqlite.begin(db.engine):  # an index transaction is open ...
+    def read_meanwhile(_tx: Any) -> int:  # an index transaction is open ...
         with db.read_session() as s:  # ... and a reader is not held up by it
-            assert s.execute(text("SELECT count(*) FROM instances")).scalar() == 0
+            return int(s.execute(text("SELECT count(*) FROM instances")).scalar_one())
+
+    assert GroupCommitter(db.engine).run(read_meanwhile) == 0
     with pytest.raises(RuntimeError, match="read session may not write"), db.read_session() as s:
         s.add(Study(study_uid="1.2.3"))
         s.flush()

@@ -4,9 +4,10 @@ per-statement machinery.
 The ingest indexes every received instance in one short transaction of five statements. Through
 SQLAlchemy Core each statement costs ~0.1-0.2 ms of CPU (execution context, events, result proxy,
 type processing), about as much as parsing the header; on the raw sqlite3 connection the same
-transaction costs a fraction of that. The connection is the engine's own (its pool, its pragmas:
+transaction costs a fraction of that. The connection is the engine's own (its pragmas:
 WAL, synchronous=FULL, foreign keys, busy timeout), and the transaction is `BEGIN IMMEDIATE ... COMMIT`
-as the engine's begin hook would issue, so durability and locking are unchanged.
+as the engine's begin hook would issue, so durability and locking are unchanged. db/groupcommit.py
+runs these transactions (concurrent ingests share one), each in the writer's turn (`writer_turn`).
 
 `RawTransaction` offers the part of sqlalchemy's Connection that files/store.py's index code uses
 (`execute(statement, params).first()/.one()` and `begin_nested()`), for the statements it uses: a
@@ -126,19 +127,6 @@ def writer_turn(engine: Engine) -> Iterator[None]:
         yield
     finally:
         end()
-
-
-@contextmanager
-def begin(engine: Engine) -> Iterator[RawTransaction]:
-    """`with begin(engine) as c:` as `with engine.begin() as c:`, for the statements RawTransaction takes.
-    Writers of one index file take turns on a lock first (see _WRITE_LOCKS)."""
-    pooled = engine.raw_connection()
-    try:
-        tx = RawTransaction(pooled.cursor())
-        with writer_turn(engine), tx.transaction():
-            yield tx
-    finally:
-        pooled.close()  # back to the pool
 
 
 class RawTransaction:

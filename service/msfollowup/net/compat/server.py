@@ -193,17 +193,19 @@ class GuardedServer(AssociationServer):
             client_address = request.getpeername()
         except OSError:  # the peer is already gone
             request.close()
-            with self._lock:
-                self.serving += 1
-            self.finished_one()
+            self._ended_unserved()
             return
         if self.verify_request(request, client_address):
             self.process_request(request, client_address)
         else:
             self.shutdown_request(request)
-            with self._lock:
-                self.serving += 1
-            self.finished_one()
+            self._ended_unserved()
+
+    def _ended_unserved(self) -> None:
+        """A handed connection that ends before it is served: the process that handed it over still
+        hears that it ended."""
+        if self.on_finished is not None:
+            self.on_finished()
 
     def shared_contexts(self) -> list[Any]:
         """One deep copy of the supported contexts (taken at the first association), read by all. Not
