@@ -23,6 +23,9 @@ storescu runs with TCP_NODELAY=1 (DCMTK disables Nagle only when asked) in (a)-(
 storescu's default (Nagle on), as most modalities send: a receiver that delays its ACKs then waits
 ~40 ms per instance. Finally (d): the peak
 RSS of msfollowup while it receives one large enhanced multi-frame object.
+
+Every receiver's folder is kept until the end of the run (`set_aside`: deleting it taxes whoever
+creates files next), so the run needs free disk for all of them: ~13 GB with the defaults.
 """
 
 from __future__ import annotations
@@ -247,6 +250,21 @@ class Figures:
     rss: list[float] = field(default_factory=list)
 
 
+def set_aside(folder: Path) -> None:
+    """Move a measured receiver's folder out of the way; main() deletes them all once every case ran.
+
+    Deleting it at once would tax the next receiver: on ext4 without a journal (this project's test
+    disk) the inode allocator skips every inode freed in the last 60 s (300 s while its inode table
+    block is dirty) and looks each one up as it goes, so after 2000 files were deleted a new file
+    costs 555-620 us to create instead of 24-41 us (measured here, 2000 creates in a new folder).
+    Who pays depends on where the receiver's folders land: msfollowup, creating every spool file in
+    one folder, paid ~20% of the machine's CPU for it in case (c) (perf), Orthanc nothing visible.
+    """
+    if folder.exists():
+        (folder.parent / "measured").mkdir(exist_ok=True)
+        folder.rename(folder.parent / "measured" / f"{folder.name}-{time.monotonic_ns()}")
+
+
 def measure(rx: Receiver, folder: Path, batches: list[list[Path]], mb: float, fig: Figures,
             env: dict[str, str] | None = None) -> None:
     n = sum(len(b) for b in batches)
@@ -258,7 +276,7 @@ def measure(rx: Receiver, folder: Path, batches: list[list[Path]], mb: float, fi
         fig.rss.append(peak_rss_mb(pid))
     finally:
         rx.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        set_aside(folder)
     fig.rate.append(n / t)
     fig.mbps.append(mb / t)
     fig.cpu_ms.append(1000 * cpu / n)
@@ -282,7 +300,9 @@ def main() -> int:
     small = make_set(root / "small", args.small, 256, 100)
     large = make_set(root / "large", args.large, 512, 500)
 
-    receivers: list[Receiver] = [MsFollowup()] + ([MsFollowup(args.processes)] if args.processes > 1 else [])
+    receivers: list[Receiver] = [MsFollowup()]
+    if args.processes > 1:
+        receivers.append(MsFollowup(args.processes))
     receivers.append(DcmtkStoreSCP())
     if args.only_msfollowup:
         receivers = [rx for rx in receivers if isinstance(rx, MsFollowup)]
@@ -323,8 +343,10 @@ def main() -> int:
         t = timed_send(rx.port, rx.ae_title, [[big]])
         rss = peak_rss_mb(pid)
         rx.stop()
+        set_aside(root / "node-big")
         print(f"(d) one {big.stat().st_size / 2**20:.0f} MiB enhanced multi-frame object: {t:.1f} s, "
               f"peak RSS of msfollowup {rss:.0f} MB (target < 300 MB)")
+    shutil.rmtree(root / "measured", ignore_errors=True)
     if args.out is None:
         shutil.rmtree(root, ignore_errors=True)
     return 0
