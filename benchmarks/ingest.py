@@ -25,7 +25,8 @@ storescu's default (Nagle on), as most modalities send: a receiver that delays i
 RSS of msfollowup while it receives one large enhanced multi-frame object.
 
 Every receiver's folder is kept until the end of the run (`set_aside`: deleting it taxes whoever
-creates files next), so the run needs free disk for all of them: ~13 GB with the defaults.
+creates files next), so the run needs free disk for all of them: ~15 GB with the defaults (a note says so
+up front when there is less).
 """
 
 from __future__ import annotations
@@ -296,6 +297,18 @@ def main() -> int:
                     help="also measure msfollowup with [node] processes = N (ingest processes; 1: skip)")
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-"))
+    try:
+        run(args, root)
+    finally:  # an interrupted run leaves no received folders behind (they add up to many GB)
+        for folder in [root / "measured", root / "node-big", *root.glob("rx-*")]:
+            shutil.rmtree(folder, ignore_errors=True)
+        if args.out is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def run(args: argparse.Namespace, root: Path) -> None:
+    """Every case and receiver of one benchmark run (main() cleans up after it)."""
     print(f"generating data under {root} ...", flush=True)
     small = make_set(root / "small", args.small, 256, 100)
     large = make_set(root / "large", args.large, 512, 500)
@@ -318,6 +331,12 @@ def main() -> int:
         (f"(e) {len(small)} x 256x256, Nagle on", [small]),  # the sender as a modality: no TCP_NODELAY
     ]
     cases = [c for c in cases if c[0][1] in args.cases]
+    received = sum(f.stat().st_size for _, batches in cases for batch in batches for f in batch)
+    need = args.reps * len(receivers) * received + args.multiframe_mb * 2**20
+    free = shutil.disk_usage(root).free
+    if free < need:
+        print(f"note: {free / 1e9:.1f} GB free under {root}, the received folders need ~{need / 1e9:.1f} GB "
+              f"(kept until the end, see set_aside)", flush=True)
     print(f"medians of {args.reps} interleaved repetitions; ratio = receiver / msfollowup (inst/s)", flush=True)
     print(f"{'case':<30} {'receiver':<11} {'inst/s':>8} {'MB/s':>7} {'CPU ms/inst':>11} {'peak RSS MB':>11} "
           f"{'ratio':>6}", flush=True)
@@ -346,10 +365,6 @@ def main() -> int:
         set_aside(root / "node-big")
         print(f"(d) one {big.stat().st_size / 2**20:.0f} MiB enhanced multi-frame object: {t:.1f} s, "
               f"peak RSS of msfollowup {rss:.0f} MB (target < 300 MB)")
-    shutil.rmtree(root / "measured", ignore_errors=True)
-    if args.out is None:
-        shutil.rmtree(root, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":
