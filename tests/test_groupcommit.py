@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from msfollowup.db import Database, rawsqlite
 from msfollowup.db.groupcommit import GroupCommitter
 from msfollowup.files.dirflush import DirectoryFlusher
-from sqlalchemy.exc import IntegrityError
 
 
 def _committer(tmp_path: Path) -> tuple[GroupCommitter, Path]:

@@ -1,4 +1,5 @@
-"""`[node] processes = 2`: a second process receives the connections the main process hands it (runtime/ingest_workers.py).
+"""`[node] processes = 2`: a second process receives the connections the main process hands it
+(runtime/ingest_workers.py).
 
 Every acknowledged instance is indexed whichever process took its association, the worker's counts
 reach the main process's /metrics, a worker that dies is started again, and the worker never outlives

@@ -155,6 +155,7 @@ def test_sqlalchemy_transactions_take_the_same_turn_and_read_sessions_none(tmp_p
         s.execute(text("SELECT 1"))
         1 / 0
     assert not turn.locked(), "a rolled-back session kept the turn"
+
     def read_meanwhile(_tx: Any) -> int:  # an index transaction is open ...
         with db.read_session() as s:  # ... and a reader is not held up by it
             return int(s.execute(text("SELECT count(*) FROM instances")).scalar_one())

@@ -101,7 +101,8 @@ class GroupCommitter:
                         self._run_member(tx, member)
             self.groups += 1
             self.members += len(group)
-        except BaseException as exc:  # noqa: BLE001 - BEGIN, COMMIT, or a lone member's own error: handed to the members
+        except BaseException as exc:  # noqa: BLE001 - handed to the members (see below)
+            # BEGIN's, COMMIT's, or a lone member's own error
             if isinstance(exc, SQLAlchemyError) and not isinstance(exc, IntegrityError):
                 self._drop_connection()  # a broken connection (I/O error, file gone) is not reused
             for member in group:

@@ -3,10 +3,11 @@
 Each stored instance gets a new name in its series folder, and the name is durable only once the
 folder is fsync'd. Concurrent senders of one study link into the same folders, and each fsync of a
 folder writes its metadata and flushes the device's cache (link and fsync ~0.6 ms on the test
-machine); the disk does them one at a time. A flush that *starts* after a name was linked makes that name durable, so a caller whose link
-is already covered by a flush that started after it only waits for that flush to end, and a caller
-that arrives while a flush is running (one that started before its link) waits for it and then starts
-one flush for itself and everyone who arrived meanwhile. A lone sender flushes exactly as before.
+machine); the disk does them one at a time. A flush that *starts* after a name was linked makes that
+name durable, so a caller whose link is already covered by a flush that started after it only waits
+for that flush to end, and a caller that arrives while a flush is running (one that started before
+its link) waits for it and then starts one flush for itself and everyone who arrived meanwhile. A
+lone sender flushes exactly as before.
 
 A failed flush is raised to the caller that ran it; the callers it would have covered run their own
 (so each one sees its own folder's error, never a success it did not get).

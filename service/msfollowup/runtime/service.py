@@ -127,7 +127,7 @@ class Service:
         )
         self.outbox = Outbox(self.db, cfg)
         self.ingest: ingest_workers.IngestWorkers | None = None
-        if cfg.node.processes > 1:  # more processes receive, handed connections by this one (runtime/ingest_workers.py)
+        if cfg.node.processes > 1:  # more receiving processes, handed connections by this one (ingest_workers.py)
             self.store.sop_locks.share(ingest_workers.lock_folder(self.store.tmp))
             self.ingest = ingest_workers.IngestWorkers(cfg, self.metrics, cfg.node.processes, self.store.tmp)
         # issue 15: settle detector + live broker (the web app mounts live.http.router(self.live.broker, ...))
