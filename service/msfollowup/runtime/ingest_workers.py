@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from msfollowup.app.metrics import Metrics
 from msfollowup.site.config import Config
+from msfollowup.runtime import signals
 
 if TYPE_CHECKING:
     from msfollowup.net.compat import GuardedServer
@@ -145,7 +146,7 @@ def worker_main(cfg: Config, index: int, tmp_root: Path, parent: int, conn: Conn
     for handler in logging.getLogger().handlers:  # which process says it, in the one shared journal
         handler.addFilter(_Prefix(f"[ingest {index}] "))
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signals.on_first([signal.SIGTERM], lambda _: stop.set())  # the parent-death SIGTERM comes in bursts
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process decides
     db = Database(cfg.storage.database_url, cfg.storage.busy_timeout_seconds, auto_upgrade=False)
     store = InstanceStore(cfg.storage.data_dir, db, cfg.storage.duplicate_policy, cfg.storage.fsync)

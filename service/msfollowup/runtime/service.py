@@ -15,13 +15,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 from msfollowup.net import worklist_scp
 from msfollowup.app import cluster, worklist
 
-from msfollowup.runtime import ingest_workers, jobs, sdnotify
+from msfollowup.runtime import ingest_workers, jobs, sdnotify, signals
 from msfollowup.app.completion import CompletionWorker
 from msfollowup.site.config import Config, ConfigError, LoggingConfig
 from msfollowup.db import Database
@@ -317,12 +316,11 @@ def run_service(cfg: Config) -> int:
     faulthandler.enable(all_threads=True)
     stop = threading.Event()
 
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %s received, shutting down", signal.Signals(signum).name)
+    def _on_signal(signum: signal.Signals) -> None:
+        log.info("signal %s received, shutting down", signum.name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    signals.on_first((signal.SIGTERM, signal.SIGINT), _on_signal)  # once: see runtime/signals.py
     notifier = sdnotify.Notifier.from_environ()
     service = Service(cfg)
     try:
