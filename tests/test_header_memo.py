@@ -50,3 +50,33 @@ def test_the_memo_is_bounded(tmp_path: Path) -> None:
     reader.remember(path, parsed, reader.RECENT_MAX_FILE + 1)  # too large to keep
     got = reader.read_header(path)
     assert got is not None and got.dataset is not parsed.dataset
+
+
+# --- issue 17: only a process whose readers can use the memo fills it -------------------------------
+
+
+def _stored(tmp_path: Path, remember: bool) -> Path:
+    """One generated instance ingested by a store with `remember_headers` as given; its final path."""
+    import shutil
+
+    from dicom_fixtures import generate_study
+    from msfollowup.db import Database
+    from msfollowup.files.store import InstanceStore
+
+    study = generate_study(tmp_path / "gen", slices=1, seed=47)
+    store = InstanceStore(tmp_path / "var", Database(f"sqlite:///{tmp_path / 'index.sqlite3'}"))
+    store.remember_headers = remember
+    temp = store.tmp / "one.part"
+    shutil.copyfile(study.files[0], temp)
+    return store.ingest_file(temp).path
+
+
+def test_the_store_hands_its_parse_to_the_next_reader(tmp_path: Path) -> None:
+    path = _stored(tmp_path, remember=True)
+    assert reader._recalled(path) is not None
+
+
+def test_an_ingest_process_store_keeps_no_headers(tmp_path: Path) -> None:
+    """An ingest process (runtime/ingest_workers.py) turns the memo off: nobody there reads it."""
+    path = _stored(tmp_path, remember=False)
+    assert reader._recalled(path) is None

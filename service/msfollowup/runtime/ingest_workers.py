@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from msfollowup.app.metrics import Metrics
 from msfollowup.site.config import Config
-from msfollowup.runtime import signals
+from msfollowup.runtime import heap, signals
 
 if TYPE_CHECKING:
     from msfollowup.net.compat import GuardedServer
@@ -151,6 +151,7 @@ def worker_main(cfg: Config, index: int, tmp_root: Path, parent: int, conn: Conn
     db = Database(cfg.storage.database_url, cfg.storage.busy_timeout_seconds, auto_upgrade=False)
     store = InstanceStore(cfg.storage.data_dir, db, cfg.storage.duplicate_policy, cfg.storage.fsync)
     store.tmp = spool_folder(tmp_root, index)
+    store.remember_headers = False  # the live check and the study check read in the main process
     store.tmp.mkdir(parents=True, exist_ok=True)
     store.sop_locks.share(lock_folder(tmp_root))
     store.recover()  # this worker's own spool folder: what a crash of the previous worker left
@@ -160,6 +161,7 @@ def worker_main(cfg: Config, index: int, tmp_root: Path, parent: int, conn: Conn
     node.start()
     assert node.server is not None
     _serve_handed(node.server, handed)
+    heap.settle()  # as the main process does once it listens (runtime/heap.py)
     conn.send(("ready", os.getpid()))
     try:
         while not stop.wait(FORWARD_SECONDS):

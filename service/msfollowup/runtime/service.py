@@ -20,7 +20,7 @@ from typing import Any
 from msfollowup.net import worklist_scp
 from msfollowup.app import cluster, worklist
 
-from msfollowup.runtime import ingest_workers, jobs, sdnotify, signals
+from msfollowup.runtime import heap, ingest_workers, jobs, sdnotify, signals
 from msfollowup.app.completion import CompletionWorker
 from msfollowup.site.config import Config, ConfigError, LoggingConfig
 from msfollowup.db import Database
@@ -328,6 +328,7 @@ def run_service(cfg: Config) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", cfg.node.host, cfg.node.port, exc.strerror)
         return 2
+    heap.settle()  # after start-up: later collections skip what lives as long as the process
     status = f"listening on {host}:{port}{' (TLS)' if cfg.node.tls else ''}"
     notifier.ready(status)
     supervise(service, notifier, stop, status)
