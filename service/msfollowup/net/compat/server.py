@@ -72,7 +72,7 @@ class _GuardedHandler(RequestHandler):
         assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
         # pynetdicom deep-copies the ~160 supported contexts (all transfer syntaxes each) for every
-        # association, ~0.3 s of CPU; negotiation only reads them, so one copy made at start is shared.
+        # association, ~60 ms of CPU; negotiation only reads them, so one copy made at start is shared.
         assoc.acceptor.supported_contexts = server.shared_contexts()
         assoc.requestor.address_info = self.remote
         assoc.lean = server.lean
@@ -114,7 +114,6 @@ class GuardedServer(AssociationServer):
         self._sockets: set[BoundedSocket] = set()
         self._refused = 0
         self._last_refusal_log = 0.0
-        self._contexts_copy: list[Any] | None = None
         # Several receiving processes (runtime/ingest_workers.py): the main process's acceptor may hand
         # a connection to another process (`handoff` returns True once it did), and that process serves
         # it with `serve_handed`; `on_finished` runs when a connection served here ends.
@@ -123,6 +122,11 @@ class GuardedServer(AssociationServer):
         self.serving = 0  # connections served by this process right now (accepted or handed, not ended)
         self._request_thread = threading.local()  # does this request thread's connection have an association?
         super().__init__(*args, request_handler=_GuardedHandler, **kwargs)
+        # One deep copy of the supported contexts, read by every association's negotiation (see
+        # `shared_contexts`). Made here, before the node reports it listens: made at the first
+        # association it cost that association ~60 ms of CPU (~170 contexts, every transfer syntax each),
+        # in every process, after every start.
+        self._contexts_copy: list[Any] = deepcopy(self.contexts)
 
     # -- half-open connections: counted from accept to a complete A-ASSOCIATE-RQ (or its failure)
 
@@ -208,10 +212,7 @@ class GuardedServer(AssociationServer):
             self.on_finished()
 
     def shared_contexts(self) -> list[Any]:
-        """One deep copy of the supported contexts (taken at the first association), read by all. Not
-        under the server lock: the accept loop takes that lock, and the copy takes a moment."""
-        if self._contexts_copy is None:
-            self._contexts_copy = deepcopy(self.contexts)  # two first associations may both copy: harmless
+        """The deep copy of the supported contexts made at start, read by every association."""
         return self._contexts_copy
 
     def half_open(self) -> int:
