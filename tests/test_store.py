@@ -34,7 +34,7 @@ def test_multi_valued_character_set_is_indexed_in_dicom_backslash_form(tmp_path:
         assert row is not None and row.specific_character_set == "ISO 2022 IR 6\\ISO 2022 IR 87"
 
 
-# --- issue 17: the bytes' flush runs while the checks parse the file ------------------------------
+# --- issue 17: the disk writes the bytes while the checks parse the file ------------------------------
 
 
 def _one(tmp_path: Path) -> tuple[InstanceStore, Database, Path]:
@@ -47,13 +47,22 @@ def _one(tmp_path: Path) -> tuple[InstanceStore, Database, Path]:
 
 
 def test_nothing_is_linked_before_the_received_bytes_are_flushed(tmp_path: Path, monkeypatch: Any) -> None:
-    """The flush runs on a helper thread; a slow disk must still come before the final name."""
+    """The disk is asked to start writing before the checks; a slow fsync still comes before the
+    final name."""
     store, _db, temp = _one(tmp_path)
     events: list[str] = []
 
+    def writeback(path: Path) -> None:
+        events.append(f"writeback {Path(path).name}")
+        real_writeback(path)
+
+    def check(*args: Any) -> Any:
+        events.append("checked")
+        return real_check(*args)
+
     def slow_fsync(path: Path, directory: bool = False) -> None:
         if not directory:
-            time.sleep(0.3)  # the checks finish long before this flush
+            time.sleep(0.3)  # a slow disk
             events.append(f"flushed {Path(path).name}")
         real_fsync(path, directory)
 
@@ -61,11 +70,14 @@ def test_nothing_is_linked_before_the_received_bytes_are_flushed(tmp_path: Path,
         events.append(f"linked {Path(src).name}")
         real_link(src, dst)
 
-    real_fsync, real_link = store_module._fsync_path, os.link
+    real_fsync, real_link, real_writeback = store_module._fsync_path, os.link, store_module._start_writeback
+    real_check = store._check
     monkeypatch.setattr(store_module, "_fsync_path", slow_fsync)
+    monkeypatch.setattr(store_module, "_start_writeback", writeback)
+    monkeypatch.setattr(store, "_check", check)
     monkeypatch.setattr(store_module.os, "link", link)
     store.ingest_file(temp)
-    assert events == ["flushed one.part", "linked one.part"]
+    assert events == ["writeback one.part", "checked", "flushed one.part", "linked one.part"]
 
 
 def test_a_failed_flush_fails_the_store_and_links_nothing(tmp_path: Path, monkeypatch: Any) -> None:
@@ -84,7 +96,7 @@ def test_a_failed_flush_fails_the_store_and_links_nothing(tmp_path: Path, monkey
 
 
 def test_a_refused_file_answers_its_own_error_not_the_flush(tmp_path: Path) -> None:
-    """A malformed file is refused for what it is, even though its flush was started."""
+    """A malformed file is refused for what it is, even though its writeback was started."""
     store, _db, temp = _one(tmp_path)
     temp.write_bytes(temp.read_bytes()[:400])  # cut inside the header
     with pytest.raises(IngestError) as raised:
