@@ -1,7 +1,7 @@
 """Ingest benchmark: DCMTK storescu -> msfollowup, DCMTK storescp and Orthanc, side by side in one run.
 
     python benchmarks/ingest.py [--reps R] [--small N] [--large N] [--senders K] [--multiframe-mb MB] [--out DIR]
-                                [--processes P] [--cases abce] [--only-msfollowup]
+                                [--processes P[,P...]] [--cases abce] [--only-msfollowup]
 
 Cases: (a) N small (256x256 16-bit) instances from one sender, (b) N large (512x512) instances from one
 sender, (c) the small set split over K concurrent senders. Every receiver is started fresh for every
@@ -12,8 +12,8 @@ peak RSS, and each receiver's ratio to msfollowup.
 
 * msfollowup: fsync + index on (the durability guarantee of docs/architecture.md "Durability");
   TCP_NODELAY set by the node itself on every association's socket. msf-xP: the same with
-  `[node] processes = P` (default 2; ingest processes the main process hands connections to,
-  runtime/ingest_workers.py);
+  `[node] processes = P`, for each P of `--processes` (default 2 and 4; ingest processes the main
+  process hands connections to, runtime/ingest_workers.py);
   its peak RSS is the sum over its processes.
 * storescp: DCMTK, TCP_NODELAY=1, writes every instance to disk, never flushes.
 * Orthanc (Debian `orthanc`, if /usr/sbin/Orthanc exists): default SQLite index, SyncStorageArea on,
@@ -293,8 +293,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cases", default="abce", help="which of the cases a, b, c, e to run")
     ap.add_argument("--only-msfollowup", action="store_true", help="no other receivers (quick A/B runs)")
-    ap.add_argument("--processes", type=int, default=2,
-                    help="also measure msfollowup with [node] processes = N (ingest processes; 1: skip)")
+    ap.add_argument("--processes", default="2,4",
+                    help="also measure msfollowup with [node] processes = N, for each N of this comma-separated "
+                         "list (ingest processes; 1: skip)")
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="msf-bench-"))
     try:
@@ -314,8 +315,9 @@ def run(args: argparse.Namespace, root: Path) -> None:
     large = make_set(root / "large", args.large, 512, 500)
 
     receivers: list[Receiver] = [MsFollowup()]
-    if args.processes > 1:
-        receivers.append(MsFollowup(args.processes))
+    for count in sorted({int(n) for n in str(args.processes).split(",") if n.strip()}):
+        if count > 1:
+            receivers.append(MsFollowup(count))
     receivers.append(DcmtkStoreSCP())
     if args.only_msfollowup:
         receivers = [rx for rx in receivers if isinstance(rx, MsFollowup)]
