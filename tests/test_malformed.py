@@ -76,6 +76,13 @@ def _unclosed_sequence(ds: Dataset) -> bytes:
             + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + item)  # neither item nor sequence closed
 
 
+def _unclosed_sequence_in_a_large_file(ds: Dataset) -> bytes:
+    """The same, behind 300 kB of private bytes: a file above the store's SMALL_FILE is walked mapped,
+    not read whole (files/store.py)."""
+    padding = struct.pack("<HH2sHI", 0x0029, 0x1010, b"OB", 0, 300_000) + bytes(300_000)
+    return _unclosed_sequence(ds).replace(b"\x40\x00\x75\x02SQ", padding + b"\x40\x00\x75\x02SQ", 1)
+
+
 def _nothing_stored(node: RunningNode, sop: str) -> None:
     assert not list((node.data_dir / "store").rglob(f"{sop}.dcm")), "a refused instance left a file in store/"
     assert not list((node.data_dir / "tmp").iterdir()), "a temporary file was left behind"
@@ -84,7 +91,8 @@ def _nothing_stored(node: RunningNode, sop: str) -> None:
 @pytest.mark.parametrize("build,expect", [
     (_lying_pixel_data, "(7FE0,0010) of 2147483632 bytes runs past the end"),
     (_unclosed_sequence, "never closed"),
-], ids=["pixel-length-past-the-end", "unclosed-sequence"])
+    (_unclosed_sequence_in_a_large_file, "never closed"),
+], ids=["pixel-length-past-the-end", "unclosed-sequence", "unclosed-sequence-large-file"])
 def test_broken_structure_gets_0xC000_naming_the_problem_and_nothing_is_stored(
         node: RunningNode, tmp_path: Path, build: object, expect: str) -> None:
     ds = _without_pixels()

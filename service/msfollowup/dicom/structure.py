@@ -154,8 +154,15 @@ def check_file(path: Path) -> None:
         if size == 0:
             raise Malformed("empty file")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            start, syntax = _file_meta_end(buf)
-            if syntax in _DEFLATED:
-                return
-            walker = _Walker(buf, explicit=syntax != _IMPLICIT_LE, little=syntax != _EXPLICIT_BE)
-            walker.dataset(start, size, 0, closed_by_item_end=False)
+            check_buffer(buf)
+
+
+def check_buffer(buf: mmap.mmap | bytes) -> None:
+    """check_file on the file's whole content, already in memory (or mapped)."""
+    if len(buf) == 0:
+        raise Malformed("empty file")
+    start, syntax = _file_meta_end(buf)
+    if syntax in _DEFLATED:
+        return
+    walker = _Walker(buf, explicit=syntax != _IMPLICIT_LE, little=syntax != _EXPLICIT_BE)
+    walker.dataset(start, len(buf), 0, closed_by_item_end=False)

@@ -95,12 +95,12 @@ def instance_number(ds: Dataset) -> int | None:
         return int_value(ds, "InstanceNumber")  # "1.0" and the like: pydicom's IS rules decide
 
 
-def _fast_header(path: Path) -> reader.Header | None:
+def _fast_header(path: Path, data: bytes | None) -> reader.Header | None:
     """The index attributes through the project's fast header reader (one struct scan of the top level,
     values decoded lazily): ~0.2 ms against ~1.5 ms for pydicom's dcmread on an MR slice. None when
     the file needs pydicom (no preamble, unusual encoding, or UIDs only in the file meta)."""
     try:
-        header = reader.read_header(path)
+        header = reader.read_header(path, data)
     except Exception:  # noqa: BLE001 - whatever the fast path dislikes, pydicom decides below
         return None
     if header is None:
@@ -111,11 +111,12 @@ def _fast_header(path: Path) -> reader.Header | None:
     return header
 
 
-def read_index_header(path: Path) -> tuple[Dataset, str, str, str, reader.Header | None]:
+def read_index_header(path: Path, data: bytes | None = None) -> tuple[Dataset, str, str, str, reader.Header | None]:
     """The index attributes of a Part 10 file, its checked Study/Series/SOP Instance UIDs, and the
-    fast reader's header when that read it (for reader.remember)."""
+    fast reader's header when that read it (for reader.remember). `data`: the file's whole content,
+    when the caller has read it already."""
     try:
-        header = _fast_header(path)
+        header = _fast_header(path, data)
         ds = header.dataset if header is not None else dcmread(path, stop_before_pixels=True, specific_tags=INDEX_TAGS)
         meta = ds.file_meta
         # Elements are decoded lazily, here: an unknown VR raises NotImplementedError.

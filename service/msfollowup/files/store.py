@@ -81,6 +81,20 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+# A received file up to this size is read once, whole, for both checks (the structure walk and the
+# header parse): one read costs less than mapping it for the walk (mmap, page faults, munmap: ~20 us)
+# and reading its head again for the parse (~8 us). A larger one is mapped, its pixel data never read.
+SMALL_FILE = 256 << 10
+
+
+def _small_file(path: Path) -> bytes | None:
+    """The file's content when it is at most SMALL_FILE bytes, else None."""
+    with open(path, "rb", buffering=0) as f:
+        if os.fstat(f.fileno()).st_size > SMALL_FILE:
+            return None
+        return f.readall()
+
+
 # Linux's sync_file_range(2), which the os module does not offer; None elsewhere (the fsync alone then).
 _SYNC_FILE_RANGE = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
 _SYNC_FILE_RANGE_WRITE = 2  # start writing the dirty pages back, do not wait
@@ -209,11 +223,12 @@ class InstanceStore:
     def _check(self, temp_path: Path, expected_sop: str | None, expected_sop_class: str | None
                ) -> tuple[Dataset, str, str, str, reader.Header | None]:
         """The encoded structure, the index attributes and checked UIDs, the index file's identity."""
+        data = _small_file(temp_path)
         try:
-            structure.check_file(temp_path)
+            structure.check_file(temp_path) if data is None else structure.check_buffer(data)
         except structure.Malformed as exc:
             raise IngestError(0xC000, f"malformed: {exc}") from None
-        ds, study, series, sop, header = read_index_header(temp_path)
+        ds, study, series, sop, header = read_index_header(temp_path, data)
         if expected_sop is not None and sop != expected_sop.strip("\x00 "):
             raise IngestError(0xA900, "SOPInstanceUID in the data set differs from the C-STORE request")
         sop_class = ascii_value(ds, SOP_CLASS)

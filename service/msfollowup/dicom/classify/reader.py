@@ -270,8 +270,16 @@ def _first_item(buf: bytes, start: int, end: int, implicit: bool) -> tuple[int, 
     return start, iend
 
 
-def _fast_read(path: Path) -> Header | None:
-    """Header of a file with a DICM preamble, or None when there is no preamble."""
+def _fast_read(path: Path, data: bytes | None = None) -> Header | None:
+    """Header of a file with a DICM preamble, or None when there is no preamble. `data`: the whole
+    file, when the caller has read it already."""
+    if data is not None:
+        if len(data) < 132 or data[128:132] != b"DICM":
+            return None
+        try:
+            return _parse(data, len(data))
+        except _Truncated:
+            raise DamagedFileError("file ends inside an element") from None
     with open(path, "rb") as fh:
         total = os.fstat(fh.fileno()).st_size
         buf = fh.read(_FIRST_READ)
@@ -402,13 +410,16 @@ def _recalled(path: Path) -> Header | None:
         return None
 
 
-def read_header(path: Path) -> Header | None:
-    """Header of one file (no pixel data); None if it is not a DICOM file. Raises on a damaged DICOM file."""
-    header: Header | None = _recalled(path)
+def read_header(path: Path, data: bytes | None = None) -> Header | None:
+    """Header of one file (no pixel data); None if it is not a DICOM file. Raises on a damaged DICOM file.
+
+    `data`: the file's whole content when the caller holds it already (the store's checks read a
+    small received file once for the structure walk and this parse); pydicom's fallback reads `path`."""
+    header: Header | None = _recalled(path) if data is None else None
     if header is not None:
         return header
     try:
-        header = _fast_read(path)
+        header = _fast_read(path, data)
     except DamagedFileError:
         raise
     except (_Unusual, _Truncated, struct.error, ValueError, IndexError):
