@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
 import struct
@@ -70,15 +71,30 @@ def _quickack(sock: socket.socket) -> None:
             pass
 
 
-def _before(sock: socket.socket, deadline: float, read: Callable[[], _T]) -> _T:
-    """One read (`read`) before `deadline`: its result, or PeerViolation (closed, timed out, failed)."""
+def _before(sock: socket.socket, deadline: float, read: Callable[[int], _T], dontwait: bool = False) -> _T:
+    """One read (`read(flags)`) before `deadline`: its result, or PeerViolation (closed, timed out, failed).
+
+    dontwait: the socket is in blocking mode (no timeout) and the read is tried with MSG_DONTWAIT;
+    only when nothing has arrived does this wait, in poll(), until the deadline. With a timeout set
+    instead, every read costs settimeout's ioctl and Python's own poll() before its recv (each a
+    syscall that lets the interpreter lock go): 11-14 syscalls per received instance less. For
+    plain sockets in the lean loop only (`BoundedSocket.read_pdu`), where every send sets its own
+    timeout (lean.py `_send`); a TLS socket takes no flags.
+    """
     left = deadline - time.monotonic()
     if left <= 0:
         raise PeerViolation("timed out")
-    sock.settimeout(left)
+    if not dontwait:
+        sock.settimeout(left)
     _quickack(sock)
     try:
-        data = read()
+        while True:
+            try:
+                data = read(_DONTWAIT if dontwait else 0)
+                break
+            except BlockingIOError:  # dontwait only: nothing here yet
+                if not _readable_within(sock, deadline - time.monotonic()):
+                    raise PeerViolation("timed out") from None
     except (TimeoutError, socket.timeout):
         raise PeerViolation("timed out") from None
     except OSError as exc:
@@ -88,17 +104,29 @@ def _before(sock: socket.socket, deadline: float, read: Callable[[], _T]) -> _T:
     return data
 
 
-def _recv_before(sock: socket.socket, n: int, deadline: float) -> bytes:
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+def _readable_within(sock: socket.socket, seconds: float) -> bool:
+    """Wait until `sock` is readable (or closed), at most `seconds`; poll(), which knows no fd limit."""
+    if seconds <= 0:
+        return False
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(seconds * 1000))
+
+
+def _recv_before(sock: socket.socket, n: int, deadline: float, dontwait: bool = False) -> bytes:
     """Between 1 and n bytes (at most one read) before `deadline`, or PeerViolation (closed, timed out)."""
-    return _before(sock, deadline, lambda: sock.recv(min(n, _READ)))
+    return _before(sock, deadline, lambda flags: sock.recv(min(n, _READ), flags), dontwait)
 
 
-def _recv_into_before(sock: socket.socket, view: memoryview, deadline: float) -> int:
+def _recv_into_before(sock: socket.socket, view: memoryview, deadline: float, dontwait: bool = False) -> int:
     """As _recv_before, into `view` (at most one read of at most len(view) bytes): the byte count."""
-    return _before(sock, deadline, lambda: sock.recv_into(view))
+    return _before(sock, deadline, lambda flags: sock.recv_into(view, 0, flags), dontwait)
 
 
-def _read_body(sock: socket.socket, length: int, deadline: float) -> bytearray:
+def _read_body(sock: socket.socket, length: int, deadline: float, dontwait: bool = False) -> bytearray:
     """`length` bytes before `deadline`, read with recv_into into buffers of at most _PART bytes each: a
     peer that announces a large PDU (no limit configured) gets memory only for what it has sent."""
     parts: list[bytearray] = []
@@ -106,16 +134,16 @@ def _read_body(sock: socket.socket, length: int, deadline: float) -> bytearray:
         part = bytearray(min(_PART, length - start))
         view, got = memoryview(part), 0
         while got < len(part):
-            got += _recv_into_before(sock, view[got:], deadline)
+            got += _recv_into_before(sock, view[got:], deadline, dontwait)
         parts.append(part)
     return parts[0] if len(parts) == 1 else bytearray().join(parts)  # no part: an empty PDU
 
 
-def _read_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
+def _read_exactly(sock: socket.socket, n: int, deadline: float, dontwait: bool = False) -> bytes:
     """n bytes before `deadline`, or PeerViolation (closed, timed out)."""
     out = bytearray()
     while len(out) < n:
-        out += _recv_before(sock, n - len(out), deadline)
+        out += _recv_before(sock, n - len(out), deadline, dontwait)
     return bytes(out)
 
 
@@ -206,13 +234,17 @@ class BoundedSocket(AssociationSocket):
         sock = self.socket
         if sock is None or self._done:
             return None
+        # A plain socket is read without a timeout, with MSG_DONTWAIT, waiting in poll() (see _before).
+        dontwait = bool(_DONTWAIT) and not isinstance(sock, ssl.SSLSocket)
         try:
             deadline = time.monotonic() + self._limits.pdu_seconds
-            pdu_type, _, length = struct.unpack(">BBL", _read_exactly(sock, PDU_HEADER, deadline))
+            if dontwait and sock.gettimeout() is not None:
+                sock.settimeout(None)  # once after each send (lean.py `_send` sets its own timeout)
+            pdu_type, _, length = struct.unpack(">BBL", _read_exactly(sock, PDU_HEADER, deadline, dontwait))
             limit = _pdu_limit(pdu_type, self._limits.max_pdu)
             if limit is not None and length > limit:
                 raise PeerViolation(f"PDU type 0x{pdu_type:02X} of {length} bytes (limit {limit})")
-            return pdu_type, _read_body(sock, length, deadline)
+            return pdu_type, _read_body(sock, length, deadline, dontwait)
         except PeerViolation as exc:
             self._violation(sock, str(exc))
             return None
