@@ -77,8 +77,8 @@ def _unclosed_sequence(ds: Dataset) -> bytes:
 
 
 def _unclosed_sequence_in_a_large_file(ds: Dataset) -> bytes:
-    """The same, behind 300 kB of private bytes: a file above the store's SMALL_FILE is walked mapped,
-    not read whole (files/store.py)."""
+    """The same, behind 300 kB of private bytes: a file above SMALL_FILE (files/syncio.py) is walked mapped,
+    not read whole."""
     padding = struct.pack("<HH2sHI", 0x0029, 0x1010, b"OB", 0, 300_000) + bytes(300_000)
     return _unclosed_sequence(ds).replace(b"\x40\x00\x75\x02SQ", padding + b"\x40\x00\x75\x02SQ", 1)
 

@@ -103,3 +103,53 @@ def test_a_refused_file_answers_its_own_error_not_the_flush(tmp_path: Path) -> N
         store.ingest_file(temp)
     assert raised.value.status == 0xC000
     assert not list(store.root.rglob("*.dcm"))
+
+
+# --- issue 17: a series folder is durably named before the first link into it, once per process ----
+
+
+def test_a_folder_made_by_someone_else_is_flushed_into_its_parent_before_the_link(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Another ingest's mkdir may not be flushed yet when this one links: flush it here too, once."""
+    store, _db, temp = _one(tmp_path)
+    ds = pydicom.dcmread(temp)
+    series_dir = store.root / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID)
+    series_dir.mkdir(parents=True)  # made, as far as this store knows, by somebody else
+    events: list[str] = []
+    real_fsync, real_link = store_module._fsync_path, os.link
+
+    def fsync(path: Path, directory: bool = False) -> None:
+        if directory:
+            events.append(f"flushed {Path(path).relative_to(store.root.parent)}")
+        real_fsync(path, directory)
+
+    def link(src: Any, dst: Any) -> None:
+        events.append("linked")
+        real_link(src, dst)
+
+    monkeypatch.setattr(store_module, "_fsync_path", fsync)
+    monkeypatch.setattr(store_module.os, "link", link)
+    store.ingest_file(temp)
+    study = f"store/{ds.StudyInstanceUID}"
+    assert events == ["flushed store", f"flushed {study}", "linked", f"flushed {study}/{ds.SeriesInstanceUID}"]
+
+    events.clear()  # the next instance of that series: the folder is known, only the link's own flush
+    second = store.tmp / "two.part"
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(second)
+    store.ingest_file(second)
+    assert events == ["linked", f"flushed {study}/{ds.SeriesInstanceUID}"]
+
+
+def test_a_remembered_folder_removed_since_is_made_again(tmp_path: Path) -> None:
+    """Retention may remove a study's folders; the next instance of it is still stored."""
+    store, db, temp = _one(tmp_path)
+    received = temp.read_bytes()
+    first = store.ingest_file(temp)
+    shutil.rmtree(first.path.parent.parent)  # the whole study folder, as retention does
+    with db.session() as s:
+        s.query(Instance).delete()
+    again = store.tmp / "again.part"
+    again.write_bytes(received)
+    result = store.ingest_file(again)
+    assert result.path.exists() and result.path.parent == first.path.parent

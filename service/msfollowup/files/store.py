@@ -10,11 +10,12 @@ The final name never holds a partial file, and start-up never has to walk the wh
 
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
 import logging
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -30,6 +31,10 @@ from sqlalchemy.sql.expression import Executable
 from msfollowup.dicom import structure
 from msfollowup.dicom.classify import reader
 from msfollowup.files.dirflush import DirectoryFlusher
+# Module-level names here (tests replace them to slow or fail a flush, and to see the order of steps).
+from msfollowup.files.syncio import fsync_path as _fsync_path
+from msfollowup.files.syncio import read_small as _small_file
+from msfollowup.files.syncio import start_writeback as _start_writeback
 from msfollowup.files.soplocks import SopLocks
 from msfollowup.files.index_header import (SOP_CLASS, IngestError, ascii_value, instance_number, int_value,
                                            read_index_header, text_value)
@@ -39,6 +44,7 @@ from msfollowup.db.index import Instance, Series, Study, StudyState
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+DURABLE_FOLDERS = 4096  # series folders remembered as made and flushed (a forgotten one costs 2 fsyncs)
 
 
 class _SQL:
@@ -71,52 +77,6 @@ class IngestResult:
     series_uid: str
     sop_instance_uid: str
     path: Path
-
-
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# A received file up to this size is read once, whole, for both checks (the structure walk and the
-# header parse): one read costs less than mapping it for the walk (mmap, page faults, munmap: ~20 us)
-# and reading its head again for the parse (~8 us). A larger one is mapped, its pixel data never read.
-SMALL_FILE = 256 << 10
-
-
-def _small_file(path: Path) -> bytes | None:
-    """The file's content when it is at most SMALL_FILE bytes, else None."""
-    with open(path, "rb", buffering=0) as f:
-        if os.fstat(f.fileno()).st_size > SMALL_FILE:
-            return None
-        return f.readall()
-
-
-# Linux's sync_file_range(2), which the os module does not offer; None elsewhere (the fsync alone then).
-_SYNC_FILE_RANGE = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
-_SYNC_FILE_RANGE_WRITE = 2  # start writing the dirty pages back, do not wait
-
-
-def _start_writeback(path: Path) -> None:
-    """Ask the kernel to start writing `path`'s data to the disk now, without waiting for it.
-
-    Only a head start, never the guarantee: `_fsync_path` runs after the checks and waits for these
-    writes, writes whatever is left and flushes the disk's cache; its failure is the one answered.
-    Why not the fsync itself on a helper thread, as until issue 17's eighth session: the hand-off (a
-    future, a queue, two thread wake-ups per instance) cost more CPU than the overlap saved; this way
-    the disk still writes while the checks parse, and the thread that answers waits only for what is
-    left (case (c), 3 alternating pairs: 2.29-3.20 against 1.97-2.67 ms of CPU per instance).
-    """
-    if _SYNC_FILE_RANGE is None:
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        _SYNC_FILE_RANGE(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), _SYNC_FILE_RANGE_WRITE)  # result ignored
-    finally:
-        os.close(fd)
 
 
 def _existing_or_insert(c: Connection | rawsqlite.RawTransaction, probe: Executable, key: dict[str, str],
@@ -182,6 +142,9 @@ class InstanceStore:
         # processes too once the service calls `sop_locks.share(...)` (runtime/ingest_workers.py).
         self.sop_locks = SopLocks()
         self._committer = groupcommit.GroupCommitter(db.engine)  # SQLite's index transactions (not PostgreSQL's)
+        # Series folders known to exist with their names flushed, most recent last (see _make_dirs).
+        self._durable_folders: OrderedDict[str, None] = OrderedDict()
+        self._durable_lock = threading.Lock()
         self._folder_flushes = DirectoryFlusher()
 
     # -- paths
@@ -279,19 +242,43 @@ class InstanceStore:
             _fsync_path(final.parent, directory=True)
 
     def _make_dirs(self, series_dir: Path) -> None:
-        """Create study/series folders; a new folder's parent is fsync'd so the folder survives a crash."""
+        """Create the study and series folders, each durably named in its parent before a file is
+        linked into it.
+
+        A folder another ingest has just made may not be flushed yet (its maker fsyncs the parent after
+        its mkdir, and a link by another thread can come in between): so a folder found existing is
+        flushed into its parent here too, once per process, and only then remembered as durable
+        (`_durable_folders`). A remembered series folder costs no syscall at all; one that retention
+        has removed since makes the link fail, and `_link` forgets it and comes back here.
+        """
+        key = str(series_dir)
+        if key in self._durable_folders:
+            return
         for folder in (series_dir.parent, series_dir):
             try:
                 folder.mkdir()
             except FileExistsError:
-                continue
+                pass
             if self.fsync:
                 _fsync_path(folder.parent, directory=True)
+        with self._durable_lock:
+            self._durable_folders[key] = None
+            while len(self._durable_folders) > DURABLE_FOLDERS:
+                self._durable_folders.popitem(last=False)
+
+    def _forget_folder(self, series_dir: Path) -> None:
+        with self._durable_lock:
+            self._durable_folders.pop(str(series_dir), None)
 
     def _link(self, temp_path: Path, final: Path) -> Outcome:
         self._make_dirs(final.parent)
         try:
-            os.link(temp_path, final)
+            try:
+                os.link(temp_path, final)
+            except FileNotFoundError:  # the folder was remembered, and removed since (retention)
+                self._forget_folder(final.parent)
+                self._make_dirs(final.parent)
+                os.link(temp_path, final)
         except FileExistsError:
             if _same_bytes(temp_path, final):
                 return Outcome.DUPLICATE_SAME
