@@ -228,3 +228,28 @@ def test_a_file_removed_by_retention_before_its_index_commit_is_linked_again(
     assert _missing_files(service) == []
     with service.db.session() as s:
         assert len(s.scalars(select(Instance.path).where(Instance.study_uid == study.study_uid)).all()) == len(study.files)
+
+
+def test_a_file_and_its_emptied_folders_removed_by_retention_before_its_index_commit_come_back(
+        service: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, and retention also removed the folders it emptied (`remove_unindexed_files`): the
+    ingest makes them again although its store remembered them as made (files/store.py _make_dirs)."""
+    study = generate_study(tmp_path / "race", slices=1, seed=44, patient_id="RETRACE2")
+    original = service.store._index
+    removed: list[Path] = []
+
+    def index_after_retention(ds: Any, uids: tuple[str, str, str], rel: str, *args: Any, **kwargs: Any) -> bool:
+        path = service.store.absolute(rel)
+        path.unlink()
+        for folder in (path.parent, path.parent.parent):  # as retention does: a folder it emptied
+            if not any(folder.iterdir()):
+                folder.rmdir()
+                removed.append(folder)
+        return original(ds, uids, rel, *args, **kwargs)
+
+    monkeypatch.setattr(service.store, "_index", index_after_retention)
+    _ingest(service, study.files)
+    assert removed, "no folder was emptied: the test lost its point"
+    assert _missing_files(service) == []
+    with service.db.session() as s:
+        assert len(s.scalars(select(Instance.path).where(Instance.study_uid == study.study_uid)).all()) == len(study.files)

@@ -236,6 +236,7 @@ class InstanceStore:
         if final.exists():
             return
         log.warning("a stored file was removed by retention before its index commit; linked again")
+        self._forget_folder(final.parent)  # retention removes a folder it emptied: made again if so
         self._make_dirs(final.parent)
         os.link(temp_path, final)
         if self.fsync:
