@@ -80,3 +80,33 @@ def test_an_ingest_process_store_keeps_no_headers(tmp_path: Path) -> None:
     """An ingest process (runtime/ingest_workers.py) turns the memo off: nobody there reads it."""
     path = _stored(tmp_path, remember=False)
     assert reader._recalled(path) is None
+
+
+def test_an_ingest_process_reads_only_the_index_attributes_and_indexes_the_same_rows(tmp_path: Path) -> None:
+    """Without the memo the fast reader keeps the index attributes only (`only`); the rows match."""
+    import shutil
+
+    from dicom_fixtures import generate_study
+    from msfollowup.db import Database
+    from msfollowup.db.index import Instance, Series, Study
+    from msfollowup.files.store import InstanceStore
+
+    source = generate_study(tmp_path / "gen", slices=1, seed=48).files[0]
+    rows = []
+    for remember in (True, False):
+        folder = tmp_path / f"remember-{remember}"
+        folder.mkdir()
+        db = Database(f"sqlite:///{folder / 'index.sqlite3'}")
+        store = InstanceStore(folder / "var", db)
+        store.remember_headers = remember
+        temp = store.tmp / "one.part"
+        shutil.copyfile(source, temp)
+        store.ingest_file(temp)
+        with db.session() as s:
+            rows.append([{k: v for k, v in vars(row).items() if not k.startswith("_") and not k.endswith("_at")
+                          and k not in ("first_received", "last_received", "version")}
+                         for model in (Study, Series, Instance) for row in s.query(model).all()])
+    assert rows[0] == rows[1]
+    assert rows[0][0]["patient_id"] and rows[0][0]["study_date"] and rows[0][1]["modality"] == "MR"
+    parsed = reader.read_header(source, only=frozenset({0x00100020}))
+    assert parsed is not None and list(parsed.dataset.keys()) == [0x00100020]  # PatientID only

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -29,6 +30,9 @@ INDEX_TAGS = [
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
     "SeriesInstanceUID", "SeriesNumber", "InstanceNumber",
 ]
+
+# The same as tags, for the fast reader's `only` (an ingest process, which keeps no header for later).
+INDEX_TAG_SET: frozenset[int] = frozenset(int(tag_for_keyword(k) or 0) for k in INDEX_TAGS)
 
 STUDY_UID, SERIES_UID, SOP_UID = 0x0020000D, 0x0020000E, 0x00080018
 SOP_CLASS, INSTANCE_NUMBER = 0x00080016, 0x00200013
@@ -95,12 +99,12 @@ def instance_number(ds: Dataset) -> int | None:
         return int_value(ds, "InstanceNumber")  # "1.0" and the like: pydicom's IS rules decide
 
 
-def _fast_header(path: Path, data: bytes | None) -> reader.Header | None:
+def _fast_header(path: Path, data: bytes | None, only: frozenset[int] | None) -> reader.Header | None:
     """The index attributes through the project's fast header reader (one struct scan of the top level,
     values decoded lazily): ~0.2 ms against ~1.5 ms for pydicom's dcmread on an MR slice. None when
     the file needs pydicom (no preamble, unusual encoding, or UIDs only in the file meta)."""
     try:
-        header = reader.read_header(path, data)
+        header = reader.read_header(path, data, only)
     except Exception:  # noqa: BLE001 - whatever the fast path dislikes, pydicom decides below
         return None
     if header is None:
@@ -111,12 +115,14 @@ def _fast_header(path: Path, data: bytes | None) -> reader.Header | None:
     return header
 
 
-def read_index_header(path: Path, data: bytes | None = None) -> tuple[Dataset, str, str, str, reader.Header | None]:
+def read_index_header(path: Path, data: bytes | None = None, index_only: bool = False
+                      ) -> tuple[Dataset, str, str, str, reader.Header | None]:
     """The index attributes of a Part 10 file, its checked Study/Series/SOP Instance UIDs, and the
-    fast reader's header when that read it (for reader.remember). `data`: the file's whole content,
-    when the caller has read it already."""
+    fast reader's header when that read it (for reader.remember, unless `index_only`: then the
+    header holds the index attributes only). `data`: the file's whole content, when the caller has
+    read it already."""
     try:
-        header = _fast_header(path, data)
+        header = _fast_header(path, data, INDEX_TAG_SET if index_only else None)
         ds = header.dataset if header is not None else dcmread(path, stop_before_pixels=True, specific_tags=INDEX_TAGS)
         meta = ds.file_meta
         # Elements are decoded lazily, here: an unknown VR raises NotImplementedError.

