@@ -169,10 +169,12 @@ _ELEMENT_HEADER = struct.Struct("<HHI")
 _NO_DATA_SET = 0x0101
 
 
-def decode_store_rq(command: bytes) -> list[tuple[str, Any]] | None:
+def decode_store_rq(command: bytes, uid: Callable[[str], Any] = UID) -> list[tuple[str, Any]] | None:
     """The elements of a C-STORE-RQ command set as pydicom's decode would give them, in tag order
     ((keyword, value): UI as pydicom UID without trailing NUL/space, AE stripped, US/UL as int);
-    None when the bytes are anything else or anything unusual (pynetdicom then decodes them)."""
+    None when the bytes are anything else or anything unusual (pynetdicom then decodes them).
+    `uid`: what a UI value becomes; the lean loop takes `str` (a pydicom UID validates its value,
+    ~7% of an ingest process's interpreter time for the two UIDs of every request)."""
     out: list[tuple[str, Any]] = []
     offset, end, last = 0, len(command), -1
     while offset < end:
@@ -200,7 +202,7 @@ def decode_store_rq(command: bytes) -> list[tuple[str, Any]] | None:
             text = raw.decode("latin-1")  # pydicom's default_encoding for UI/AE
             if "\\" in text:
                 return None
-            value = UID(text.rstrip("\0 ")) if vr == _UI else text.strip()
+            value = uid(text.rstrip("\0 ")) if vr == _UI else text.strip()
             if not value:
                 return None
         out.append((keyword, value))

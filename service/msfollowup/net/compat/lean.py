@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from pynetdicom import dimse_messages, evt
 from pynetdicom.association import Association
 
@@ -99,7 +98,7 @@ def _status_of(result: Dataset | int) -> tuple[int, str | None]:
 
 def _command_fields(command: bytes) -> dict[str, Any] | None:
     """The command set's elements by keyword: struct for a plain C-STORE-RQ, pydicom otherwise."""
-    fields = decode_store_rq(command)
+    fields = decode_store_rq(command, uid=str)  # plain strings: the store handler takes str
     if fields is not None:
         return dict(fields)
     try:
@@ -257,8 +256,9 @@ class LeanStorage:
         if fields.get("CommandDataSetType") == _NO_DATA_SET:
             return self._store(context_id, fields, None)
         self._request, self._request_cx = fields, context_id
-        self.spool = open_spool(UID(str(fields.get("AffectedSOPClassUID") or "")),
-                                UID(str(fields.get("AffectedSOPInstanceUID") or "")), UID(self.contexts[context_id][1]))
+        # Plain strings: the node's file meta encoder (dimse.stream_datasets_to) takes any str.
+        self.spool = open_spool(str(fields.get("AffectedSOPClassUID") or ""),
+                                str(fields.get("AffectedSOPInstanceUID") or ""), self.contexts[context_id][1])
         return True
 
     def _data_fragment(self, data: memoryview, last: bool) -> bool:
