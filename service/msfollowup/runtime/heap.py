@@ -4,13 +4,13 @@ By the time a node listens, its process holds a quarter to a third of a million 
 long as it does: modules, pydicom's data dictionary, SQLAlchemy's metadata and compiled statements,
 FastAPI's routes. Python's collector walks all of them on every full collection, and ingest makes
 enough short-lived containers (data sets, rows, frames) to trigger one every few hundred instances:
-with 4 senders the collector took ~0.6 ms of the ~3.2 ms of CPU per received instance (gc callbacks,
-benchmarks/ingest.py case c; perf put gc_collect_main and its helpers at ~9% of the node's CPU).
+while case (c) of benchmarks/ingest.py was received, `perf` put `gc_collect_main` and its helpers at
+~9% of the node's CPU (~1% with this).
 
-`settle()` moves everything alive at that moment into the permanent generation (`gc.freeze`, the
-approach the CPython documentation gives for long-running servers), so later collections walk only
-what was made since. Objects frozen are never collected, which is why it runs once, after start-up,
-following a full collection: what start-up leaves behind is what the process needs until it ends.
+`settle()` moves everything alive at that moment into the permanent generation (`gc.freeze`), so
+later collections walk only what was made since. Reference counting still frees a frozen object that
+is let go; only a reference cycle among frozen objects would never be collected. Hence once, after
+start-up, following a full collection: what start-up leaves behind is what the process keeps.
 """
 
 from __future__ import annotations
