@@ -18,7 +18,7 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -277,24 +277,24 @@ def _fast_read(path: Path, data: bytes | None = None, only: frozenset[int] | Non
     """Header of a file with a DICM preamble, or None when there is no preamble. `data`: the whole
     file, when the caller has read it already; `only`: as for _scan."""
     if data is not None:
-        if len(data) < 132 or data[128:132] != b"DICM":
-            return None
-        try:
-            return _parse(data, len(data), only)
-        except _Truncated:
-            raise DamagedFileError("file ends inside an element") from None
+        return _parse_prefix(data, len(data), only, read_more=None)
     with open(path, "rb") as fh:
-        total = os.fstat(fh.fileno()).st_size
-        buf = fh.read(_FIRST_READ)
-        if len(buf) < 132 or buf[128:132] != b"DICM":
-            return None
-        while True:
-            try:
-                return _parse(buf, total, only)
-            except _Truncated:
-                if len(buf) >= total:
-                    raise DamagedFileError("file ends inside an element") from None
-                buf += fh.read(max(len(buf) * 3, 8 << 20))  # big enough for huge per-frame headers
+        return _parse_prefix(fh.read(_FIRST_READ), os.fstat(fh.fileno()).st_size, only, fh.read)
+
+
+def _parse_prefix(buf: bytes, total: int, only: frozenset[int] | None,
+                  read_more: Callable[[int], bytes] | None) -> Header | None:
+    """_parse on the first bytes of a file of `total` bytes, reading more (`read_more`) until the header
+    fits; None without a DICM preamble."""
+    if len(buf) < 132 or buf[128:132] != b"DICM":
+        return None
+    while True:
+        try:
+            return _parse(buf, total, only)
+        except _Truncated:
+            if len(buf) >= total or read_more is None:
+                raise DamagedFileError("file ends inside an element") from None
+            buf += read_more(max(len(buf) * 3, 8 << 20))  # big enough for huge per-frame headers
 
 
 _META_CACHE: dict[str, FileMetaDataset] = {}
