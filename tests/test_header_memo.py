@@ -3,10 +3,15 @@ once, and only while the file is unchanged (dicom/classify/reader.py `remember`)
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+from dicom_fixtures import generate_study
 from hostileutil import mr_dataset
+from msfollowup.db import Database
+from msfollowup.db.index import Instance, Series, Study
 from msfollowup.dicom.classify import reader
+from msfollowup.files.store import InstanceStore
 
 
 def _file(tmp_path: Path, name: str) -> Path:
@@ -55,20 +60,20 @@ def test_the_memo_is_bounded(tmp_path: Path) -> None:
 # --- issue 17: only a process whose readers can use the memo fills it -------------------------------
 
 
-def _stored(tmp_path: Path, remember: bool) -> Path:
-    """One generated instance ingested by a store with `remember_headers` as given; its final path."""
-    import shutil
-
-    from dicom_fixtures import generate_study
-    from msfollowup.db import Database
-    from msfollowup.files.store import InstanceStore
-
-    study = generate_study(tmp_path / "gen", slices=1, seed=47)
-    store = InstanceStore(tmp_path / "var", Database(f"sqlite:///{tmp_path / 'index.sqlite3'}"))
+def _ingest(folder: Path, source: Path, remember: bool) -> tuple[Path, Database]:
+    """`source` ingested by a store in `folder` with `remember_headers` as given: its final path, the index."""
+    folder.mkdir(exist_ok=True)
+    db = Database(f"sqlite:///{folder / 'index.sqlite3'}")
+    store = InstanceStore(folder / "var", db)
     store.remember_headers = remember
     temp = store.tmp / "one.part"
-    shutil.copyfile(study.files[0], temp)
-    return store.ingest_file(temp).path
+    shutil.copyfile(source, temp)
+    return store.ingest_file(temp).path, db
+
+
+def _stored(tmp_path: Path, remember: bool) -> Path:
+    """One generated instance ingested by a store with `remember_headers` as given; its final path."""
+    return _ingest(tmp_path, generate_study(tmp_path / "gen", slices=1, seed=47).files[0], remember)[0]
 
 
 def test_the_store_hands_its_parse_to_the_next_reader(tmp_path: Path) -> None:
@@ -84,24 +89,10 @@ def test_an_ingest_process_store_keeps_no_headers(tmp_path: Path) -> None:
 
 def test_an_ingest_process_reads_only_the_index_attributes_and_indexes_the_same_rows(tmp_path: Path) -> None:
     """Without the memo the fast reader keeps the index attributes only (`only`); the rows match."""
-    import shutil
-
-    from dicom_fixtures import generate_study
-    from msfollowup.db import Database
-    from msfollowup.db.index import Instance, Series, Study
-    from msfollowup.files.store import InstanceStore
-
     source = generate_study(tmp_path / "gen", slices=1, seed=48).files[0]
     rows = []
     for remember in (True, False):
-        folder = tmp_path / f"remember-{remember}"
-        folder.mkdir()
-        db = Database(f"sqlite:///{folder / 'index.sqlite3'}")
-        store = InstanceStore(folder / "var", db)
-        store.remember_headers = remember
-        temp = store.tmp / "one.part"
-        shutil.copyfile(source, temp)
-        store.ingest_file(temp)
+        _path, db = _ingest(tmp_path / f"remember-{remember}", source, remember)
         with db.session() as s:
             rows.append([{k: v for k, v in vars(row).items() if not k.startswith("_") and not k.endswith("_at")
                           and k not in ("first_received", "last_received", "version")}
