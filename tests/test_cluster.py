@@ -122,13 +122,13 @@ def pacs() -> Iterator[Pacs]:
     p.stop()
 
 
-def _wait(what: str, probe: Any, timeout: float, logs: Any) -> Any:
+def _wait(what: str, probe: Any, timeout: float, logs: Any, interval: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = probe()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(interval)
     raise AssertionError(f"{what} within {timeout} s; logs:\n{logs()[-6000:]}")
 
 
@@ -228,7 +228,11 @@ def test_node_killed_mid_check_the_study_is_still_checked_once(tmp_path: Path, p
     cluster = Cluster(tmp_path, pg_url)
     try:
         cluster.start("a", "b")
-        study = generate_study(tmp_path / "gen", vendor="ge", slices=40, seed=162, patient_id="CL2")
+        # The check must still be running when the test sees its lease: it took ~0.14 s for this study
+        # at 40 slices (issue 17 made ingest and the header reads faster), shorter than one 0.2 s poll,
+        # so the test missed it in 2 of ~13 runs. 80 slices (twice the headers to read), and the lease
+        # polled every 10 ms.
+        study = generate_study(tmp_path / "gen", vendor="ge", slices=80, seed=162, patient_id="CL2")
         res = cluster.nodes["a"].storescu(study.files)
         assert res.returncode == 0, res.stderr
         key = f"check:{study.study_uid}:1"
@@ -238,7 +242,7 @@ def test_node_killed_mid_check_the_study_is_still_checked_once(tmp_path: Path, p
                 lease = s.get(StageLease, key)
                 return lease.holder if lease is not None and lease.done_at is None else None
 
-        victim = _wait("a node claimed the check", holder, 60, cluster.logs)
+        victim = _wait("a node claimed the check", holder, 60, cluster.logs, interval=0.01)
         cluster.nodes[victim].kill9()
         assert f"study checked study={study.study_uid}" not in cluster.nodes[victim].log(), \
             "the kill came after the check (make the study larger)"
