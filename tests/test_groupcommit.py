@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy.exc import IntegrityError
 
 from msfollowup.db import Database, rawsqlite
@@ -85,6 +86,57 @@ def test_transactions_that_arrive_during_a_commit_share_the_next_one(tmp_path: P
     # the leader's own transaction, then one for the four that waited meanwhile
     assert (committer.groups, committer.members) == (2, 5)
     assert committer.run(_insert(9)) == 9 and committer.groups == 3  # a lone caller commits alone
+
+
+def test_transactions_that_arrive_while_the_leader_waits_for_the_writers_turn_join_its_commit(
+        tmp_path: Path) -> None:
+    """Another receiving process (here: another thread) holds the writer's turn; the first caller leads
+    and waits for the turn, three more arrive meanwhile. All four commit together once the turn is free
+    (taking the group before the turn made it two commits: the leader alone, then the three)."""
+    committer, path = _committer(tmp_path)
+    holding, free = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        with rawsqlite.writer_turn(committer.engine):
+            holding.set()
+            assert free.wait(10)
+
+    holder = threading.Thread(target=other_writer)
+    holder.start()
+    assert holding.wait(10)
+    outcomes: list[Any] = [None] * 4
+
+    def call(i: int) -> None:
+        outcomes[i] = committer.run(_insert(i))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    threads[0].start()
+    deadline = time.monotonic() + 10
+    while not committer._leading and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for t in threads[1:]:
+        t.start()
+    while len(committer._waiting) < 4 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(committer._waiting) == 4, "the leader took its group before it had the writer's turn"
+    free.set()
+    for t in [holder, *threads]:
+        t.join(10)
+    assert outcomes == [0, 1, 2, 3] and _rows(path) == [0, 1, 2, 3]
+    assert (committer.groups, committer.members) == (1, 4)
+
+
+def test_a_turn_that_cannot_be_taken_fails_every_member(tmp_path: Path, monkeypatch: Any) -> None:
+    committer, path = _committer(tmp_path)
+
+    def no_turn(engine: Any, timeout: float = 30.0) -> Callable[[], None]:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(rawsqlite, "take_turn", no_turn)
+    with pytest.raises(OSError, match="No locks available"):
+        committer.run(_insert(0))
+    monkeypatch.undo()
+    assert committer.run(_insert(1)) == 1 and _rows(path) == [1], "the committer did not recover"
 
 
 def test_a_members_own_error_undoes_only_its_own_statements(tmp_path: Path) -> None:

@@ -5,9 +5,9 @@ waits for the WAL's flush (~1 ms here). Writers of one SQLite file take turns (d
 with four senders every instance waited for the others' flushes: in `benchmarks/ingest.py` case (c)
 the association threads spent 17% of their time waiting for the turn and 14% in COMMIT.
 
-Here the first thread to arrive leads: it takes every transaction waiting at that moment (its own
-included), runs each in its own SAVEPOINT inside one BEGIN IMMEDIATE ... COMMIT, and wakes them all
-after the COMMIT. Whoever arrived during that flush waits, and the first of them leads the next group,
+Here the first thread to arrive leads: it waits for the writer's turn (db/rawsqlite.py), then takes
+every transaction waiting at that moment (its own included), runs each in its own SAVEPOINT inside one
+BEGIN IMMEDIATE ... COMMIT, and wakes them all after the COMMIT. Whoever arrived during that flush waits, and the first of them leads the next group,
 so a lone sender (case a) pays nothing but a lock and an Event, and N senders pay one flush per group.
 
 What each caller sees is unchanged: its work runs in a transaction, its own exception (a unique
@@ -76,10 +76,25 @@ class GroupCommitter:
         return member.outcome()
 
     def _lead(self) -> None:
+        # The writer's turn first, the group second: whoever arrives while the leader waits for the
+        # turn (another receiving process committing, or a write of the service) joins this commit
+        # instead of waiting for the next one.
+        try:
+            end_turn: Callable[[], None] | None = rawsqlite.take_turn(self.engine)
+            turn_error: BaseException | None = None
+        except BaseException as exc:  # noqa: BLE001 - handed to every member of the group
+            end_turn, turn_error = None, exc
         with self._mutex:
             group, self._waiting = self._waiting, []
         try:
-            self._commit(group)
+            if end_turn is None:
+                for member in group:
+                    member.error = turn_error
+            else:
+                try:
+                    self._commit(group)
+                finally:
+                    end_turn()
         finally:
             with self._mutex:
                 successor = self._waiting[0] if self._waiting else None
@@ -93,7 +108,7 @@ class GroupCommitter:
     def _commit(self, group: list[_Member[Any]]) -> None:
         try:
             tx = self._transaction()
-            with rawsqlite.writer_turn(self.engine), tx.transaction():
+            with tx.transaction():  # inside the writer's turn (_lead)
                 if len(group) == 1:  # no savepoint needed: its error rolls the transaction back
                     group[0].result = group[0].work(tx)
                 else:
