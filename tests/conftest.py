@@ -14,6 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nodeutil import RunningNode  # noqa: E402
 from pgutil import PostgresServer, server_binaries  # noqa: E402
+from msfollowup.net.compat import keep_replies_for_their_caller  # noqa: E402
+
+# The tests' pynetdicom senders stand for real peers, but pynetdicom 3.0's SCU can lose a reply that
+# arrives within a moment to its own reactor (docs/pynetdicom-notes.md item 12): the same fix as the
+# node's own SCU, so a fast answer of the node is not taken for no answer.
+keep_replies_for_their_caller()
 
 PG_MISSING = ("PostgreSQL server binaries not installed (apt-get install postgresql)" if server_binaries() is None
               else "psycopg missing (pip install .[postgres])" if importlib.util.find_spec("psycopg") is None

@@ -124,6 +124,9 @@ class Node:
         # enhanced objects): a SpoolFile in the store's tmp/, so the finished file can be hard-linked
         # into place (same filesystem, no copy) and a full disk is answered instead of aborting.
         netcompat.stream_datasets_to(spool_factory(store.tmp))
+        # This process's own C-STORE SCU (the SR outbox) gets the replies its peers send (item 12 of
+        # docs/pynetdicom-notes.md: pynetdicom's reactor can take a fast reply from its caller).
+        netcompat.keep_replies_for_their_caller()
         self._stats: dict[int, _AssocStats] = {}
         # Associations that passed access control and still run: the only ones holding a slot.
         self._admitted: set[Association] = set()

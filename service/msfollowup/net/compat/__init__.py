@@ -27,6 +27,7 @@ from __future__ import annotations
 from msfollowup.net.compat.dimse import (
     dataset_path,
     dataset_spool,
+    keep_replies_for_their_caller,
     partial_spool,
     raw_socket,
     reject,
@@ -36,5 +37,6 @@ from msfollowup.net.compat.lean import VERIFICATION, LeanConfig, StoreRequest
 from msfollowup.net.compat.server import GuardedServer, make_guarded_server
 from msfollowup.net.compat.transport import Limits, PeerViolation
 
-__all__ = ["VERIFICATION", "GuardedServer", "LeanConfig", "Limits", "StoreRequest", "PeerViolation", "dataset_path", "dataset_spool", "make_guarded_server",
+__all__ = ["VERIFICATION", "GuardedServer", "LeanConfig", "Limits", "StoreRequest", "PeerViolation", "dataset_path", "dataset_spool",
+           "keep_replies_for_their_caller", "make_guarded_server",
            "partial_spool", "raw_socket", "reject", "stream_datasets_to"]

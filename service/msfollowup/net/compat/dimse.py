@@ -49,6 +49,34 @@ def stream_datasets_to(factory: Callable[..., Any]) -> None:
     _config.LOG_HANDLER_LEVEL = "none"
 
 
+# --- a paused reactor takes no message ------------------------------------------------------------
+
+
+_original_get_msg = DIMSEServiceProvider.get_msg
+
+
+def keep_replies_for_their_caller() -> None:
+    """A reply a send_*() call waits for is never taken by the association's reactor (process-wide,
+    idempotent; docs/pynetdicom-notes.md item 12).
+
+    pynetdicom's send_c_store (and every other send_*) pauses the reactor before sending: it clears
+    `_reactor_checkpoint`, waits until `_is_paused`, sends and blocks in `get_msg(block=True)`. The
+    reactor sets `_is_paused` *before* it waits at the checkpoint and clears it only after, so a
+    sender that looks in between goes ahead while the reactor, already past the checkpoint, is about
+    to call `get_msg(block=False)`. When the peer answers within that moment (msfollowup's own node
+    answers a C-STORE in well under a millisecond) the reactor takes the reply, logs "Received
+    unexpected C-STORE service message", and the caller gets no response: a report delivery counted
+    as failed, a test's sender not served. The reactor is the only caller of the non-blocking
+    get_msg: it now finds nothing while the checkpoint is cleared, and the reply stays for the caller."""
+    DIMSEServiceProvider.get_msg = _get_msg  # type: ignore[method-assign]
+
+
+def _get_msg(self: DIMSEServiceProvider, block: bool = False) -> Any:
+    if not block and not self.assoc._reactor_checkpoint.is_set():
+        return None, None  # a send_*() paused the reactor: what arrives now is that caller's reply
+    return _original_get_msg(self, block)
+
+
 # --- the per-instance encodings, without pydicom datasets ------------------------------------------
 
 
