@@ -23,15 +23,16 @@ from nodeutil import RunningNode
 class _HeldCheckpoint(threading.Event):
     """The reactor's checkpoint; the first time the reactor passes it, it is held just past it."""
 
-    def __init__(self) -> None:
+    def __init__(self, reactor: threading.Thread) -> None:
         super().__init__()
         self.set()
+        self.reactor = reactor  # a pynetdicom Association is the thread its reactor runs in
         self.passed, self.resume = threading.Event(), threading.Event()
         self._armed = True
 
     def wait(self, timeout: float | None = None) -> bool:
         ok = super().wait(timeout)
-        if self._armed and threading.current_thread().name != "MainThread":
+        if self._armed and threading.current_thread() is self.reactor:
             self._armed = False
             self.passed.set()
             assert self.resume.wait(10)
@@ -45,8 +46,8 @@ def test_a_reply_arriving_while_the_reactor_is_being_paused_stays_for_its_caller
     ae.dimse_timeout = ae.network_timeout = ae.acse_timeout = 10
     assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
     assert assoc.is_established
+    held = _HeldCheckpoint(assoc)
     try:
-        held = _HeldCheckpoint()
         assoc._reactor_checkpoint = held  # taken by the reactor on its next turn
         assert held.passed.wait(5), "the reactor never reached its checkpoint"
         held.clear()  # what send_c_echo() does first ...
@@ -62,4 +63,6 @@ def test_a_reply_arriving_while_the_reactor_is_being_paused_stays_for_its_caller
         status = assoc.send_c_echo()
         assert status is not None and int(status.Status) == 0, "the association did not recover"
     finally:
+        held.resume.set()  # a failed assertion above must not leave the reactor held
+        held.set()
         assoc.release()

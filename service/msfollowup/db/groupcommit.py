@@ -7,8 +7,9 @@ the association threads spent 17% of their time waiting for the turn and 14% in 
 
 Here the first thread to arrive leads: it waits for the writer's turn (db/rawsqlite.py), then takes
 every transaction waiting at that moment (its own included), runs each in its own SAVEPOINT inside one
-BEGIN IMMEDIATE ... COMMIT, and wakes them all after the COMMIT. Whoever arrived during that flush waits, and the first of them leads the next group,
-so a lone sender (case a) pays nothing but a lock and an Event, and N senders pay one flush per group.
+BEGIN IMMEDIATE ... COMMIT, and wakes them all after the COMMIT. Whoever arrived during that flush
+waits, and the first of them leads the next group, so a lone sender (case a) pays nothing but a lock
+and an Event, and N senders pay one flush per group.
 
 What each caller sees is unchanged: its work runs in a transaction, its own exception (a unique
 violation, a refusal) undoes only its own statements (the savepoint) and reaches it, and it returns
