@@ -1,10 +1,10 @@
 """A pynetdicom SCU gets the reply it waits for, however fast the peer answers (compat item 12).
 
 pynetdicom 3.0's reactor could take a reply off the queue just after a send_*() call had paused it
-(upstream symptom: "Received unexpected C-... service message", pydicom/pynetdicom#875). CI met it as a
-C-STORE to msfollowup's own node that got no status although the node had stored it. The interleaving
-is forced here: the reactor is held just past its checkpoint, the checkpoint is cleared as send_*()
-clears it, and the reply is queued before the reactor goes on.
+(upstream symptom: "Received unexpected C-... service message", pydicom/pynetdicom#875). A full test
+run met it as a C-STORE to msfollowup's own node that got no status although the node had stored it.
+The interleaving is forced here: the reactor is held just past its checkpoint, the checkpoint is
+cleared as send_*() clears it, and the reply is queued before the reactor goes on.
 """
 
 from __future__ import annotations
