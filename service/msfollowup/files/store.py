@@ -238,9 +238,7 @@ class InstanceStore:
         if final.exists():
             return
         log.warning("a stored file was removed by retention before its index commit; linked again")
-        self._forget_folder(final.parent)  # retention removes a folder it emptied: made again if so
-        self._make_dirs(final.parent)
-        os.link(temp_path, final)
+        self._link_new_name(temp_path, final)  # retention removes a folder it emptied: made again if so
         if self.fsync:
             _fsync_path(final.parent, directory=True)
 
@@ -252,7 +250,7 @@ class InstanceStore:
         its mkdir, and a link by another thread can come in between): so a folder found existing is
         flushed into its parent here too, once per process, and only then remembered as durable
         (`_durable_folders`). A remembered series folder costs no syscall at all; one that retention
-        has removed since makes the link fail, and `_link` forgets it and comes back here.
+        has removed since makes the link fail, and `_link_new_name` forgets it and comes back here.
         """
         key = str(series_dir)
         if key in self._durable_folders:
@@ -273,15 +271,20 @@ class InstanceStore:
         with self._durable_lock:
             self._durable_folders.pop(str(series_dir), None)
 
-    def _link(self, temp_path: Path, final: Path) -> Outcome:
+    def _link_new_name(self, temp_path: Path, final: Path) -> None:
+        """Link `final` to the temp file, in folders made durable first (FileExistsError: the name is
+        taken)."""
         self._make_dirs(final.parent)
         try:
-            try:
-                os.link(temp_path, final)
-            except FileNotFoundError:  # the folder was remembered, and removed since (retention)
-                self._forget_folder(final.parent)
-                self._make_dirs(final.parent)
-                os.link(temp_path, final)
+            os.link(temp_path, final)
+        except FileNotFoundError:  # the folder was remembered, and removed since (retention)
+            self._forget_folder(final.parent)
+            self._make_dirs(final.parent)
+            os.link(temp_path, final)
+
+    def _link(self, temp_path: Path, final: Path) -> Outcome:
+        try:
+            self._link_new_name(temp_path, final)
         except FileExistsError:
             if _same_bytes(temp_path, final):
                 return Outcome.DUPLICATE_SAME
