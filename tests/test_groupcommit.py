@@ -236,10 +236,10 @@ def test_concurrent_ingests_into_one_series_share_folder_flushes_and_commits(tmp
 
     real_fsync = store_module._fsync_path
 
-    def slow_folder_fsync(path: Path, directory: bool = False) -> None:
+    def slow_folder_fsync(path: Path, directory: bool = False, fd: int | None = None) -> None:
         if directory:
             time.sleep(0.005)
-        real_fsync(path, directory)
+        real_fsync(path, directory, fd)
 
     monkeypatch.setattr(store_module, "_fsync_path", slow_folder_fsync)
     db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}", auto_upgrade=True)

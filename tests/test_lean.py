@@ -252,6 +252,66 @@ def test_a_silent_association_is_aborted_after_the_network_timeout(node: _Node) 
         sock.close()
 
 
+def test_silence_in_the_middle_of_a_data_set_is_aborted_after_the_network_timeout(node: _Node) -> None:
+    """Within a message the node reads the next PDU without first waiting for the socket (issue 17):
+    a peer that stops between two PDUs of a data set is still aborted after the network timeout,
+    and nothing of the data set is kept."""
+    ds = mr_dataset()
+    data = encoded(ds)
+    sock = open_association(node, [(1, MR)])
+    started = time.monotonic()
+    try:
+        sock.sendall(p_data(1, 0x03, store_rq(ds.SOPInstanceUID)) + p_data(1, 0x00, data[: len(data) // 2]))
+        pdu_type, _ = read_pdu(sock, timeout=IDLE + 10)
+        assert pdu_type == 0x07, "A-ABORT"
+        assert IDLE - 0.5 <= time.monotonic() - started < IDLE + 5
+    finally:
+        sock.close()
+    deadline = time.monotonic() + 5
+    while any((node.data_dir / "tmp").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any((node.data_dir / "tmp").iterdir()), "the partial data set's spool file was removed"
+    assert not _indexed(node, ds.SOPInstanceUID)
+
+
+def test_an_answer_larger_than_the_socket_buffer_waits_for_the_peer_to_read(tmp_path: Path) -> None:
+    """The lean loop sends without waiting first (MSG_DONTWAIT); what does not fit in the socket's
+    buffer is sent as before, waiting for the peer (a real socket pair, a small send buffer)."""
+    import threading
+    from types import SimpleNamespace
+
+    from msfollowup.net.compat.lean import LeanStorage
+
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    payload = bytes(range(256)) * 4096  # 1 MiB: far more than the buffer holds
+    assoc = SimpleNamespace(requestor=SimpleNamespace(maximum_length=0), _accepted_cx={})
+    lean = LeanStorage(assoc, SimpleNamespace(socket=ours), None, 5.0)  # type: ignore[arg-type]
+    received = bytearray()
+
+    def reader() -> None:
+        time.sleep(0.3)  # the first send finds the buffer full
+        theirs.settimeout(5)
+        while len(received) < len(payload):
+            chunk = theirs.recv(1 << 16)
+            if not chunk:
+                break
+            received.extend(chunk)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        assert lean._send(payload)
+        thread.join(10)
+        assert bytes(received) == payload
+        assert lean._send(b"small")  # and the next one, which fits, at once
+        theirs.settimeout(5)
+        assert theirs.recv(16) == b"small"
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_lean_and_pynetdicom_paths_give_the_same_answers(tmp_path: Path) -> None:
     """The same requests (a good instance, its duplicate with other content, an invalid Study Instance
     UID, the first again) to a node with and without the lean path: the same statuses and comments."""

@@ -15,6 +15,8 @@ import pytest
 from dicom_fixtures import generate_study
 from msfollowup.db import Database
 from msfollowup.files import store as store_module
+from msfollowup.files.spool import SpoolFile
+from msfollowup.files.syncio import SMALL_FILE
 from msfollowup.files.store import IngestError, Instance, InstanceStore, Study
 
 
@@ -52,19 +54,19 @@ def test_nothing_is_linked_before_the_received_bytes_are_flushed(tmp_path: Path,
     store, _db, temp = _one(tmp_path)
     events: list[str] = []
 
-    def writeback(path: Path) -> None:
+    def writeback(path: Path, fd: int | None = None) -> None:
         events.append(f"writeback {Path(path).name}")
-        real_writeback(path)
+        real_writeback(path, fd)
 
     def check(*args: Any) -> Any:
         events.append("checked")
         return real_check(*args)
 
-    def slow_fsync(path: Path, directory: bool = False) -> None:
+    def slow_fsync(path: Path, directory: bool = False, fd: int | None = None) -> None:
         if not directory:
             time.sleep(0.3)  # a slow disk
             events.append(f"flushed {Path(path).name}")
-        real_fsync(path, directory)
+        real_fsync(path, directory, fd)
 
     def link(src: Any, dst: Any) -> None:
         events.append(f"linked {Path(src).name}")
@@ -83,7 +85,7 @@ def test_nothing_is_linked_before_the_received_bytes_are_flushed(tmp_path: Path,
 def test_a_failed_flush_fails_the_store_and_links_nothing(tmp_path: Path, monkeypatch: Any) -> None:
     store, db, temp = _one(tmp_path)
 
-    def failing_fsync(path: Path, directory: bool = False) -> None:
+    def failing_fsync(path: Path, directory: bool = False, fd: int | None = None) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(store_module, "_fsync_path", failing_fsync)
@@ -105,6 +107,82 @@ def test_a_refused_file_answers_its_own_error_not_the_flush(tmp_path: Path) -> N
     assert not list(store.root.rglob("*.dcm"))
 
 
+def _spooled(store: InstanceStore, source: Path) -> SpoolFile:
+    """`source` written into a spool file in tmp/ as the node's lean path writes it: still open."""
+    spool = SpoolFile(store.tmp, keep=SMALL_FILE)
+    data = source.read_bytes()
+    spool.write(data[:132])
+    spool.write(data[132:])
+    return spool
+
+
+def test_a_spooled_file_is_flushed_through_its_own_descriptor_and_checked_from_memory(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """The lean path's spool is still open: its descriptor is written back and flushed (not the name
+    opened again), and the bytes it kept are what the checks read (the file is not read back)."""
+    store, db, temp = _one(tmp_path)
+    spool = _spooled(store, temp)
+    flushed: list[int | None] = []
+    real_fsync, real_writeback = store_module._fsync_path, store_module._start_writeback
+
+    def fsync(path: Path, directory: bool = False, fd: int | None = None) -> None:
+        if not directory:
+            flushed.append(fd)
+        real_fsync(path, directory, fd)
+
+    def writeback(path: Path, fd: int | None = None) -> None:
+        flushed.append(fd)
+        real_writeback(path, fd)
+
+    def no_read(path: Path) -> bytes | None:
+        raise AssertionError("the spooled file was read back")
+
+    monkeypatch.setattr(store_module, "_fsync_path", fsync)
+    monkeypatch.setattr(store_module, "_start_writeback", writeback)
+    monkeypatch.setattr(store_module, "_small_file", no_read)
+    result = store.ingest_file(Path(spool.name), spooled=spool)
+    assert flushed == [spool.fileno(), spool.fileno()] and spool.fileno() is not None
+    assert result.path.read_bytes() == temp.read_bytes()
+    with db.session() as s:
+        row = s.get(Instance, result.sop_instance_uid)
+        assert row is not None and row.size == temp.stat().st_size
+    spool.discard()
+
+
+def test_a_spooled_file_whose_flush_fails_is_not_stored(tmp_path: Path, monkeypatch: Any) -> None:
+    store, db, temp = _one(tmp_path)
+    spool = _spooled(store, temp)
+
+    def failing_fsync(path: Path, directory: bool = False, fd: int | None = None) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(store_module, "_fsync_path", failing_fsync)
+    with pytest.raises(OSError):
+        store.ingest_file(Path(spool.name), spooled=spool)
+    assert not list(store.root.rglob("*.dcm"))
+    spool.discard()
+
+
+def test_a_spool_keeps_only_a_small_whole_file(tmp_path: Path) -> None:
+    """Beyond `keep` bytes, or after a failed write, nothing is kept: the store reads the file."""
+    small = SpoolFile(tmp_path, keep=10)
+    small.write(b"12345")
+    small.write(bytearray(b"67890"))
+    assert small.content() == b"1234567890" and small.size == 10
+    small.write(b"x")
+    assert small.content() is None and small.size == 11
+    assert SpoolFile(tmp_path).content() is None  # keep=0: never asked to keep
+    broken = SpoolFile(tmp_path, keep=10)
+    broken.write(b"12")
+    broken.close()  # writes after this are dropped, as after a failure
+    broken.write(b"34")
+    assert broken.fileno() is None and broken.size == 2
+    failed = SpoolFile(tmp_path, keep=10)
+    failed.write(b"12")
+    failed._fail(OSError(errno.ENOSPC, "No space left on device"))
+    assert failed.content() is None
+
+
 # --- issue 17: a series folder is durably named before the first link into it, once per process ----
 
 
@@ -118,10 +196,10 @@ def test_a_folder_made_by_someone_else_is_flushed_into_its_parent_before_the_lin
     events: list[str] = []
     real_fsync, real_link = store_module._fsync_path, os.link
 
-    def fsync(path: Path, directory: bool = False) -> None:
+    def fsync(path: Path, directory: bool = False, fd: int | None = None) -> None:
         if directory:
             events.append(f"flushed {Path(path).relative_to(store.root.parent)}")
-        real_fsync(path, directory)
+        real_fsync(path, directory, fd)
 
     def link(src: Any, dst: Any) -> None:
         events.append("linked")

@@ -9,15 +9,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from msfollowup.files.syncio import SMALL_FILE
+
 
 _SEQUENCE = itertools.count()
+
+
+_PID = [os.getpid()]  # this process's id: os.getpid() is a system call; kept right across fork
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
 def _create(folder: str) -> tuple[int, str]:
     """A new file of our own in `folder`: process id and a counter, created exclusively (a name left by
     an earlier process is skipped). tempfile.mkstemp's random names cost ~0.2 ms of CPU per instance."""
     while True:
-        name = f"{folder}/{os.getpid()}-{next(_SEQUENCE)}.part"
+        name = f"{folder}/{_PID[0]}-{next(_SEQUENCE)}.part"
         try:
             return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), name
         except FileExistsError:
@@ -31,11 +37,18 @@ class SpoolFile:
     gets no status and the partial file stays behind. This file instead records the first error, gives
     the space back (truncate to 0) and drops the rest of the data set, so the C-STORE handler can answer
     Out of Resources. Unbuffered: pynetdicom flushes after every fragment anyway.
+
+    `keep`: a file of at most this many bytes is also kept in memory as it is written (`content`), so
+    the store's checks need not open and read it again (issue 17: 8 syscalls and a copy out of the
+    page cache per instance); 0 keeps nothing.
     """
 
-    def __init__(self, folder: Path | str) -> None:
+    def __init__(self, folder: Path | str, keep: int = 0) -> None:
         self.error: OSError | None = None
         self._fd: int | None = None
+        self._keep = keep
+        self._kept: list[bytes] | None = [] if keep else None  # None: too large, or not asked for
+        self.size = 0  # bytes written
         # pynetdicom writes from the network thread, an abort discards from the association thread:
         # the lock keeps a write from landing on a descriptor number already closed and reused.
         self._lock = threading.Lock()
@@ -54,7 +67,23 @@ class SpoolFile:
                     view = view[os.write(self._fd, view):]
                 except OSError as exc:
                     self._fail(exc)
+            if self.error is None and self._fd is not None:
+                self.size += len(data)
+                if self._kept is not None and self.size > self._keep:
+                    self._kept = None
+                elif self._kept is not None:
+                    self._kept.append(bytes(data))  # a copy: the caller may reuse its buffer
         return len(data)
+
+    def content(self) -> bytes | None:
+        """The whole file as written, when it was kept (at most `keep` bytes, no error); else None."""
+        if self._kept is None or self.error is not None:
+            return None
+        return b"".join(self._kept)
+
+    def fileno(self) -> int | None:
+        """The open descriptor (written to; it can be flushed), None once closed or never opened."""
+        return self._fd
 
     def flush(self) -> None:
         pass
@@ -84,9 +113,10 @@ class SpoolFile:
 
 
 def spool_factory(folder: Path) -> Callable[..., SpoolFile]:
+    """Spool files in `folder`, each keeping a small data set in memory for the store's checks."""
     where = str(folder)
 
     def make(*_args: Any, **_kwargs: Any) -> SpoolFile:  # NamedTemporaryFile's signature, arguments unused
-        return SpoolFile(where)
+        return SpoolFile(where, keep=SMALL_FILE)
 
     return make

@@ -36,6 +36,7 @@ from msfollowup.files.syncio import fsync_path as _fsync_path
 from msfollowup.files.syncio import read_small as _small_file
 from msfollowup.files.syncio import start_writeback as _start_writeback
 from msfollowup.files.soplocks import SopLocks
+from msfollowup.files.spool import SpoolFile
 from msfollowup.files.index_header import (SOP_CLASS, IngestError, ascii_value, instance_number, int_value,
                                            read_index_header, text_value)
 from msfollowup.db import REBUILD_HINT, Database, IndexDatabaseError, groupcommit, rawsqlite, utcnow
@@ -162,7 +163,7 @@ class InstanceStore:
     # -- ingest
 
     def ingest_file(self, temp_path: Path, calling_ae: str | None = None, expected_sop: str | None = None,
-                    expected_sop_class: str | None = None) -> IngestResult:
+                    expected_sop_class: str | None = None, spooled: SpoolFile | None = None) -> IngestResult:
         """Make a complete Part 10 file at `temp_path` (in self.tmp) durable and indexed.
 
         The caller owns `temp_path` and removes it afterwards (pynetdicom does so for received files).
@@ -171,22 +172,32 @@ class InstanceStore:
         The disk starts writing the bytes before the checks parse the file (`_start_writeback`), and
         the file is fsync'd after them: the flush then waits only for what the disk has not written yet.
         Nothing is linked before that fsync has succeeded.
+
+        `spooled`: the still open spool file `temp_path` was written through (the node's storage path).
+        Its descriptor is flushed instead of opening the name again, and the bytes it kept of a small
+        data set are checked instead of read back: the same bytes, which a read would take from the
+        same page cache (issue 17: 10 syscalls and a copy less per instance).
         """
+        fd = spooled.fileno() if spooled is not None else None
+        data = spooled.content() if fd is not None and spooled is not None else None
+        size = spooled.size if fd is not None and spooled is not None else None
         if self.fsync:
-            _start_writeback(temp_path)
-        ds, study, series, sop, header = self._check(temp_path, expected_sop, expected_sop_class)
+            _start_writeback(temp_path, fd=fd)
+        ds, study, series, sop, header = self._check(temp_path, expected_sop, expected_sop_class, data)
         if self.fsync:
-            _fsync_path(temp_path)  # a failed flush raises its OSError (Out of Resources)
+            _fsync_path(temp_path, fd=fd)  # a failed flush raises its OSError (Out of Resources)
         with self.sop_locks.held(sop):
-            result = self._link_and_index(temp_path, ds, study, series, sop, calling_ae)
+            result = self._link_and_index(temp_path, ds, study, series, sop, calling_ae, size)
         if self.remember_headers and header is not None and result.outcome in (Outcome.STORED, Outcome.REPLACED):
-            reader.remember(result.path, header, temp_path.stat().st_size)  # for the live check's read
+            # for the live check's read
+            reader.remember(result.path, header, temp_path.stat().st_size if size is None else size)
         return result
 
-    def _check(self, temp_path: Path, expected_sop: str | None, expected_sop_class: str | None
-               ) -> tuple[Dataset, str, str, str, reader.Header | None]:
-        """The encoded structure, the index attributes and checked UIDs, the index file's identity."""
-        data = _small_file(temp_path)
+    def _check(self, temp_path: Path, expected_sop: str | None, expected_sop_class: str | None,
+               content: bytes | None = None) -> tuple[Dataset, str, str, str, reader.Header | None]:
+        """The encoded structure, the index attributes and checked UIDs, the index file's identity.
+        `content`: the file's bytes when the caller holds them (else a small file is read here)."""
+        data = content if content is not None else _small_file(temp_path)
         try:
             structure.check_file(temp_path) if data is None else structure.check_buffer(data)
         except structure.Malformed as exc:
@@ -207,8 +218,10 @@ class InstanceStore:
         return ds, study, series, sop, header
 
     def _link_and_index(
-        self, temp_path: Path, ds: Dataset, study: str, series: str, sop: str, calling_ae: str | None
+        self, temp_path: Path, ds: Dataset, study: str, series: str, sop: str, calling_ae: str | None,
+        size: int | None = None,
     ) -> IngestResult:
+        """`size`: the received file's, when known (the final name links to it when stored or replaced)."""
         rel = self.relative_path(study, series, sop)
         final = self.absolute(rel)
         outcome = self._link(temp_path, final)
@@ -222,7 +235,8 @@ class InstanceStore:
                 self._relink_if_retired(temp_path, final)
             return IngestResult(outcome, study, series, sop, final)
         try:
-            self._index(ds, (study, series, sop), rel, final.stat().st_size, calling_ae, only_if_missing=False)
+            self._index(ds, (study, series, sop), rel, final.stat().st_size if size is None else size, calling_ae,
+                        only_if_missing=False)
         except BaseException:
             if outcome is Outcome.STORED:
                 # Not indexed -> not acknowledged: the name goes too, so store/ only holds indexed files.

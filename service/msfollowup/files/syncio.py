@@ -11,8 +11,12 @@ import os
 from pathlib import Path
 
 
-def fsync_path(path: Path, directory: bool = False) -> None:
-    """fsync a file, or a folder (its entries: names linked or made in it)."""
+def fsync_path(path: Path, directory: bool = False, fd: int | None = None) -> None:
+    """fsync a file, or a folder (its entries: names linked or made in it). `fd`: a descriptor of that
+    file the caller holds open (the spool's own), flushed instead of opening `path` again."""
+    if fd is not None:
+        os.fsync(fd)
+        return
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
@@ -39,8 +43,9 @@ _SYNC_FILE_RANGE = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range",
 _SYNC_FILE_RANGE_WRITE = 2  # start writing the dirty pages back, do not wait
 
 
-def start_writeback(path: Path) -> None:
-    """Ask the kernel to start writing `path`'s data to the disk now, without waiting for it.
+def start_writeback(path: Path, fd: int | None = None) -> None:
+    """Ask the kernel to start writing `path`'s data to the disk now, without waiting for it. `fd`: a
+    descriptor of that file the caller holds open, used instead of opening `path` again.
 
     Only a head start, never the guarantee: `fsync_path` runs after the checks and waits for these
     writes, writes whatever is left and flushes the disk's cache; its failure is the one answered.
@@ -50,6 +55,9 @@ def start_writeback(path: Path) -> None:
     left (case (c), 3 alternating pairs: 2.29-3.20 against 1.97-2.67 ms of CPU per instance).
     """
     if _SYNC_FILE_RANGE is None:
+        return
+    if fd is not None:
+        _SYNC_FILE_RANGE(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), _SYNC_FILE_RANGE_WRITE)
         return
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -340,11 +340,13 @@ class Node:
 
     def _on_lean_store(self, assoc: Association, request: netcompat.StoreRequest) -> Dataset | int:
         """A C-STORE served by netcompat's lean data-transfer path (storage-only associations)."""
-        return self._store(assoc, request.path, request.spool, request.sop_instance, request.sop_class)
+        return self._store(assoc, request.path, request.spool, request.sop_instance, request.sop_class, lean=True)
 
     def _store(self, assoc: Association, path: str | None, spool: object, sop_instance: str,
-               sop_class: str) -> Dataset | int:
-        """Ingest one received data set (its spool file at `path`) and say what to answer."""
+               sop_class: str, lean: bool = False) -> Dataset | int:
+        """Ingest one received data set (its spool file at `path`) and say what to answer. `lean`: the
+        spool is still open and only this thread touches it (netcompat's lean path), so the store may
+        flush its descriptor and check the bytes it kept."""
         calling = str(assoc.requestor.ae_title).strip()
         if path is None:  # Command Data Set Type 0x0101
             self._count(assoc, "failed")
@@ -357,7 +359,8 @@ class Node:
         temp = Path(path)
         try:
             result = self.store.ingest_file(temp, calling_ae=calling, expected_sop=sop_instance,
-                                            expected_sop_class=sop_class)
+                                            expected_sop_class=sop_class,
+                                            spooled=spool if lean and isinstance(spool, SpoolFile) else None)
         except IngestError as exc:
             self._count(assoc, "failed")
             log.warning("C-STORE failed calling_ae=%s status=0x%04X reason=%s", calling, exc.status, exc)
@@ -374,7 +377,7 @@ class Node:
             self._count(assoc, "failed")
             log.exception("C-STORE processing failure calling_ae=%s", calling)
             return _status(STATUS_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")
-        self._received(assoc, temp, result)
+        self._received(assoc, temp, result, spool.size if isinstance(spool, SpoolFile) else None)
         if result.outcome is Outcome.DUPLICATE_KEPT_FIRST:
             self._count(assoc, "duplicates")
             log.warning("duplicate SOP instance with different content, first copy kept study=%s", result.study_uid)
@@ -384,11 +387,13 @@ class Node:
 
     # -- metrics and audit (kept off the C-STORE answer: memory only until the association ends)
 
-    def _received(self, assoc: Association, temp: Path, result: IngestResult) -> None:
-        try:
-            size = temp.stat().st_size
-        except OSError:
-            size = 0
+    def _received(self, assoc: Association, temp: Path, result: IngestResult, size: int | None) -> None:
+        """`size`: the spool's byte count when it counted them (else the file is asked)."""
+        if size is None:
+            try:
+                size = temp.stat().st_size
+            except OSError:
+                size = 0
         self.metrics.inc("received_bytes_total", value=size)
         with self._lock:
             st = self._stats.get(id(assoc))

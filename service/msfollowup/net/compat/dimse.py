@@ -102,12 +102,16 @@ def _file_meta_values(*, sop_class_uid: Any, sop_instance_uid: Any, transfer_syn
     return sop_class_uid, sop_instance_uid, transfer_syntax
 
 
-def _write_file_meta(fp: Any, values: tuple[Any, Any, Any]) -> None:
+def _file_meta_bytes(values: tuple[Any, Any, Any]) -> bytes:
     """The same bytes pydicom's write_file_meta_info writes for pynetdicom's create_file_meta."""
     sop_class, sop_instance, syntax = values
     body = (_explicit(0x0001, b"OB", b"\x00\x01") + _explicit(0x0002, b"UI", _ui(sop_class))
             + _explicit(0x0003, b"UI", _ui(sop_instance)) + _explicit(0x0010, b"UI", _ui(syntax)) + _IMPLEMENTATION)
-    fp.write(_explicit(0x0000, b"UL", struct.pack("<I", len(body))) + body)
+    return _explicit(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def _write_file_meta(fp: Any, values: tuple[Any, Any, Any]) -> None:
+    fp.write(_file_meta_bytes(values))
 
 
 def _implicit(elem: int, value: bytes) -> bytes:
@@ -276,11 +280,16 @@ def open_spool(sop_class: Any, sop_instance: Any, transfer_syntax: Any) -> Any:
     """A spool file for one received data set, as pynetdicom's decode_msg makes it: preamble and file
     meta first (through the module globals, so stream_datasets_to's replacements apply)."""
     spool: Any = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
-    spool.write(b"\x00" * 128)
-    spool.write(b"DICM")
+    if dimse_messages.write_file_meta_info is _write_file_meta:  # ours: one write instead of three
+        spool.write(_PREAMBLE + _file_meta_bytes((sop_class, sop_instance, transfer_syntax)))
+        return spool
+    spool.write(_PREAMBLE)
     dimse_messages.write_file_meta_info(spool, dimse_messages.create_file_meta(
         sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=transfer_syntax))
     return spool
+
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
 def _open_spool(msg: Any, assoc: Any, context_id: int, sop_class: Any, sop_instance: Any) -> None:

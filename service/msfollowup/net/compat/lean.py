@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import select
+import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable
@@ -43,6 +45,7 @@ _P_DATA_TF, _A_RELEASE_RQ, _A_ABORT = 0x04, 0x05, 0x07
 _RELEASE_RP = bytes([0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0])
 _C_STORE_RQ, _C_ECHO_RQ, _C_ECHO_RSP = 0x0001, 0x0030, 0x8030
 _STATUS_HANDLER_EXCEPTION = 0xC211  # pynetdicom's status when the C-STORE handler raised
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 def _abort_pdu(source: int, reason: int) -> bytes:
@@ -137,6 +140,16 @@ class LeanStorage:
             if self._ended:
                 return False
             try:
+                if _DONTWAIT and not isinstance(sock, ssl.SSLSocket):  # (a TLS socket takes no flags)
+                    # Most answers fit in the socket's buffer: sent at once, without settimeout's
+                    # ioctl and Python's poll() before the send (and the read's ioctl to undo it).
+                    try:
+                        sent = sock.send(data, _DONTWAIT)
+                    except BlockingIOError:
+                        sent = 0
+                    if sent == len(data):
+                        return True
+                    data = data[sent:]
                 sock.settimeout(self.idle_seconds)
                 sock.sendall(data)
                 return True
@@ -190,7 +203,9 @@ class LeanStorage:
 
     def _serve(self) -> str:
         while True:
-            if not self._wait_readable():
+            # Between messages the peer may idle up to the network timeout. Within one (a data set's
+            # next PDU, usually there already) the read waits itself, up to the PDU deadline.
+            if self._request is None and not self._command and not self._wait_readable():
                 log.warning("network timeout reached, association A-ABORT")
                 self._send(_ABORT_SERVICE_USER)
                 return "aborted"
