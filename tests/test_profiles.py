@@ -210,3 +210,51 @@ def test_site_constraints_extend_a_region(tmp_path: Path) -> None:
     assert profiles["ms-brain-routine"].get_region("brain").body_parts == ("BRAIN", "HEAD", "SKULL")
     assert profiles["ms-brain-routine"].get_region("cervical").body_parts  # the other regions are kept
     assert profiles["ms-brain-routine"].limits.slice_thickness_2d_max_mm == 3.0
+
+
+# --- issue 17: the protocol files are looked at with one stat each, and an edit is never missed ------
+
+
+def _one_profile_folder(tmp_path: Path, limit: str) -> Path:
+    """A site folder with one profile, the routine one with its own minimum field strength `limit`."""
+    folder = tmp_path / "site"
+    folder.mkdir(exist_ok=True)
+    routine = (Path(__file__).parents[1] / "protocols" / "ms-brain-routine.toml").read_text()
+    (folder / "site-brain.toml").write_text(routine.replace('id = "ms-brain-routine"', 'id = "site-brain"')
+                                            + "\n[limits]\nfield_strength_min_t = " + limit + "\n")
+    return folder
+
+
+def test_an_edit_right_after_a_read_is_seen_even_with_the_same_size(tmp_path: Path) -> None:
+    """Within the racy window the file is read again: same size, same coarse timestamp, new bytes."""
+    folder = _one_profile_folder(tmp_path, "1.5")
+    assert get_profile("site-brain", folder).limits.field_strength_min_t == 1.5
+    _one_profile_folder(tmp_path, "3.0")  # same length
+    assert get_profile("site-brain", folder).limits.field_strength_min_t == 3.0
+
+
+def test_an_unchanged_file_is_not_read_again_and_a_later_edit_is_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                       ) -> None:
+    import os
+
+    from msfollowup.site import profiles
+
+    monkeypatch.setattr(profiles, "RACY_NS", 0)  # as if the read had been long after the last change
+    folder = _one_profile_folder(tmp_path, "1.5")
+    path = folder / "site-brain.toml"
+    assert profiles._content(path) == path.read_bytes()
+    reads: list[Path] = []
+    real = Path.read_bytes
+
+    def counted(self: Path) -> bytes:
+        reads.append(self)
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", counted)
+    before = path.read_bytes()
+    reads.clear()
+    assert profiles._content(path) == before and reads == [], "unchanged: the bytes read before"
+    stat = os.stat(path)
+    path.write_text(path.read_text().replace("1.5", "3.0"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the old modification time kept (cp -p)
+    assert b"3.0" in profiles._content(path) and reads == [path], "ctime moved: read again"

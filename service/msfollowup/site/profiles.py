@@ -11,7 +11,9 @@ A bad file raises ProfileError naming the file, the key and the problem, so a si
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from importlib.resources import files
@@ -53,6 +55,10 @@ def _read(entry: Traversable) -> dict[str, Any]:
 
 
 def _toml_files(folder: Traversable) -> list[Traversable]:
+    if isinstance(folder, Path):  # the usual case: the folder's entries say which are files (no stat each)
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for e in entries if e.name.endswith(".toml") and e.is_file())
+        return [folder / name for name in names]
     return sorted((e for e in folder.iterdir() if e.is_file() and e.name.endswith(".toml")), key=lambda e: e.name)
 
 
@@ -128,9 +134,34 @@ def protocol_files(directory: Path | None) -> tuple[tuple[str, bytes], ...] | No
     """Name and content of every TOML file protocol data is read from (packaged folder, then the site
     folder); None when a folder cannot be read (the loader itself then reports the problem)."""
     try:
-        return tuple((str(e), e.read_bytes()) for folder in _folders(directory) for e in _toml_files(folder))
+        return tuple((str(e), _content(e)) for folder in _folders(directory) for e in _toml_files(folder))
     except (OSError, ProfileError):
         return None
+
+
+# A file's bytes as last read, with its identity then (inode, size, mtime, ctime) and when they were read.
+_read_before: dict[str, tuple[tuple[int, int, int, int], int, bytes]] = {}
+RACY_NS = 2_000_000_000  # a change this close to the read may share its timestamps (coarse clocks, FAT)
+
+
+def _content(entry: Traversable) -> bytes:
+    """The file's bytes: those read before when its identity is unchanged and it was last changed well
+    before that read (one stat instead of open, read and close: the live check asks on every study
+    check, issue 17), otherwise read again. As git's racy-clean rule: any write after the read moves
+    ctime past the read, and a write close to it (timestamps are coarse) is always read again, so an
+    edit is never missed; a copy keeping old times (cp -p, rsync -t) still moves ctime or the inode."""
+    if not isinstance(entry, Path):
+        return entry.read_bytes()
+    st = os.stat(entry)
+    identity = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    name = str(entry)
+    before = _read_before.get(name)
+    if before is not None and before[0] == identity and max(st.st_mtime_ns, st.st_ctime_ns) < before[1] - RACY_NS:
+        return before[2]
+    read_at = time.time_ns()
+    data = entry.read_bytes()
+    _read_before[name] = (identity, read_at, data)  # (threads racing here only read once more)
+    return data
 
 
 def memoized(kind: str, directory: Path | None, load: Callable[[], T]) -> T:
