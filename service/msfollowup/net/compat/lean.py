@@ -36,7 +36,7 @@ from pynetdicom import dimse_messages, evt
 from pynetdicom.association import Association
 
 from msfollowup.net.compat.dimse import _NO_DATA_SET, _ui, _us, command_set, decode_store_rq, open_spool, store_rsp
-from msfollowup.net.compat.transport import _ABORT_INVALID_PDU, BoundedSocket
+from msfollowup.net.compat.transport import _ABORT_INVALID_PDU, BoundedSocket, quickack
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,8 @@ class LeanStorage:
         raw = self.transport.selectable()
         if raw is None:
             return True  # the read reports it closed
+        quickack(raw)  # the answer just sent put the socket back in delayed-ACK mode: the next command
+        #                is acknowledged at once (a Nagle sender holds the data set's last segment until then)
         try:
             readable, _, _ = select.select([raw], [], [], self.idle_seconds)
         except (OSError, ValueError):
