@@ -60,7 +60,8 @@ class Instance(Base):
 
     sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     series_uid: Mapped[str] = mapped_column(ForeignKey("series.series_uid"), index=True)
-    study_uid: Mapped[str] = mapped_column(ForeignKey("studies.study_uid"), index=True)
+    # No index of its own: ix_instances_study_series below serves lookups by study (migration 0012).
+    study_uid: Mapped[str] = mapped_column(ForeignKey("studies.study_uid"))
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     instance_number: Mapped[int | None] = mapped_column(Integer)

@@ -57,7 +57,8 @@ class _SQL:
     update_instance = _i.update().where(_i.c.sop_instance_uid == bindparam("b_uid"))
     series_exists = select(_se.c.series_uid).where(_se.c.series_uid == bindparam("b_uid"))
     new_series = _se.insert()
-    study_state = select(_st.c.state, _st.c.version).where(_st.c.study_uid == bindparam("b_uid")).with_for_update()
+    study_state = (select(_st.c.state, _st.c.version, _st.c.failure_reason)
+                   .where(_st.c.study_uid == bindparam("b_uid")).with_for_update())
     new_study = _st.insert()
     reopen_study = _st.update().where(_st.c.study_uid == bindparam("b_uid"))
 
@@ -394,6 +395,12 @@ class InstanceStore:
         if row is None:
             return
         state, version = row.state, row.version
+        if state == StudyState.RECEIVING.value and row.failure_reason is None:
+            # The usual case, an instance of a study being received: only the arrival time changes. The
+            # other columns are left out of the SET list so that SQLite leaves ix_studies_state alone
+            # (it rewrites the entries of every index on a column it is told to set).
+            c.execute(_SQL.reopen_study, {**key, "last_received": now})
+            return
         if state == StudyState.COMPLETE.value:
             log.info("study reopened by a late instance study=%s version=%d", study_uid, version)
         c.execute(_SQL.reopen_study, {**key, "state": StudyState.RECEIVING.value, "last_received": now,
