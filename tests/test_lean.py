@@ -167,6 +167,21 @@ def _indexed(node: RunningNode, sop: str) -> bool:
         return s.get(Instance, sop) is not None
 
 
+def _half_a_data_set(sock: socket.socket, ds: Dataset) -> None:
+    """A C-STORE-RQ and the first half of its data set, in a P-DATA that is not the last."""
+    data = encoded(ds)
+    sock.sendall(p_data(1, 0x03, store_rq(ds.SOPInstanceUID)) + p_data(1, 0x00, data[: len(data) // 2]))
+
+
+def _nothing_kept(node: RunningNode, sop: str) -> None:
+    """The partial data set's spool file goes (within 5 s) and nothing is indexed."""
+    deadline = time.monotonic() + 5
+    while any((node.data_dir / "tmp").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any((node.data_dir / "tmp").iterdir()), "the partial data set's spool file was removed"
+    assert not _indexed(node, sop)
+
+
 # --- tests ---------------------------------------------------------------------------------------
 
 
@@ -224,20 +239,15 @@ def test_what_the_storage_service_cannot_take_is_aborted_and_others_are_still_se
 
 def test_an_abort_in_the_middle_of_a_data_set_leaves_nothing_behind(node: _Node) -> None:
     ds = mr_dataset()
-    data = encoded(ds)
     sock = open_association(node, [(1, MR)])
     try:
-        sock.sendall(p_data(1, 0x03, store_rq(ds.SOPInstanceUID)) + p_data(1, 0x00, data[: len(data) // 2]))
+        _half_a_data_set(sock, ds)
         time.sleep(0.3)
         sock.sendall(bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-ABORT, service user
         assert closed_by_peer(sock, 5)
     finally:
         sock.close()
-    deadline = time.monotonic() + 5
-    while any((node.data_dir / "tmp").iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any((node.data_dir / "tmp").iterdir()), "the partial data set's spool file was removed"
-    assert not _indexed(node, ds.SOPInstanceUID)
+    _nothing_kept(node, ds.SOPInstanceUID)
     assert store(node, [mr_dataset()]) == [0x0000]
 
 
@@ -257,21 +267,16 @@ def test_silence_in_the_middle_of_a_data_set_is_aborted_after_the_network_timeou
     a peer that stops between two PDUs of a data set is still aborted after the network timeout,
     and nothing of the data set is kept."""
     ds = mr_dataset()
-    data = encoded(ds)
     sock = open_association(node, [(1, MR)])
     started = time.monotonic()
     try:
-        sock.sendall(p_data(1, 0x03, store_rq(ds.SOPInstanceUID)) + p_data(1, 0x00, data[: len(data) // 2]))
+        _half_a_data_set(sock, ds)
         pdu_type, _ = read_pdu(sock, timeout=IDLE + 10)
         assert pdu_type == 0x07, "A-ABORT"
         assert IDLE - 0.5 <= time.monotonic() - started < IDLE + 5
     finally:
         sock.close()
-    deadline = time.monotonic() + 5
-    while any((node.data_dir / "tmp").iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any((node.data_dir / "tmp").iterdir()), "the partial data set's spool file was removed"
-    assert not _indexed(node, ds.SOPInstanceUID)
+    _nothing_kept(node, ds.SOPInstanceUID)
 
 
 def test_an_answer_larger_than_the_socket_buffer_waits_for_the_peer_to_read(tmp_path: Path) -> None:
