@@ -231,3 +231,40 @@ def test_a_remembered_folder_removed_since_is_made_again(tmp_path: Path) -> None
     again.write_bytes(received)
     result = store.ingest_file(again)
     assert result.path.exists() and result.path.parent == first.path.parent
+
+
+# --- issue 17: an instance of a study being received sets only its arrival time ------------------
+
+
+def _next_instance(store: InstanceStore, source: Path, name: str) -> Path:
+    """Another instance of `source`'s series, as a temp file in tmp/."""
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    temp = store.tmp / name
+    ds.save_as(temp)
+    return temp
+
+
+def test_a_receiving_study_gets_its_arrival_time_and_a_failed_one_is_reopened(tmp_path: Path) -> None:
+    """The short update (last_received only) is for a study being received; a failed study that gets
+    an instance is reopened as before: receiving again, its failure reason cleared."""
+    store, db, temp = _one(tmp_path)
+    source = tmp_path / "source.dcm"
+    shutil.copyfile(temp, source)
+    first = store.ingest_file(temp)
+    with db.session() as s:
+        study = s.get(Study, first.study_uid)
+        assert study is not None
+        before = study.last_received
+    time.sleep(0.01)
+    store.ingest_file(_next_instance(store, source, "two.part"))
+    with db.session() as s:
+        study = s.get(Study, first.study_uid)
+        assert study is not None and study.state == "receiving" and study.failure_reason is None
+        assert study.last_received > before
+        study.state, study.failure_reason = "failed", "check failed: boom"
+    store.ingest_file(_next_instance(store, source, "three.part"))
+    with db.session() as s:
+        study = s.get(Study, first.study_uid)
+        assert study is not None and (study.state, study.failure_reason) == ("receiving", None)
+        assert s.query(Instance).count() == 3
