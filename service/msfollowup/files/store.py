@@ -34,6 +34,7 @@ from msfollowup.files.dirflush import DirectoryFlusher
 # Module-level names here (tests replace them to slow or fail a flush, and to see the order of steps).
 from msfollowup.files.syncio import fsync_path as _fsync_path
 from msfollowup.files.syncio import read_small as _small_file
+from msfollowup.files.syncio import same_bytes as _same_bytes
 from msfollowup.files.syncio import start_writeback as _start_writeback
 from msfollowup.files.soplocks import SopLocks
 from msfollowup.files.spool import SpoolFile
@@ -44,7 +45,6 @@ from msfollowup.db.index import Instance, Series, Study, StudyState
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 DURABLE_FOLDERS = 4096  # series folders remembered as made and flushed (a forgotten one costs 2 fsyncs)
 
 
@@ -104,18 +104,6 @@ def _has_file(root: Path) -> bool:
         if any(f.endswith(".dcm") for f in files):
             return True
     return False
-
-
-def _same_bytes(a: Path, b: Path) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with a.open("rb") as fa, b.open("rb") as fb:
-        while True:
-            ca, cb = fa.read(CHUNK), fb.read(CHUNK)
-            if ca != cb:
-                return False
-            if not ca:
-                return True
 
 
 class InstanceStore:

@@ -1,4 +1,5 @@
-"""The received file's trips to the disk: its flush, a head start for it, and one read for the checks.
+"""The received file's trips to the disk: its flush, a head start for it, one read for the checks, and
+the comparison with a stored copy of the same instance.
 
 Used by the store (files/store.py, `InstanceStore.ingest_file`) for every received instance; see
 docs/architecture.md "Durability: what is flushed when".
@@ -22,6 +23,22 @@ def fsync_path(path: Path, directory: bool = False, fd: int | None = None) -> No
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes (a duplicate C-STORE against the stored copy)."""
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            ca, cb = fa.read(_CHUNK), fb.read(_CHUNK)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
+
+
+_CHUNK = 1 << 20
 
 
 # A received file up to this size is read once, whole, for both checks (the structure walk and the
