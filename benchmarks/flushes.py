@@ -33,6 +33,8 @@ import threading
 import time
 from pathlib import Path
 
+from msfollowup.files.dirflush import DirectoryFlusher
+
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -41,38 +43,6 @@ def _check(result: int, what: str) -> None:
     if result != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-
-class SharedSyncfs:
-    """One syncfs at a time; a caller waits for a syncfs that started after it arrived (files/dirflush.py's
-    rule, for the whole filesystem)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.cond = threading.Condition()
-        self.arrived = 0
-        self.covered = 0
-        self.running = False
-        self.calls = 0
-
-    def wait(self) -> None:
-        with self.cond:
-            self.arrived += 1
-            ticket = self.arrived
-            while self.covered < ticket:
-                if self.running:
-                    self.cond.wait()
-                    continue
-                self.running, covers = True, self.arrived
-                self.cond.release()
-                try:
-                    _check(_LIBC.syncfs(self.fd), "syncfs")
-                finally:
-                    self.cond.acquire()
-                    self.running = False
-                    self.cond.notify_all()
-                self.calls += 1
-                self.covered = max(self.covered, covers)
 
 
 def _fsync_folder(folder: str) -> None:
@@ -90,7 +60,9 @@ def run(scheme: str, root: Path, files: int, size: int, threads: int) -> tuple[f
     series.mkdir(parents=True)
     data = os.urandom(size)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    shared = SharedSyncfs(root_fd)
+    # one syncfs at a time, each covering every file linked before it started (files/dirflush.py's rule,
+    # with the whole filesystem as the folder)
+    shared = DirectoryFlusher()
 
     def store(name: str) -> None:
         temp, final = f"{tmp}/{name}.part", f"{series}/{name}.dcm"
@@ -107,7 +79,7 @@ def run(scheme: str, root: Path, files: int, size: int, threads: int) -> tuple[f
         if scheme == "msfollowup":
             _fsync_folder(str(series))
         elif scheme == "syncfs":
-            shared.wait()
+            shared.flush("filesystem", lambda: _check(_LIBC.syncfs(root_fd), "syncfs"))
         os.unlink(temp)
 
     def worker(k: int, errors: list[BaseException]) -> None:
