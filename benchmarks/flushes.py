@@ -8,12 +8,15 @@ every scheme). Each scheme writes N files of BYTES (default: one 256x256 MR slic
 threads, each file created in `tmp/` and linked into one series folder as the store does:
 
 * msfollowup: today's chain (docs/architecture.md "Durability" steps 1-2): writeback started, the file
-  fsync'd, linked, the folder fsync'd, the temp name removed. The reference of the ratio column.
+  fsync'd, linked, the folder fsync'd, the temp name removed. The reference of the ratio column. The
+  folder is fsync'd once per file here; the store shares a folder's fsync between ingests that meet
+  in it, which four senders rarely do (~0.95 folder fsyncs per instance, same section).
 * file only: the same without the folder's fsync: what taking the folder flush off each instance
   (issue 17's route 1) could save at most. Not durable (the new name may be lost).
 * syncfs: no per-file flush; after the link, one syncfs(2) of the filesystem, shared by the threads
   (one that starts after a file's link covers it): file data, inodes and names with one device flush.
-* no flush: create, write, link, unlink, nothing flushed (what DCMTK storescp does). The floor.
+* no flush: create, write, link, unlink, nothing flushed. The floor (DCMTK storescp flushes nothing
+  either, and writes straight to the final name).
 
 The schemes and thread counts are interleaved and repeated; the figures are medians: files/s and CPU
 ms per file (user + system of this process). Every run's folder is kept until the end (deleting files
