@@ -37,23 +37,15 @@ import time
 from pathlib import Path
 
 from msfollowup.files.dirflush import DirectoryFlusher
+from msfollowup.files.syncio import fsync_path, start_writeback
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_SYNC_FILE_RANGE_WRITE = 2
+_LIBC = ctypes.CDLL(None, use_errno=True)  # syncfs(2), which the os module does not offer
 
 
 def _check(result: int, what: str) -> None:
     if result != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-
-def _fsync_folder(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def run(scheme: str, root: Path, files: int, size: int, threads: int) -> tuple[float, float]:
@@ -68,19 +60,18 @@ def run(scheme: str, root: Path, files: int, size: int, threads: int) -> tuple[f
     shared = DirectoryFlusher()
 
     def store(name: str) -> None:
-        temp, final = f"{tmp}/{name}.part", f"{series}/{name}.dcm"
+        temp, final = tmp / f"{name}.part", series / f"{name}.dcm"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, data)
-            if scheme in ("msfollowup", "file only"):
-                _check(_LIBC.sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0),
-                                             _SYNC_FILE_RANGE_WRITE), "sync_file_range")
-                os.fsync(fd)
+            if scheme in ("msfollowup", "file only"):  # the store's own calls (files/syncio.py)
+                start_writeback(temp, fd=fd)
+                fsync_path(temp, fd=fd)
         finally:
             os.close(fd)
         os.link(temp, final)
         if scheme == "msfollowup":
-            _fsync_folder(str(series))
+            fsync_path(series, directory=True)
         elif scheme == "syncfs":
             shared.flush("filesystem", lambda: _check(_LIBC.syncfs(root_fd), "syncfs"))
         os.unlink(temp)

@@ -25,6 +25,9 @@ def fsync_path(path: Path, directory: bool = False, fd: int | None = None) -> No
         os.close(fd)
 
 
+_CHUNK = 1 << 20  # same_bytes reads both files this much at a time
+
+
 def same_bytes(a: Path, b: Path) -> bool:
     """Whether two files hold the same bytes (a duplicate C-STORE against the stored copy)."""
     if a.stat().st_size != b.stat().st_size:
@@ -36,9 +39,6 @@ def same_bytes(a: Path, b: Path) -> bool:
                 return False
             if not ca:
                 return True
-
-
-_CHUNK = 1 << 20
 
 
 # A received file up to this size is read once, whole, for both checks (the structure walk and the
