@@ -145,10 +145,11 @@ class GroupCommitter:
 
     @staticmethod
     def _run_member(tx: rawsqlite.RawTransaction, member: _Member[Any]) -> None:
+        # No RELEASE: the COMMIT ends every savepoint (one statement less per member). ROLLBACK TO
+        # undoes what was done since the newest savepoint of that name, this member's.
         tx.execute_sql("SAVEPOINT msf_member")
         try:
             member.result = member.work(tx)
         except BaseException as exc:  # noqa: BLE001 - the member's own error, raised in its own thread
             member.error = exc
             tx.execute_sql("ROLLBACK TO msf_member")
-        tx.execute_sql("RELEASE msf_member")

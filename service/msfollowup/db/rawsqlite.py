@@ -1,7 +1,7 @@
 """The per-instance index transaction on SQLite through the DB-API connection, without SQLAlchemy's
 per-statement machinery.
 
-The ingest indexes every received instance in one short transaction of five statements. Through
+The ingest indexes every received instance in one short transaction of three statements. Through
 SQLAlchemy Core each statement costs ~0.1-0.2 ms of CPU (execution context, events, result proxy,
 type processing), about as much as parsing the header; on the raw sqlite3 connection the same
 transaction costs a fraction of that. The connection is the engine's own (its pragmas:
@@ -10,8 +10,8 @@ as the engine's begin hook would issue, so durability and locking are unchanged.
 runs these transactions (concurrent ingests share one), each in the writer's turn (`writer_turn`).
 
 `RawTransaction` offers the part of sqlalchemy's Connection that files/store.py's index code uses
-(`execute(statement, params).first()/.one()` and `begin_nested()`), for the statements it uses: a
-SELECT of columns of one table by a bound key, and INSERT/UPDATE of one table. Errors come out as
+(`execute(statement, params).first()/.one()/.rowcount` and `begin_nested()`) for SELECT, INSERT and
+UPDATE statements, compiled once each by SQLAlchemy's SQLite compiler. Errors come out as
 SQLAlchemy's own exception classes (DBAPIError.instance, parameters hidden), so callers handle both
 paths alike. PostgreSQL keeps SQLAlchemy Core.
 """
@@ -29,8 +29,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, exc
-from sqlalchemy.sql import Insert, Select, Update
-from sqlalchemy.sql.elements import BinaryExpression, BindParameter, ColumnClause
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.sql import Insert, Select, Update, visitors
+from sqlalchemy.sql.elements import BindParameter
 
 
 def _stored(value: Any) -> Any:
@@ -43,8 +44,9 @@ def _stored(value: Any) -> Any:
 
 
 class _Result:
-    def __init__(self, row: Any) -> None:
+    def __init__(self, row: Any, rowcount: int) -> None:
         self._row = row
+        self.rowcount = rowcount  # rows an INSERT/UPDATE changed, as SQLAlchemy's CursorResult says
 
     def first(self) -> Any:
         return self._row
@@ -55,17 +57,9 @@ class _Result:
         return self._row
 
 
-def _key_column(statement: Select[Any] | Update) -> tuple[str, str]:
-    """(column, bind name) of a `WHERE column = :bind` clause."""
-    where = statement.whereclause
-    if not isinstance(where, BinaryExpression) or not isinstance(where.left, ColumnClause) \
-            or not isinstance(where.right, BindParameter):
-        raise TypeError("only `WHERE column = :bind` statements")
-    return where.left.name, str(where.right.key)
-
-
 # SQL text per statement object (and parameter names): the statements are built once, at import.
 _SQL_CACHE: dict[tuple[Any, ...], tuple[str, Any]] = {}
+_NAMED = sqlite.dialect(paramstyle="named")  # sqlite3 takes a dict of named parameters
 
 
 # Index transactions take turns on a lock per database file: a thread lock within the process, then
@@ -158,30 +152,21 @@ class RawTransaction:
         except sqlite3.Error as error:
             raise exc.DBAPIError.instance(sql, None, error, sqlite3.Error, hide_parameters=True) from error
 
-    def _compiled(self, statement: Any, params: dict[str, Any]) -> tuple[str, Any]:
-        """SQL text (named parameters) and a row type for a statement of the supported shapes."""
-        key: tuple[Any, ...] = (id(statement), tuple(sorted(params)) if isinstance(statement, (Insert, Update)) else ())
+    @staticmethod
+    def _compiled(statement: Any, params: dict[str, Any]) -> tuple[str, Any]:
+        """SQL text (named parameters) and a row type (None: a statement without rows), compiled by
+        SQLAlchemy's own SQLite compiler once per statement and set of parameter names."""
+        key = (id(statement), tuple(sorted(params)))
         hit = _SQL_CACHE.get(key)
         if hit is not None:
             return hit
-        table = getattr(statement.table, "name", None) if isinstance(statement, (Insert, Update)) else None
         if isinstance(statement, Select):
-            froms = statement.get_final_froms()
-            if len(froms) != 1:
-                raise TypeError("only single-table SELECTs")
-            names = [c.name for c in statement.selected_columns]
-            column, bind = _key_column(statement)
-            sql = f"SELECT {', '.join(names)} FROM {getattr(froms[0], 'name')} WHERE {column} = :{bind}"
-            hit = (sql, namedtuple("Row", names))  # type: ignore[misc]
-        elif isinstance(statement, Insert):
-            cols = sorted(params)
-            sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})"
-            hit = (sql, None)
-        elif isinstance(statement, Update):
-            column, bind = _key_column(statement)
-            cols = sorted(k for k in params if k != bind)
-            sql = f"UPDATE {table} SET {', '.join(f'{c} = :{c}' for c in cols)} WHERE {column} = :{bind}"
-            hit = (sql, None)
+            hit = (statement.compile(dialect=_NAMED).string,
+                   namedtuple("Row", [c.key for c in statement.selected_columns]))  # type: ignore[misc]
+        elif isinstance(statement, (Insert, Update)):
+            where = statement.whereclause if isinstance(statement, Update) else None
+            binds = set() if where is None else {e.key for e in visitors.iterate(where) if isinstance(e, BindParameter)}
+            hit = (statement.compile(dialect=_NAMED, column_keys=sorted(k for k in params if k not in binds)).string, None)
         else:
             raise TypeError(f"unsupported statement {type(statement).__name__}")
         _SQL_CACHE[key] = hit
@@ -191,9 +176,9 @@ class RawTransaction:
         sql, row_type = self._compiled(statement, params)
         cur = self._run(sql, {k: _stored(v) for k, v in params.items()})
         if row_type is None:
-            return _Result(None)
+            return _Result(None, cur.rowcount)
         row = cur.fetchone()
-        return _Result(None if row is None else row_type(*row))
+        return _Result(None if row is None else row_type(*row), cur.rowcount)
 
     @contextmanager
     def begin_nested(self) -> Iterator[None]:

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, cast
 
 from pydicom.dataset import Dataset
-from sqlalchemy import (Connection, Row, Table, bindparam,
-                        func, select)
+from sqlalchemy import Connection, Table, and_, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.expression import Executable
 
@@ -52,15 +51,26 @@ class _SQL:
     """The per-instance index statements on the plain tables, built once (compiled forms are cached)."""
 
     _i, _se, _st = (cast(Table, m.__table__) for m in (Instance, Series, Study))
-    instance_exists = select(_i.c.study_uid, _i.c.series_uid).where(_i.c.sop_instance_uid == bindparam("b_uid"))
+    # What the transaction needs to know before it writes, in one statement: where the SOP instance
+    # is stored already (if it is), and whether its series row exists.
+    probe = select(
+        select(_i.c.study_uid).where(_i.c.sop_instance_uid == bindparam("b_sop")).scalar_subquery().label("in_study"),
+        select(_i.c.series_uid).where(_i.c.sop_instance_uid == bindparam("b_sop")).scalar_subquery().label("in_series"),
+        select(_se.c.series_uid).where(_se.c.series_uid == bindparam("b_series")).scalar_subquery().label("series"),
+    )
     new_instance = _i.insert()
     update_instance = _i.update().where(_i.c.sop_instance_uid == bindparam("b_uid"))
-    series_exists = select(_se.c.series_uid).where(_se.c.series_uid == bindparam("b_uid"))
     new_series = _se.insert()
     study_state = (select(_st.c.state, _st.c.version, _st.c.failure_reason)
                    .where(_st.c.study_uid == bindparam("b_uid")).with_for_update())
     new_study = _st.insert()
     reopen_study = _st.update().where(_st.c.study_uid == bindparam("b_uid"))
+    # The usual arrival, an instance of a study being received: only its arrival time changes (the
+    # only column in the SET list, so SQLite leaves ix_studies_state alone). The condition is checked
+    # by the UPDATE itself (under its row lock on PostgreSQL): a study that completion closed
+    # meanwhile is not touched here and takes the path that reopens it.
+    arrival = _st.update().where(and_(_st.c.study_uid == bindparam("b_uid"), _st.c.state == bindparam("b_state"),
+                                      _st.c.failure_reason.is_(None)))
 
 
 # --- ingest ------------------------------------------------------------------------------------
@@ -81,22 +91,20 @@ class IngestResult:
     path: Path
 
 
-def _existing_or_insert(c: Connection | rawsqlite.RawTransaction, probe: Executable, key: dict[str, str],
-                        insert_row: Executable, values: Callable[[], dict[str, Any]]) -> Row[Any] | None:
-    """The row `probe` finds, or None when this transaction inserted it.
+def _insert_missing(c: Connection | rawsqlite.RawTransaction, insert_row: Executable,
+                    values: Callable[[], dict[str, Any]]) -> bool:
+    """Insert a row this transaction found missing; False when someone else inserted it meanwhile.
 
     Two senders (or two nodes on one PostgreSQL) may both find a new study missing: the insert runs in
-    a savepoint, so the loser's unique violation undoes only that insert and it reads the winner's row.
+    a savepoint, so the loser's unique violation undoes only that insert and it goes on with the
+    winner's row.
     """
-    row = c.execute(probe, key).first()
-    if row is not None:
-        return row
     try:
         with c.begin_nested():
             c.execute(insert_row, values())
     except IntegrityError:
-        return c.execute(probe, key).one()
-    return None
+        return False
+    return True
 
 
 def _has_file(root: Path) -> bool:
@@ -334,24 +342,28 @@ class InstanceStore:
         )
 
         def work(c: Connection | rawsqlite.RawTransaction) -> bool:
-            stored = c.execute(_SQL.instance_exists, {"b_uid": sop_uid}).first()
-            exists = stored is not None
-            if stored is not None and (stored.study_uid, stored.series_uid) != (study_uid, series_uid):
+            # Three statements in the usual case (probe, arrival, new instance) instead of five: on
+            # PostgreSQL two round trips less per instance (issue 17, session 12: index time 1.54-2.08
+            # against 1.76-2.22 ms per instance); on SQLite no measurable change.
+            known = c.execute(_SQL.probe, {"b_sop": sop_uid, "b_series": series_uid}).one()
+            exists = known.in_study is not None
+            if exists and (known.in_study, known.in_series) != (study_uid, series_uid):
                 # Acknowledged under another study or series: never moved silently (the caller takes
                 # the new copy's link back). The sender learns which study holds it.
-                where = "study" if stored.study_uid != study_uid else "series"
-                other = stored.study_uid if where == "study" else stored.series_uid
+                where = "study" if known.in_study != study_uid else "series"
+                other = known.in_study if where == "study" else known.in_series
                 log.warning("SOP Instance UID conflict: already stored in another %s=%s, refused study=%s",
                             where, other, study_uid)
                 raise IngestError(0xA900, f"SOPInstanceUID already in {where} {other}")
             if exists and only_if_missing:
                 return False
             self._touch_study(c, ds, study_uid, now)
-            _existing_or_insert(c, _SQL.series_exists, {"b_uid": series_uid}, _SQL.new_series, lambda: dict(
-                series_uid=series_uid, study_uid=study_uid, series_number=int_value(ds, "SeriesNumber"),
-                modality=text_value(ds, "Modality", 16), description=text_value(ds, "SeriesDescription", 64),
-                first_received=now,
-            ))
+            if known.series is None:
+                _insert_missing(c, _SQL.new_series, lambda: dict(
+                    series_uid=series_uid, study_uid=study_uid, series_number=int_value(ds, "SeriesNumber"),
+                    modality=text_value(ds, "Modality", 16), description=text_value(ds, "SeriesDescription", 64),
+                    first_received=now,
+                ))
             if exists:
                 c.execute(_SQL.update_instance, {"b_uid": sop_uid, **row})
             else:
@@ -373,7 +385,10 @@ class InstanceStore:
                      now: dt.datetime) -> None:
         """Create the study row, or record the arrival (reopening a completed study)."""
         key = {"b_uid": study_uid}
-        row = _existing_or_insert(c, _SQL.study_state, key, _SQL.new_study, lambda: dict(
+        if c.execute(_SQL.arrival, {**key, "b_state": StudyState.RECEIVING.value, "last_received": now}).rowcount:
+            return
+        row = c.execute(_SQL.study_state, key).first()
+        if row is None and _insert_missing(c, _SQL.new_study, lambda: dict(
             study_uid=study_uid, state=StudyState.RECEIVING.value, version=0, complete_requested=False,
             patient_id=text_value(ds, "PatientID", 64), patient_name=text_value(ds, "PatientName", 324),
             patient_birth_date=text_value(ds, "PatientBirthDate", 8), patient_sex=text_value(ds, "PatientSex", 16),
@@ -381,14 +396,15 @@ class InstanceStore:
             accession_number=text_value(ds, "AccessionNumber", 16), study_date=text_value(ds, "StudyDate", 8),
             study_time=text_value(ds, "StudyTime", 16), study_description=text_value(ds, "StudyDescription", 64),
             station_name=text_value(ds, "StationName", 16), first_received=now, last_received=now,
-        ))
-        if row is None:
+        )):
             return
+        if row is None:  # another sender inserted it since: its row, now locked by this transaction
+            row = c.execute(_SQL.study_state, key).one()
         state, version = row.state, row.version
         if state == StudyState.RECEIVING.value and row.failure_reason is None:
-            # The usual case, an instance of a study being received: only the arrival time changes. The
-            # other columns are left out of the SET list so that SQLite leaves ix_studies_state alone
-            # (it rewrites the entries of every index on a column it is told to set).
+            # A study another sender created after this transaction's arrival UPDATE found none: only
+            # the arrival time changes (SQLite rewrites the entries of every index on a column it is
+            # told to set, so the state is left out).
             c.execute(_SQL.reopen_study, {**key, "last_received": now})
             return
         if state == StudyState.COMPLETE.value:
