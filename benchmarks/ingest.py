@@ -373,7 +373,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
             per_rep = [max(figs[name].rate[rep] for name in ours) for rep in range(args.reps)]
             print(f"{'':<30} best msfollowup ({best}) / Orthanc: "
                   f"{statistics.median(figs[best].rate) / statistics.median(figs['orthanc'].rate):.2f}x of the "
-                  f"medians; the best setting of each repetition: {paired(per_rep, figs['orthanc'].rate)}", flush=True)
+                  f"medians; the best setting of each repetition: {paired(per_rep, figs['orthanc'].rate).strip()}", flush=True)
 
     if args.multiframe_mb:
         big = write_large_multiframe(root / "big.dcm", args.multiframe_mb * 1024 * 1024)
