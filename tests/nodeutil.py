@@ -351,3 +351,10 @@ def performed_series(files: list[Path]) -> list[Dataset]:
         ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
         item.ReferencedImageSequence.append(ref)
     return list(series.values())
+
+
+def spool_left(data_dir: Path) -> list[str]:
+    """Files in the node's tmp/ that are leftovers: everything but the empty spool names the node makes
+    ahead of use (files/spool.py `_Ready`; a used spool file holds at least the preamble and file meta)."""
+    return sorted(p.name for p in (data_dir / "tmp").iterdir()
+                  if not (p.is_file() and p.suffix == ".part" and p.stat().st_size == 0 and p.stat().st_nlink == 1))

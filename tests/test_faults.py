@@ -24,7 +24,7 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from dicom_fixtures import generate_study
 from msfollowup.site.config import load_config
-from nodeutil import DCMTK, RunningNode, dataset_bytes
+from nodeutil import DCMTK, RunningNode, dataset_bytes, spool_left
 
 pytestmark = pytest.mark.slow
 
@@ -63,9 +63,9 @@ def _store_files(node: RunningNode) -> dict[str, Path]:
     return {p.stem: p for p in (node.data_dir / "store").rglob("*.dcm")}
 
 
-def _tmp_files(node: RunningNode) -> list[Path]:
-    tmp = node.data_dir / "tmp"
-    return sorted(tmp.iterdir()) if tmp.exists() else []
+def _tmp_files(node: RunningNode) -> list[str]:
+    """Leftovers in tmp/ (not the empty spool names made ahead of use)."""
+    return spool_left(node.data_dir) if (node.data_dir / "tmp").exists() else []
 
 
 def _index_file(node: RunningNode) -> Path:

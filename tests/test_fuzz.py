@@ -48,7 +48,7 @@ from pynetdicom.sop_class import MRImageStorage, ModalityWorklistInformationFind
 from dicom_fixtures import generate_study
 from msfollowup import cli
 from hostileutil import part10
-from nodeutil import RunningNode, dataset_bytes
+from nodeutil import RunningNode, dataset_bytes, spool_left
 
 pytestmark = pytest.mark.slow
 
@@ -240,7 +240,7 @@ def _indexed_row(node: RunningNode, sop: str) -> str | None:
 
 
 def _tmp_left(node: RunningNode) -> list[str]:
-    return [p.name for p in (node.data_dir / "tmp").iterdir()]
+    return spool_left(node.data_dir)
 
 
 def _statuses_ok(status: Dataset | None) -> int:

@@ -22,7 +22,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from hostileutil import GOOD_HOST, closed_by_peer, mr_dataset, raw, store, store_answers
-from nodeutil import RunningNode
+from nodeutil import RunningNode, spool_left
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -176,9 +176,9 @@ def _half_a_data_set(sock: socket.socket, ds: Dataset) -> None:
 def _nothing_kept(node: RunningNode, sop: str) -> None:
     """The partial data set's spool file goes (within 5 s) and nothing is indexed."""
     deadline = time.monotonic() + 5
-    while any((node.data_dir / "tmp").iterdir()) and time.monotonic() < deadline:
+    while spool_left(node.data_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any((node.data_dir / "tmp").iterdir()), "the partial data set's spool file was removed"
+    assert not spool_left(node.data_dir), "the partial data set's spool file was removed"
     assert not _indexed(node, sop)
 
 

@@ -23,7 +23,7 @@ from pynetdicom import _config
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from hostileutil import mr_dataset, part10, scu, store
-from nodeutil import RunningNode
+from nodeutil import RunningNode, spool_left
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -85,7 +85,7 @@ def _unclosed_sequence_in_a_large_file(ds: Dataset) -> bytes:
 
 def _nothing_stored(node: RunningNode, sop: str) -> None:
     assert not list((node.data_dir / "store").rglob(f"{sop}.dcm")), "a refused instance left a file in store/"
-    assert not list((node.data_dir / "tmp").iterdir()), "a temporary file was left behind"
+    assert not spool_left(node.data_dir), "a temporary file was left behind"
 
 
 @pytest.mark.parametrize("build,expect", [

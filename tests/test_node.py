@@ -18,7 +18,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from dicom_fixtures import generate_study
-from nodeutil import DCMTK, RunningNode, dataset_bytes
+from nodeutil import DCMTK, RunningNode, dataset_bytes, spool_left
 
 pytestmark = pytest.mark.skipif(not (DCMTK / "storescu").exists(), reason="DCMTK not installed (apt-get install dcmtk)")
 
@@ -60,7 +60,7 @@ def test_storescu_study_of_200_plus_instances_is_stored_byte_identical_and_compl
     st = node.wait_complete(study.study_uid)
     assert st.version == 1 and st.completed_at is not None
     assert (st.last_received - st.first_received).total_seconds() >= 0
-    assert not list((node.data_dir / "tmp").iterdir()), "temporary files left behind"
+    assert not spool_left(node.data_dir), "temporary files left behind"
 
     out = subprocess.run(
         ["msfollowup", "studies", "--json", "--config", str(node.config_path)], capture_output=True, text=True, check=True
@@ -121,7 +121,7 @@ def test_kill9_mid_transfer_loses_nothing_acknowledged(tmp_path: Path) -> None:
         for sop, path in stored.items():
             assert dataset_bytes(path) == dataset_bytes(sources[sop])
         assert set(stored) == rows
-        assert not list((node2.data_dir / "tmp").iterdir())
+        assert not spool_left(node2.data_dir)
         # The interrupted study completes exactly once after the restart (its timer was not lost).
         node2.wait_complete(study.study_uid)
         time.sleep(2.5)
@@ -186,7 +186,7 @@ def test_bad_uid_gets_failure_status_and_nothing_is_written(node: RunningNode) -
     assert status.Status == 0xC000 and "SeriesInstanceUID" in status.ErrorComment
     assert status2.Status == 0xC000 and "StudyInstanceUID" in status2.ErrorComment
     assert _stored_files(node) == []
-    assert not list((node.data_dir / "tmp").iterdir())
+    assert not spool_left(node.data_dir)
 
 
 def test_access_control_rejects_unknown_calling_ae_wrong_called_ae_and_wrong_host(tmp_path: Path) -> None:

@@ -76,6 +76,23 @@ class GroupCommitter:
             self._lead()
         return member.outcome()
 
+    def run_many(self, works: list[Callable[[rawsqlite.RawTransaction], Any]]) -> list[BaseException | None]:
+        """Run several transactions' work in one group (the index writer's batch, files/behind.py), each
+        in its own savepoint; returns, in order, each one's error or None once the COMMIT returned.
+        They join the group together: the leader takes the whole waiting list under the mutex."""
+        members: list[_Member[Any]] = [_Member(work) for work in works]
+        if not members:
+            return []
+        with self._mutex:
+            self._waiting.extend(members)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            members[0].wake.wait()
+        if not members[0].finished:
+            self._lead()
+        return [member.error for member in members]
+
     def _lead(self) -> None:
         # The writer's turn first, the group second: whoever arrives while the leader waits for the
         # turn (another receiving process committing, or a write of the service) joins this commit

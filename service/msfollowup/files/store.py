@@ -24,10 +24,12 @@ from typing import IO, Any, Literal, cast
 
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection, Table, func, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from msfollowup.dicom import structure
 from msfollowup.dicom.classify import reader
 from msfollowup.files import indexrows
+from msfollowup.files.behind import IndexBehind, Pending
 from msfollowup.files.dirflush import DirectoryFlusher
 # Module-level names here (tests replace them to slow or fail a flush, and to see the order of steps).
 from msfollowup.files.syncio import fsync_path as _fsync_path
@@ -61,6 +63,10 @@ class IngestResult:
     series_uid: str
     sop_instance_uid: str
     path: Path
+    indexed: threading.Event | None = None  # set once the rows are committed (None: they were before the answer)
+
+
+_PLACE = "SELECT study_uid, series_uid FROM instances WHERE sop_instance_uid = ?"
 
 
 def _has_file(root: Path) -> bool:
@@ -96,6 +102,12 @@ class InstanceStore:
         # processes too once the service calls `sop_locks.share(...)` (runtime/ingest_workers.py).
         self.sop_locks = SopLocks()
         self._committer = groupcommit.GroupCommitter(db.engine)  # SQLite's index transactions (not PostgreSQL's)
+        # SQLite: a spooled instance's rows are committed right after its answer (files/behind.py).
+        # PostgreSQL takes concurrent writers itself; it keeps the index commit before the answer.
+        self.behind: IndexBehind | None = None
+        if db.engine.dialect.name == "sqlite" and os.environ.get("MSF_INDEX_BEHIND", "1") != "0":
+            self.behind = IndexBehind(self._committer, self._after_behind_commit)
+        self._readers = rawsqlite.Readers(db.engine)
         # Series folders known to exist with their names flushed, most recent last (see _make_dirs).
         self._durable_folders: OrderedDict[str, None] = OrderedDict()
         self._durable_lock = threading.Lock()
@@ -116,7 +128,8 @@ class InstanceStore:
     # -- ingest
 
     def ingest_file(self, temp_path: Path, calling_ae: str | None = None, expected_sop: str | None = None,
-                    expected_sop_class: str | None = None, spooled: SpoolFile | None = None) -> IngestResult:
+                    expected_sop_class: str | None = None, spooled: SpoolFile | None = None,
+                    index_behind: bool = False) -> IngestResult:
         """Make a complete Part 10 file at `temp_path` (in self.tmp) durable and indexed.
 
         The caller owns `temp_path` and removes it afterwards (pynetdicom does so for received files).
@@ -130,6 +143,10 @@ class InstanceStore:
         Its descriptor is flushed instead of opening the name again, and the bytes it kept of a small
         data set are checked instead of read back: the same bytes, which a read would take from the
         same page cache (issue 17: 12 system calls and a copy less per instance).
+
+        `index_behind` (with `spooled`, on SQLite): a new instance is answered once its rows are queued
+        and its spool name is its durable record; they are committed right after (files/behind.py).
+        Not while the index is failing: then every instance is indexed before its answer again.
         """
         fd: int | None = None
         data: bytes | None = None
@@ -141,8 +158,10 @@ class InstanceStore:
         ds, study, series, sop, header = self._check(temp_path, expected_sop, expected_sop_class, data)
         if self.fsync:
             _fsync_path(temp_path, fd=fd)  # a failed flush raises its OSError (Out of Resources)
+        behind = spooled if index_behind and fd is not None and self.behind is not None \
+            and self.behind.failing is None else None
         with self.sop_locks.held(sop):
-            result = self._link_and_index(temp_path, ds, study, series, sop, calling_ae, size)
+            result = self._link_and_index(temp_path, ds, study, series, sop, calling_ae, size, behind)
         if self.remember_headers and header is not None and result.outcome in (Outcome.STORED, Outcome.REPLACED):
             # for the live check's read
             reader.remember(result.path, header, temp_path.stat().st_size if size is None else size)
@@ -174,12 +193,16 @@ class InstanceStore:
 
     def _link_and_index(
         self, temp_path: Path, ds: Dataset, study: str, series: str, sop: str, calling_ae: str | None,
-        size: int | None = None,
+        size: int | None = None, behind: SpoolFile | None = None,
     ) -> IngestResult:
-        """`size`: the received file's, when known (the final name links to it when stored or replaced)."""
+        """`size`: the received file's, when known (the final name links to it when stored or replaced).
+        `behind`: the spool of a new instance to index after the answer (files/behind.py)."""
         rel = self.relative_path(study, series, sop)
         final = self.absolute(rel)
         outcome = self._link(temp_path, final)
+        if outcome is Outcome.STORED and behind is not None:
+            return self._queue_index(temp_path, ds, (study, series, sop), rel, final,
+                                     final.stat().st_size if size is None else size, calling_ae, behind)
         if outcome is Outcome.DUPLICATE_SAME or outcome is Outcome.DUPLICATE_KEPT_FIRST:
             # Make sure a row exists (the first copy may have been linked just before a crash).
             try:
@@ -199,6 +222,49 @@ class InstanceStore:
             raise
         self._relink_if_retired(temp_path, final)
         return IngestResult(outcome, study, series, sop, final)
+
+    def _queue_index(self, temp_path: Path, ds: Dataset, uids: tuple[str, str, str], rel: str, final: Path,
+                     size: int, calling_ae: str | None, spool: SpoolFile) -> IngestResult:
+        """A new instance, durable under its final and its spool name: refuse it now for what its index
+        transaction would refuse it for, else queue its rows and answer (files/behind.py). Runs under
+        the SOP Instance UID's lock, so no other ingest of this process checks the same UID meanwhile."""
+        assert self.behind is not None
+        study, series, sop = uids
+        try:
+            known = self.behind.place(sop) or self._indexed_place(sop)
+            if known is not None and known != (study, series):
+                where = "study" if known[0] != study else "series"
+                other = known[0] if where == "study" else known[1]
+                log.warning("SOP Instance UID conflict: already stored in another %s=%s, refused study=%s",
+                            where, other, study)
+                raise IngestError(0xA900, f"SOPInstanceUID already in {where} {other}")
+        except BaseException:
+            final.unlink(missing_ok=True)  # not acknowledged: its name goes (store/ holds only answered files)
+            raise
+        now = utcnow()
+        row = dict(
+            sop_instance_uid=sop, series_uid=series, study_uid=study,
+            sop_class_uid=str(ascii_value(ds, SOP_CLASS) or ds.file_meta.MediaStorageSOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), instance_number=instance_number(ds),
+            path=rel, size=size, received_at=now, calling_ae=calling_ae,
+        )
+        pending = Pending(sop, (study, series), lambda c: indexrows.write_rows(c, ds, uids, row, now, False),
+                          str(temp_path), final)
+        spool.handed_over = True  # the spool name stays until the commit (the replayed record)
+        self.behind.submit(pending)
+        return IngestResult(Outcome.STORED, study, series, sop, final, pending.indexed)
+
+    def _indexed_place(self, sop: str) -> tuple[str, str] | None:
+        """The study and series an indexed SOP instance belongs to (a read; WAL readers wait for nobody)."""
+        row = self._readers.fetch_one(_PLACE, (sop,))
+        return None if row is None else (row[0], row[1])
+
+    def _after_behind_commit(self, pending: Pending) -> None:
+        self._relink_if_retired(Path(pending.spool_name), pending.final)
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Index what was answered and is still queued (files/behind.py); False when time ran out."""
+        return True if self.behind is None else self.behind.close(timeout)
 
     def _relink_if_retired(self, temp_path: Path, final: Path) -> None:
         """Retention removes unindexed files of an old study under the study row lock; a file linked
@@ -302,10 +368,18 @@ class InstanceStore:
         """Run the index statements of one instance in a transaction: on SQLite through the DB-API
         connection (db/rawsqlite.py, a fraction of Core's CPU per statement) and committed together
         with concurrent ingests' (db/groupcommit.py), elsewhere SQLAlchemy Core."""
-        if self.db.engine.dialect.name == "sqlite":
-            return self._committer.run(work)
-        with self.db.engine.begin() as c:
-            return work(c)
+        if self.db.engine.dialect.name != "sqlite":
+            with self.db.engine.begin() as c:
+                return work(c)
+        try:
+            done = self._committer.run(work)
+        except SQLAlchemyError as exc:
+            if self.behind is not None and not isinstance(exc, IntegrityError):
+                self.behind.failing = exc  # the next instances are indexed before their answer too
+            raise
+        if self.behind is not None and self.behind.failing is not None and not self.behind.busy():
+            self.behind.failing = None  # the index takes writes again (the writer clears it itself when it has work)
+        return done
 
     # -- crash recovery
 

@@ -78,11 +78,13 @@ class _AssocStats:
     queries: int = 0
     studies: dict[str, int] = field(default_factory=dict)  # study UID -> instances received
     audit: list[audit.Entry] = field(default_factory=list)  # written when the association ends
+    indexed: threading.Event | None = None  # set once the newest instance stored here is indexed
 
 
 HALF_OPEN_PER_HOST = 8  # connections of one host still without an A-ASSOCIATE-RQ
 HALF_OPEN_TOTAL = 64
 _INSTANCE_OUTCOMES = {"stored": "stored", "duplicates": "duplicate", "failed": "failed"}
+RELEASE_INDEX_WAIT = 10.0  # seconds an A-RELEASE-RQ waits for the association's instances' index commit
 _AUDIT_BATCH = 500  # a long association flushes its audit entries every so many
 _PENDING = (0xFF00, 0xFF01)
 
@@ -181,7 +183,8 @@ class Node:
             artim_seconds=node.acse_timeout, pdu_seconds=node.network_timeout, max_pdu=node.max_pdu,
             half_open_per_host=HALF_OPEN_PER_HOST, half_open_total=max(HALF_OPEN_TOTAL, 2 * node.max_associations),
         )
-        lean = netcompat.LeanConfig(self._storage_syntaxes, self._on_lean_store) if node.lean_storage else None
+        lean = netcompat.LeanConfig(self._storage_syntaxes, self._on_lean_store, self._before_release) \
+            if node.lean_storage else None
         server = netcompat.make_guarded_server(
             self.ae, (node.host, node.port), self.handlers, self.ssl_context, node.acse_timeout, limits, lean,
         )
@@ -357,10 +360,16 @@ class Node:
             log.error("C-STORE out of resources while receiving calling_ae=%s error=%s", calling, spool.error.strerror)
             return _status(STATUS_OUT_OF_RESOURCES, f"cannot store: {spool.error.strerror}")
         temp = Path(path)
+        with self._lock:
+            st = self._stats.get(id(assoc))
+            # Index behind the answer (files/behind.py) once this association has stored one instance
+            # indexed before its answer: a sender learns of a failing index at its first instance.
+            behind = lean and st is not None and st.stored > 0
         try:
             result = self.store.ingest_file(temp, calling_ae=calling, expected_sop=sop_instance,
                                             expected_sop_class=sop_class,
-                                            spooled=spool if lean and isinstance(spool, SpoolFile) else None)
+                                            spooled=spool if lean and isinstance(spool, SpoolFile) else None,
+                                            index_behind=behind)
         except IngestError as exc:
             self._count(assoc, "failed")
             log.warning("C-STORE failed calling_ae=%s status=0x%04X reason=%s", calling, exc.status, exc)
@@ -399,6 +408,19 @@ class Node:
             st = self._stats.get(id(assoc))
             if st is not None:
                 st.studies[result.study_uid] = st.studies.get(result.study_uid, 0) + 1
+                if result.indexed is not None:
+                    st.indexed = result.indexed
+
+    def _before_release(self, assoc: Association) -> None:
+        """Before the A-RELEASE-RP: the rows of every instance this association stored are committed
+        (files/behind.py indexes in order, so the newest one's stands for all). A peer that released
+        finds what it sent indexed. Its data is durable either way: after RELEASE_INDEX_WAIT the
+        release is answered anyway (the index is failing; its writer keeps retrying)."""
+        with self._lock:
+            st = self._stats.get(id(assoc))
+            indexed = None if st is None else st.indexed
+        if indexed is not None and not indexed.wait(RELEASE_INDEX_WAIT):
+            log.warning("association released before its instances were indexed (index writer behind)")
 
     def _audit_entries(self, st: _AssocStats, how: str) -> list[audit.Entry]:
         ae, host = st.calling_ae, st.host

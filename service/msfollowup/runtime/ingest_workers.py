@@ -172,6 +172,7 @@ def worker_main(cfg: Config, index: int, tmp_root: Path, parent: int, conn: Conn
                 conn.send(("metrics", batch))
     finally:
         node.stop(cfg.node.shutdown_grace_seconds)
+        store.close()  # rows answered and not yet committed (files/behind.py)
         try:
             conn.send(("metrics", metrics.drain()))
         except OSError:

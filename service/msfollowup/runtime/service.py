@@ -253,6 +253,7 @@ class Service:
             log.warning("shutdown aborted %d association(s) after the grace period", aborted)
         if self.ingest is not None:
             self.ingest.join(self.cfg.node.shutdown_grace_seconds + WORKER_STOP_SECONDS)
+        self.store.close()  # rows answered and not yet committed (files/behind.py)
         self._stop_workers(WORKER_STOP_SECONDS)
         if self.cluster is not None:
             self.cluster.stop()

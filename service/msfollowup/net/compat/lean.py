@@ -78,6 +78,7 @@ class LeanConfig:
 
     abstract_syntaxes: frozenset[str]  # storage SOP classes (and Verification) this path may serve
     store: StoreHandler
+    before_release: Callable[[Association], None] | None = None  # runs before the A-RELEASE-RP is sent
 
     def eligible(self, assoc: Association) -> bool:
         accepted = getattr(assoc, "_accepted_cx", {})
@@ -220,6 +221,8 @@ class LeanStorage:
                     self._send(_ABORT_INVALID_PDU)
                     return "aborted"
             elif pdu_type == _A_RELEASE_RQ:
+                if self.config.before_release is not None:
+                    self.config.before_release(self.assoc)
                 self._send(_RELEASE_RP)
                 return "released"
             elif pdu_type == _A_ABORT:
