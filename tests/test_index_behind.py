@@ -250,3 +250,17 @@ def test_a_released_association_finds_its_instances_indexed(tmp_path: Path) -> N
         assert count == len(study.files)
     finally:
         node.stop()
+
+
+def test_index_commit_before_indexes_every_instance_before_its_answer(tmp_path: Path) -> None:
+    """`[storage] index_commit = "before"`: no writer thread; a spooled instance asked to go behind
+    is indexed before ingest_file returns, its spool name left to the caller."""
+    study = generate_study(tmp_path / "gen", slices=1, seed=136)
+    db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    store = InstanceStore(tmp_path / "var", db, index_commit="before")
+    assert store.behind is None
+    spool = _spooled(store, study.files[0])
+    result = store.ingest_file(Path(spool.name), spooled=spool, index_behind=True)
+    assert result.indexed is None and _indexed(db) == {result.sop_instance_uid}
+    spool.discard()
+    assert spool_left(tmp_path / "var") == []

@@ -1,10 +1,12 @@
 """The instance store (files under <data_dir>/store) and its index (studies, series, instances).
 
 Durability rule: an instance is acknowledged only after its bytes are fsync'd under their final name
-AND its index row is committed. The received bytes land in `<data_dir>/tmp` (same filesystem), are
-fsync'd, hard-linked to `store/<study>/<series>/<sop>.dcm` (the directory fsync'd), indexed, and only
-then is the temp name removed. So after a crash `recover` only has to look in tmp/: a temp file with a
-second link was linked (and maybe not indexed) -> index it; one without was never acknowledged -> delete.
+AND its index row is committed, or (SQLite, `index_commit = "behind"`, files/behind.py) recorded for
+the next start to commit. The received bytes land in `<data_dir>/tmp` (same filesystem) under a name
+made durable ahead (files/spool.py), are fsync'd, hard-linked to `store/<study>/<series>/<sop>.dcm`
+(the directory fsync'd), indexed before or right after the answer, and only then is the temp name
+removed. So after a crash `recover` only has to look in tmp/: a temp file with a second link was linked
+(and maybe answered, maybe not indexed) -> index it; one without was never acknowledged -> delete.
 The final name never holds a partial file, and start-up never has to walk the whole store.
 """
 
@@ -85,6 +87,7 @@ class InstanceStore:
         db: Database,
         duplicate_policy: Literal["keep_first", "replace", "reject"] = "keep_first",
         fsync: bool = True,
+        index_commit: Literal["behind", "before"] = "behind",
     ) -> None:
         self.root = data_dir / "store"
         self.tmp = data_dir / "tmp"
@@ -105,7 +108,7 @@ class InstanceStore:
         # SQLite: a spooled instance's rows are committed right after its answer (files/behind.py).
         # PostgreSQL takes concurrent writers itself; it keeps the index commit before the answer.
         self.behind: IndexBehind | None = None
-        if db.engine.dialect.name == "sqlite" and os.environ.get("MSF_INDEX_BEHIND", "1") != "0":
+        if db.engine.dialect.name == "sqlite" and index_commit == "behind":
             self.behind = IndexBehind(self._committer, self._after_behind_commit)
         self._readers = rawsqlite.Readers(db.engine)
         # Series folders known to exist with their names flushed, most recent last (see _make_dirs).
@@ -414,7 +417,7 @@ class InstanceStore:
                 except IngestError as exc:
                     log.error("recovery could not index a linked temp file: %s", exc)
                     continue
-            else:
+            elif entry.stat().st_size:  # an empty one is a spool name made ahead and never used
                 counts["discarded"] += 1
             entry.unlink()
         if self.fsync:

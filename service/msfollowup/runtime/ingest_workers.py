@@ -149,7 +149,8 @@ def worker_main(cfg: Config, index: int, tmp_root: Path, parent: int, conn: Conn
     signals.on_first([signal.SIGTERM], lambda _: stop.set())  # the parent-death SIGTERM comes in bursts
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process decides
     db = Database(cfg.storage.database_url, cfg.storage.busy_timeout_seconds, auto_upgrade=False)
-    store = InstanceStore(cfg.storage.data_dir, db, cfg.storage.duplicate_policy, cfg.storage.fsync)
+    store = InstanceStore(cfg.storage.data_dir, db, cfg.storage.duplicate_policy, cfg.storage.fsync,
+                          cfg.storage.index_commit)
     store.tmp = spool_folder(tmp_root, index)
     store.remember_headers = False  # the live check and the study check read in the main process
     store.tmp.mkdir(parents=True, exist_ok=True)

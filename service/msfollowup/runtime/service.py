@@ -102,7 +102,8 @@ class Service:
         self.cfg = cfg
         cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(cfg.storage.database_url, cfg.storage.busy_timeout_seconds, cfg.storage.auto_upgrade)
-        self.store = InstanceStore(cfg.storage.data_dir, self.db, cfg.storage.duplicate_policy, cfg.storage.fsync)
+        self.store = InstanceStore(cfg.storage.data_dir, self.db, cfg.storage.duplicate_policy, cfg.storage.fsync,
+                                   cfg.storage.index_commit)
         # --- cluster hook (msfollowup.app.cluster): own tmp/ per node, stage leases, export by the leader only
         self.cluster = cluster.ClusterRuntime(cfg, self.db) if cfg.cluster.enabled else None
         self._data_dir_lock: cluster.DataDirLock | None = None

@@ -71,6 +71,10 @@ class StorageConfig(_Section):
     fsync: bool = True  # only benchmarks against non-durable references may turn this off
     # How long a write waits for a locked SQLite index before the C-STORE fails (Out of Resources).
     busy_timeout_seconds: float = Field(default=30.0, gt=0)
+    # SQLite: "behind" = an association's instances after its first are answered once durable under
+    # their final and spool names and indexed right after by one writer (files/behind.py); "before" =
+    # every instance is indexed before its answer. PostgreSQL always indexes before the answer.
+    index_commit: Literal["behind", "before"] = "behind"
     # An index database of an older schema revision: false -> `serve` refuses to start and names
     # `msfollowup db upgrade` (an operator backs up first); true -> the node upgrades it at start.
     auto_upgrade: bool = False
