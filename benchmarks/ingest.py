@@ -13,7 +13,8 @@ peak RSS, and each receiver's ratio to msfollowup.
 * msfollowup: fsync + index on (the durability guarantee of docs/architecture.md "Durability");
   TCP_NODELAY set by the node itself on every association's socket. msf-xP: the same with
   `[node] processes = P`, for each P of `--processes` (default 2 and 4; ingest processes the main
-  process hands connections to, runtime/ingest_workers.py);
+  process hands connections to, runtime/ingest_workers.py); with `--index-before` each setting also
+  with `[storage] index_commit = "before"` (named *-before: every instance indexed before its answer);
   its peak RSS is the sum over its processes.
 * storescp: DCMTK, TCP_NODELAY=1, writes every instance to disk, never flushes.
 * Orthanc (Debian `orthanc`, if /usr/sbin/Orthanc exists): default SQLite index, SyncStorageArea on,
@@ -165,11 +166,14 @@ class Receiver(Protocol):
 class MsFollowup:
     name = "msfollowup"
 
-    def __init__(self, processes: int = 1) -> None:
+    def __init__(self, processes: int = 1, index_commit: str = "behind") -> None:
         self.node: RunningNode | None = None
         self.processes = processes
+        self.index_commit = index_commit
         if processes > 1:
             self.name = f"msf-x{processes}"
+        if index_commit != "behind":
+            self.name += f"-{index_commit}"
 
     def start(self, folder: Path) -> int:
         # The production defaults for the background pollers (the test harness polls completion every
@@ -177,7 +181,7 @@ class MsFollowup:
         self.node = RunningNode(folder, stable_seconds=3600, sections={
             "scheduler": {"enabled": False}, "logging": {"level": "WARNING"},
             "completion": {"poll_seconds": CompletionConfig().poll_seconds},
-            "node": {"processes": self.processes}}).start()
+            "node": {"processes": self.processes}, "storage": {"index_commit": self.index_commit}}).start()
         # C-ECHO is answered once the main process listens; it hands connections to the ingest
         # processes once they have started, and each started one listens on a port of its own
         # (runtime/ingest_workers.py)
@@ -299,6 +303,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cases", default="abce", help="which of the cases a, b, c, e to run")
     ap.add_argument("--only-msfollowup", action="store_true", help="no other receivers (quick A/B runs)")
+    ap.add_argument("--index-before", action="store_true",
+                    help="also measure each msfollowup setting with [storage] index_commit = \"before\" (named *-before)")
     ap.add_argument("--processes", default="2,4",
                     help="also measure msfollowup with [node] processes = N, for each N of this comma-separated "
                          "list (ingest processes; 1: skip)")
@@ -320,10 +326,10 @@ def run(args: argparse.Namespace, root: Path) -> None:
     small = make_set(root / "small", args.small, 256, 100)
     large = make_set(root / "large", args.large, 512, 500)
 
-    receivers: list[Receiver] = [MsFollowup()]
-    for count in sorted({int(n) for n in str(args.processes).split(",") if n.strip()}):
-        if count > 1:
-            receivers.append(MsFollowup(count))
+    counts = [1] + [n for n in sorted({int(n) for n in str(args.processes).split(",") if n.strip()}) if n > 1]
+    receivers: list[Receiver] = [MsFollowup(count) for count in counts]
+    if args.index_before:
+        receivers += [MsFollowup(count, "before") for count in counts]
     receivers.append(DcmtkStoreSCP())
     if args.only_msfollowup:
         receivers = [rx for rx in receivers if isinstance(rx, MsFollowup)]

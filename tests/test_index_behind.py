@@ -17,6 +17,7 @@ import shutil
 import signal
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ def test_the_spool_name_goes_only_after_the_commit(tmp_path: Path) -> None:
 
 def test_a_conflict_is_refused_before_the_answer_committed_or_queued(tmp_path: Path, monkeypatch: Any) -> None:
     """The same SOP Instance UID under another study: refused 0xA900 whether the first copy is indexed
-    or still waiting for its commit, and the refused copy's file leaves store/."""
+    or still waiting for its commit (waited for), and the refused copy's file leaves store/."""
     study = generate_study(tmp_path / "gen", slices=2, seed=133)
     db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
     store = InstanceStore(tmp_path / "var", db)
@@ -137,7 +138,8 @@ def test_a_conflict_is_refused_before_the_answer_committed_or_queued(tmp_path: P
     spool.discard()
     assert raised.value.status == 0xA900 and "study" in str(raised.value)
 
-    # queued first copy (its writer held before the commit)
+    # queued first copy (its writer held before the commit, for 0.5 s): the second copy waits for
+    # that commit, then is refused as against an indexed copy
     held = _HeldWriter(monkeypatch)
     spool = _spooled(store, study.files[1])
     queued = store.ingest_file(Path(spool.name), spooled=spool, index_behind=True)
@@ -145,12 +147,12 @@ def test_a_conflict_is_refused_before_the_answer_committed_or_queued(tmp_path: P
     assert held.entered.wait(10)
     copy = other_study(study.files[1], "copy1.dcm")
     spool = _spooled(store, copy)
+    threading.Timer(0.5, held.release.set).start()
     with pytest.raises(IngestError) as raised:
         store.ingest_file(Path(spool.name), spooled=spool, index_behind=True)
     spool.discard()
     assert raised.value.status == 0xA900
-    held.release.set()
-    assert queued.indexed is not None and queued.indexed.wait(10)
+    assert queued.indexed is not None and queued.indexed.is_set(), "refused before the first copy's commit"
     stored = {p.name for p in store.root.rglob("*.dcm")}
     assert len(stored) == 2 and len(list(store.root.rglob("*.dcm"))) == 2, "a refused copy stayed in store/"
     assert spool_left(tmp_path / "var") == []
@@ -264,3 +266,55 @@ def test_index_commit_before_indexes_every_instance_before_its_answer(tmp_path: 
     assert result.indexed is None and _indexed(db) == {result.sop_instance_uid}
     spool.discard()
     assert spool_left(tmp_path / "var") == []
+
+
+def test_an_identical_copy_of_a_queued_instance_waits_for_its_commit(tmp_path: Path, monkeypatch: Any) -> None:
+    study = generate_study(tmp_path / "gen", slices=1, seed=137)
+    db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    store = InstanceStore(tmp_path / "var", db)
+    held = _HeldWriter(monkeypatch)
+    spool = _spooled(store, study.files[0])
+    first = store.ingest_file(Path(spool.name), spooled=spool, index_behind=True)
+    spool.discard()
+    assert held.entered.wait(10)
+    threading.Timer(0.3, held.release.set).start()
+    spool = _spooled(store, study.files[0])
+    again = store.ingest_file(Path(spool.name), spooled=spool, index_behind=True)
+    spool.discard()
+    assert first.indexed is not None and first.indexed.is_set()
+    assert again.outcome is Outcome.DUPLICATE_SAME and again.indexed is None
+    assert _indexed(db) == {first.sop_instance_uid}
+    assert spool_left(tmp_path / "var") == []
+
+
+def test_a_failing_commit_is_retried_and_new_instances_meet_the_failure(tmp_path: Path) -> None:
+    """The index locked by another process: the queued instance's commit fails and is retried; while
+    it fails, a new instance is indexed before its answer and gets the index's error; once the lock
+    goes, the queued one is committed and its spool name removed."""
+    study = generate_study(tmp_path / "gen", slices=2, seed=138)
+    db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}", busy_timeout=0.3)
+    store = InstanceStore(tmp_path / "var", db)
+    holder = sqlite3.connect(tmp_path / "index.sqlite3", timeout=5, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        spool = _spooled(store, study.files[0])
+        queued = store.ingest_file(Path(spool.name), spooled=spool, index_behind=True)
+        spool.discard()
+        assert queued.indexed is not None
+        deadline = time.monotonic() + 10
+        while store.behind is not None and store.behind.failing is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.behind is not None and store.behind.failing is not None
+        spool = _spooled(store, study.files[1])
+        with pytest.raises(Exception) as raised:
+            store.ingest_file(Path(spool.name), spooled=spool, index_behind=True)
+        spool.discard()
+        assert "locked" in str(raised.value)
+        assert not queued.indexed.is_set()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert queued.indexed.wait(10)
+    assert _indexed(db) == {queued.sop_instance_uid}
+    assert spool_left(tmp_path / "var") == []
+    assert len(list(store.root.rglob("*.dcm"))) == 1, "the refused instance's link was taken back"

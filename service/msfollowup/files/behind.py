@@ -11,8 +11,10 @@ under their final name (its folder flushed) **and** under their spool name, whos
 durable ahead of time (files/spool.py `_Ready`). The spool name, with its second link, is the record a
 crash replays: `InstanceStore.recover` indexes every spool file with a second link at start-up. It is
 removed here only after the COMMIT holding the instance's rows returned. The checks an index
-transaction could refuse an instance for run before the answer: a SOP Instance UID already indexed,
-or waiting here, under another study or series is refused (0xA900) as before.
+transaction could refuse an instance for run before the answer: a SOP Instance UID already indexed
+under another study or series is refused (0xA900) as before. A second copy of an instance still
+waiting here waits for its commit first (files/store.py `_wait_if_queued`), then meets it as an
+indexed copy (a duplicate, a conflict, a replacement).
 
 What a reader sees: the rows a few milliseconds after the answer. An association's A-RELEASE-RP is
 sent only once the rows of everything it stored are committed (net/node.py `_before_release`), so a
@@ -40,11 +42,11 @@ from msfollowup.files.index_header import IngestError
 log = logging.getLogger(__name__)
 
 BATCH = 256  # instances per index transaction at most
-RETRY_SECONDS = (0.05, 0.2, 1.0)
+RETRY_SECONDS = (0.05, 0.2, 1.0)  # pauses between attempts after a failed commit (the last repeats)
 # The writer waits this long after the first queued instance before it commits (fewer, larger
 # commits: in-process, 1200 instances from 4 threads, 60-72 commits instead of 279-308; the answers
 # do not wait for it, an A-RELEASE-RP does, at most this long plus the commit).
-LINGER = 0.005  # pauses between attempts after a failed commit (the last repeats)
+LINGER = 0.005
 
 
 @dataclass
@@ -52,7 +54,6 @@ class Pending:
     """One answered instance whose rows are not committed yet."""
 
     sop: str
-    place: tuple[str, str]  # its study and series
     work: Callable[[rawsqlite.RawTransaction], Any]  # the index statements (files/indexrows.py)
     spool_name: str  # the replayed record, removed after the commit
     final: Path
@@ -67,16 +68,16 @@ class IndexBehind:
         self._after_commit = after_commit
         self._cond = threading.Condition()
         self._queue: list[Pending] = []
-        self._places: dict[str, tuple[str, str]] = {}  # SOP Instance UID -> study, series, while queued
+        self._queued: dict[str, Pending] = {}  # SOP Instance UID -> its newest queued instance
         self._stopping = False
         self.failing: BaseException | None = None  # the last commit's error until one succeeds
         self.committed = 0  # instances indexed here, for tests and benchmarks
         self._thread: threading.Thread | None = None
 
-    def place(self, sop: str) -> tuple[str, str] | None:
-        """Where a queued instance of this SOP Instance UID belongs (None: none is queued)."""
+    def queued(self, sop: str) -> Pending | None:
+        """The queued instance of this SOP Instance UID (None: none is queued)."""
         with self._cond:
-            return self._places.get(sop)
+            return self._queued.get(sop)
 
     def busy(self) -> bool:
         """Whether answered instances wait for their commit."""
@@ -89,7 +90,7 @@ class IndexBehind:
                 self._thread = threading.Thread(target=self._run, name="index-behind", daemon=True)
                 self._thread.start()
             self._queue.append(pending)
-            self._places[pending.sop] = pending.place
+            self._queued[pending.sop] = pending
             self._cond.notify()
 
     def drain(self, timeout: float) -> bool:
@@ -158,8 +159,8 @@ class IndexBehind:
         with self._cond:
             del self._queue[:len(batch)]
             for pending in batch:
-                if self._places.get(pending.sop) == pending.place:
-                    del self._places[pending.sop]
+                if self._queued.get(pending.sop) is pending:
+                    del self._queued[pending.sop]
         for pending in batch:
             pending.indexed.set()
         return True

@@ -69,6 +69,7 @@ class IngestResult:
 
 
 _PLACE = "SELECT study_uid, series_uid FROM instances WHERE sop_instance_uid = ?"
+_QUEUED_WAIT = 10.0  # seconds a copy waits for the commit of an earlier copy of its SOP instance
 
 
 def _has_file(root: Path) -> bool:
@@ -164,6 +165,7 @@ class InstanceStore:
         behind = spooled if index_behind and fd is not None and self.behind is not None \
             and self.behind.failing is None else None
         with self.sop_locks.held(sop):
+            self._wait_if_queued(sop)
             result = self._link_and_index(temp_path, ds, study, series, sop, calling_ae, size, behind)
         if self.remember_headers and header is not None and result.outcome in (Outcome.STORED, Outcome.REPLACED):
             # for the live check's read
@@ -234,7 +236,7 @@ class InstanceStore:
         assert self.behind is not None
         study, series, sop = uids
         try:
-            known = self.behind.place(sop) or self._indexed_place(sop)
+            known = self._indexed_place(sop)
             if known is not None and known != (study, series):
                 where = "study" if known[0] != study else "series"
                 other = known[0] if where == "study" else known[1]
@@ -251,11 +253,19 @@ class InstanceStore:
             transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), instance_number=instance_number(ds),
             path=rel, size=size, received_at=now, calling_ae=calling_ae,
         )
-        pending = Pending(sop, (study, series), lambda c: indexrows.write_rows(c, ds, uids, row, now, False),
+        pending = Pending(sop, lambda c: indexrows.write_rows(c, ds, uids, row, now, False),
                           str(temp_path), final)
         spool.handed_over = True  # the spool name stays until the commit (the replayed record)
         self.behind.submit(pending)
         return IngestResult(Outcome.STORED, study, series, sop, final, pending.indexed)
+
+    def _wait_if_queued(self, sop: str) -> None:
+        """Another copy of this SOP instance, answered and not yet indexed (files/behind.py): this
+        ingest waits for its commit (a few ms) and then sees it as any indexed copy (duplicate, conflict,
+        replace). Held under the UID's lock, so no copy is queued meanwhile."""
+        queued = self.behind.queued(sop) if self.behind is not None else None
+        if queued is not None and not queued.indexed.wait(_QUEUED_WAIT):
+            raise IngestError(0xA700, "an earlier copy of this instance is still waiting for the index")
 
     def _indexed_place(self, sop: str) -> tuple[str, str] | None:
         """The study and series an indexed SOP instance belongs to (a read; WAL readers wait for nobody)."""

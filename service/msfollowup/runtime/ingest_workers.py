@@ -3,7 +3,8 @@
 Receiving is bound by Python CPU under one interpreter lock: with several senders one `serve` process
 uses about one core whatever the machine has. With `processes = N` the service starts N-1 more
 processes, each a DICOM node with its own index connection and its own spool folder (`tmp/ingest-K`),
-and the same durability path (files/store.py: fsync, link, fsync, commit before Success). Index
+and the same durability path (files/store.py: fsync, link, fsync, commit before or right after
+Success; each process has its own index writer, files/behind.py). Index
 transactions take turns on one lock file across the processes (db/rawsqlite.py), and one SOP Instance
 UID is linked and indexed by one process at a time (files/soplocks.py). Everything after the index
 (completion, checks, reports, live checks, worklist, web) stays in the main process, which finds the
