@@ -17,7 +17,7 @@ from sqlalchemy.sql.expression import Executable
 
 from msfollowup.db import rawsqlite
 from msfollowup.db.index import Instance, Series, Study, StudyState
-from msfollowup.files.index_header import IngestError, int_value, text_value
+from msfollowup.files.index_header import SOP_CLASS, IngestError, ascii_value, instance_number, int_value, text_value
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +75,8 @@ def write_rows(c: Connection | rawsqlite.RawTransaction, ds: Dataset, uids: tupl
     # against 1.76-2.22 ms per instance); on SQLite no measurable change.
     known = c.execute(_SQL.probe, {"b_sop": sop_uid, "b_series": series_uid}).one()
     exists = known.in_study is not None
-    if exists and (known.in_study, known.in_series) != (study_uid, series_uid):
-        # Acknowledged under another study or series: never moved silently (the caller takes
-        # the new copy's link back). The sender learns which study holds it.
-        where = "study" if known.in_study != study_uid else "series"
-        other = known.in_study if where == "study" else known.in_series
-        log.warning("SOP Instance UID conflict: already stored in another %s=%s, refused study=%s",
-                    where, other, study_uid)
-        raise IngestError(0xA900, f"SOPInstanceUID already in {where} {other}")
+    if exists:
+        refuse_if_elsewhere((known.in_study, known.in_series), uids)
     if exists and only_if_missing:
         return False
     _touch_study(c, ds, study_uid, now)
@@ -97,6 +91,31 @@ def write_rows(c: Connection | rawsqlite.RawTransaction, ds: Dataset, uids: tupl
     else:
         c.execute(_SQL.new_instance, row)
     return True
+
+
+def refuse_if_elsewhere(indexed: tuple[str, str], uids: tuple[str, str, str]) -> None:
+    """Raise IngestError (0xA900) when the SOP instance is indexed (`indexed`: its study and series)
+    under another study or series than the received copy's `uids`. Acknowledged once, it is never
+    moved silently (the caller takes the new copy's link back); the sender learns which study holds it."""
+    study_uid, series_uid, _ = uids
+    if indexed == (study_uid, series_uid):
+        return
+    where = "study" if indexed[0] != study_uid else "series"
+    other = indexed[0] if where == "study" else indexed[1]
+    log.warning("SOP Instance UID conflict: already stored in another %s=%s, refused study=%s", where, other, study_uid)
+    raise IngestError(0xA900, f"SOPInstanceUID already in {where} {other}")
+
+
+def instance_row(ds: Dataset, uids: tuple[str, str, str], rel: str, size: int, calling_ae: str | None,
+                 now: dt.datetime) -> dict[str, Any]:
+    """The instance row's columns of a received instance (`rel`: its path under store/)."""
+    study_uid, series_uid, sop_uid = uids
+    return dict(
+        sop_instance_uid=sop_uid, series_uid=series_uid, study_uid=study_uid,
+        sop_class_uid=str(ascii_value(ds, SOP_CLASS) or ds.file_meta.MediaStorageSOPClassUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), instance_number=instance_number(ds),
+        path=rel, size=size, received_at=now, calling_ae=calling_ae,
+    )
 
 
 def _touch_study(c: Connection | rawsqlite.RawTransaction, ds: Dataset, study_uid: str, now: dt.datetime) -> None:

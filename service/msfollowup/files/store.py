@@ -40,7 +40,7 @@ from msfollowup.files.syncio import same_bytes as _same_bytes
 from msfollowup.files.syncio import start_writeback as _start_writeback
 from msfollowup.files.soplocks import SopLocks
 from msfollowup.files.spool import SpoolFile
-from msfollowup.files.index_header import SOP_CLASS, IngestError, ascii_value, instance_number, read_index_header
+from msfollowup.files.index_header import SOP_CLASS, IngestError, ascii_value, read_index_header
 from msfollowup.db import REBUILD_HINT, Database, IndexDatabaseError, groupcommit, rawsqlite, utcnow
 from msfollowup.db.index import Instance, Series, Study, StudyState
 
@@ -236,23 +236,14 @@ class InstanceStore:
         assert self.behind is not None
         study, series, sop = uids
         try:
-            known = self._indexed_place(sop)
-            if known is not None and known != (study, series):
-                where = "study" if known[0] != study else "series"
-                other = known[0] if where == "study" else known[1]
-                log.warning("SOP Instance UID conflict: already stored in another %s=%s, refused study=%s",
-                            where, other, study)
-                raise IngestError(0xA900, f"SOPInstanceUID already in {where} {other}")
+            indexed = self._readers.fetch_one(_PLACE, (sop,))  # a read: WAL readers wait for nobody
+            if indexed is not None:
+                indexrows.refuse_if_elsewhere((indexed[0], indexed[1]), uids)
         except BaseException:
             final.unlink(missing_ok=True)  # not acknowledged: its name goes (store/ holds only answered files)
             raise
         now = utcnow()
-        row = dict(
-            sop_instance_uid=sop, series_uid=series, study_uid=study,
-            sop_class_uid=str(ascii_value(ds, SOP_CLASS) or ds.file_meta.MediaStorageSOPClassUID),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), instance_number=instance_number(ds),
-            path=rel, size=size, received_at=now, calling_ae=calling_ae,
-        )
+        row = indexrows.instance_row(ds, uids, rel, size, calling_ae, now)
         pending = Pending(sop, lambda c: indexrows.write_rows(c, ds, uids, row, now, False),
                           str(temp_path), final)
         spool.handed_over = True  # the spool name stays until the commit (the replayed record)
@@ -266,11 +257,6 @@ class InstanceStore:
         queued = self.behind.queued(sop) if self.behind is not None else None
         if queued is not None and not queued.indexed.wait(_QUEUED_WAIT):
             raise IngestError(0xA700, "an earlier copy of this instance is still waiting for the index")
-
-    def _indexed_place(self, sop: str) -> tuple[str, str] | None:
-        """The study and series an indexed SOP instance belongs to (a read; WAL readers wait for nobody)."""
-        row = self._readers.fetch_one(_PLACE, (sop,))
-        return None if row is None else (row[0], row[1])
 
     def _after_behind_commit(self, pending: Pending) -> None:
         self._relink_if_retired(Path(pending.spool_name), pending.final)
@@ -368,13 +354,7 @@ class InstanceStore:
         instance, and the ORM cost about 1 ms of a 3 ms ingest (benchmarks/ingest.py).
         """
         now = utcnow()
-        study_uid, series_uid, sop_uid = uids
-        row = dict(
-            sop_instance_uid=sop_uid, series_uid=series_uid, study_uid=study_uid,
-            sop_class_uid=str(ascii_value(ds, SOP_CLASS) or ds.file_meta.MediaStorageSOPClassUID),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), instance_number=instance_number(ds),
-            path=rel, size=size, received_at=now, calling_ae=calling_ae,
-        )
+        row = indexrows.instance_row(ds, uids, rel, size, calling_ae, now)
         return self._in_transaction(lambda c: indexrows.write_rows(c, ds, uids, row, now, only_if_missing))
 
     def _in_transaction(self, work: Callable[[Connection | rawsqlite.RawTransaction], bool]) -> bool:
