@@ -71,7 +71,6 @@ class IndexBehind:
         self._queued: dict[str, Pending] = {}  # SOP Instance UID -> its newest queued instance
         self._stopping = False
         self.failing: BaseException | None = None  # the last commit's error until one succeeds
-        self.committed = 0  # instances indexed here, for tests and benchmarks
         self._thread: threading.Thread | None = None
 
     def queued(self, sop: str) -> Pending | None:
@@ -167,7 +166,6 @@ class IndexBehind:
 
     def _finish(self, pending: Pending, error: BaseException | None) -> None:
         if error is None:
-            self.committed += 1
             try:
                 self._after_commit(pending)
                 os.unlink(pending.spool_name)
