@@ -193,32 +193,37 @@ class RawTransaction:
         self._run("RELEASE msf_nested", {})
 
 
+
 class Readers:
-    """Connections for one-row reads on the ingest path (files/store.py `_indexed_place`), opened
-    through the engine (its pragmas) and detached from its pool: a pool check-out and check-in costs
-    more than the read. Each is used by one thread at a time; at most as many stay open as were ever
-    used at once (the receiving threads)."""
+    """Connections for the reads on the ingest path (files/store.py `_queue_index`), opened through
+    the engine (its pragmas) and detached from its pool: a pool check-out and check-in costs more than
+    the read. Each is used by one thread at a time; at most as many stay open as were ever used at
+    once (the receiving threads)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._free: list[Any] = []
         self._lock = threading.Lock()
 
-    def fetch_one(self, sql: str, params: tuple[Any, ...]) -> Any:
-        """The first row of a SELECT (None: no row); errors as SQLAlchemy's exception classes."""
+    @contextmanager
+    def reading(self) -> Iterator[RawTransaction]:
+        """Statements outside a transaction (SELECTs, each its own snapshot), RawTransaction's way."""
         with self._lock:
             pooled = self._free.pop() if self._free else None
         if pooled is None:
             pooled = self.engine.raw_connection()
             pooled.detach()
+        broken = False
         try:
-            row = pooled.cursor().execute(sql, params).fetchone()
-        except sqlite3.Error as error:
+            yield RawTransaction(pooled.cursor())
+        except exc.DBAPIError:
+            broken = True
             try:
                 pooled.close()  # a broken connection is not reused
             except Exception:  # noqa: BLE001 - it is gone either way
                 pass
-            raise exc.DBAPIError.instance(sql, None, error, sqlite3.Error, hide_parameters=True) from error
-        with self._lock:
-            self._free.append(pooled)
-        return row
+            raise
+        finally:
+            if not broken:  # reused after the caller's own errors too (a refusal)
+                with self._lock:
+                    self._free.append(pooled)

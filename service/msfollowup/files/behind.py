@@ -78,10 +78,18 @@ class IndexBehind:
         with self._cond:
             return self._queued.get(sop)
 
-    def busy(self) -> bool:
-        """Whether answered instances wait for their commit."""
-        with self._cond:
-            return bool(self._queue)
+    def commit_failed(self, error: BaseException) -> None:
+        """An index commit before the answer failed: new instances are indexed before their answer
+        until a commit succeeds."""
+        self.failing = error
+
+    def commit_succeeded(self) -> None:
+        """An index commit before the answer succeeded: the index takes writes again, unless the writer
+        still has a failed batch of its own (then it clears `failing` when that batch commits)."""
+        if self.failing is not None:
+            with self._cond:
+                if not self._queue:
+                    self.failing = None
 
     def submit(self, pending: Pending) -> None:
         with self._cond:

@@ -93,6 +93,14 @@ def write_rows(c: Connection | rawsqlite.RawTransaction, ds: Dataset, uids: tupl
     return True
 
 
+def refuse_if_indexed_elsewhere(c: Connection | rawsqlite.RawTransaction, uids: tuple[str, str, str]) -> None:
+    """write_rows's refusal, as a read before it (files/behind.py: the answer goes before the rows)."""
+    study_uid, series_uid, sop_uid = uids
+    known = c.execute(_SQL.probe, {"b_sop": sop_uid, "b_series": series_uid}).one()
+    if known.in_study is not None:
+        refuse_if_elsewhere((known.in_study, known.in_series), uids)
+
+
 def refuse_if_elsewhere(indexed: tuple[str, str], uids: tuple[str, str, str]) -> None:
     """Raise IngestError (0xA900) when the SOP instance is indexed (`indexed`: its study and series)
     under another study or series than the received copy's `uids`. Acknowledged once, it is never

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from msfollowup.files.syncio import SMALL_FILE
+from msfollowup.files.syncio import SMALL_FILE, fsync_path
 
 
 _SEQUENCE = itertools.count()
@@ -54,11 +54,7 @@ class _Ready:
             except FileExistsError:  # left by an earlier process with our process id: skipped
                 continue
             names.append(name)
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(Path(folder), directory=True)
         names.reverse()  # taken in the order made
         return names
 

@@ -68,7 +68,6 @@ class IngestResult:
     indexed: threading.Event | None = None  # set once the rows are committed (None: they were before the answer)
 
 
-_PLACE = "SELECT study_uid, series_uid FROM instances WHERE sop_instance_uid = ?"
 _QUEUED_WAIT = 10.0  # seconds a copy waits for the commit of an earlier copy of its SOP instance
 
 
@@ -236,9 +235,8 @@ class InstanceStore:
         assert self.behind is not None
         study, series, sop = uids
         try:
-            indexed = self._readers.fetch_one(_PLACE, (sop,))  # a read: WAL readers wait for nobody
-            if indexed is not None:
-                indexrows.refuse_if_elsewhere((indexed[0], indexed[1]), uids)
+            with self._readers.reading() as r:  # a read: WAL readers wait for nobody
+                indexrows.refuse_if_indexed_elsewhere(r, uids)
         except BaseException:
             final.unlink(missing_ok=True)  # not acknowledged: its name goes (store/ holds only answered files)
             raise
@@ -368,10 +366,10 @@ class InstanceStore:
             done = self._committer.run(work)
         except SQLAlchemyError as exc:
             if self.behind is not None and not isinstance(exc, IntegrityError):
-                self.behind.failing = exc  # the next instances are indexed before their answer too
+                self.behind.commit_failed(exc)
             raise
-        if self.behind is not None and self.behind.failing is not None and not self.behind.busy():
-            self.behind.failing = None  # the index takes writes again (the writer clears it itself when it has work)
+        if self.behind is not None:
+            self.behind.commit_succeeded()
         return done
 
     # -- crash recovery
@@ -399,15 +397,15 @@ class InstanceStore:
         for entry in sorted(folder.iterdir()):
             if not entry.is_file():
                 continue
-            linked = entry.stat().st_nlink > 1
-            if linked:
+            info = entry.stat()
+            if info.st_nlink > 1:
                 try:
                     self.ingest_file(entry)
                     counts["indexed"] += 1
                 except IngestError as exc:
                     log.error("recovery could not index a linked temp file: %s", exc)
                     continue
-            elif entry.stat().st_size:  # an empty one is a spool name made ahead and never used
+            elif info.st_size:  # an empty one is a spool name made ahead and never used
                 counts["discarded"] += 1
             entry.unlink()
         if self.fsync:
